@@ -1,0 +1,1 @@
+"""heatrec runtime: configuration, model, bus, storage, API and the composition root."""

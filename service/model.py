@@ -1,0 +1,38 @@
+"""Core value types shared by drivers, storage and consumers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+class Quality(enum.IntEnum):
+    """Quality of a sample; the integer is what the database stores."""
+
+    GOOD = 0
+    UNCERTAIN = 1
+    BAD = 2
+    STALE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of one point: value, quality, and when the source and we saw it."""
+
+    point: str
+    value: float | None
+    quality: Quality
+    source_time: datetime
+    receive_time: datetime
+
+    @classmethod
+    def bad(cls, point: str, now: datetime | None = None) -> Sample:
+        """A BAD sample without value, for a failed read."""
+        t = now or utcnow()
+        return cls(point, None, Quality.BAD, t, t)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current UTC time."""
+    return datetime.now(UTC)

@@ -1,0 +1,44 @@
+"""Session fixtures: a real PostgreSQL + TimescaleDB and a real Mosquitto on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.localservers import MosquittoServer, PostgresCluster, free_port
+
+
+@pytest.fixture(scope="session")
+def server_root() -> Iterator[Path]:
+    """A scratch directory the postgres/mosquitto system users can traverse (pytest's is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="heatrec-test-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(server_root: Path) -> Iterator[PostgresCluster]:
+    """A private PostgreSQL 15 + TimescaleDB cluster for the whole session."""
+    # fsync off: tests never survive an OS crash, and it makes the session much faster.
+    pg = PostgresCluster(server_root / "pg", free_port(), secrets.token_urlsafe(16),
+                         settings={"fsync": "off", "full_page_writes": "off"})
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(server_root: Path) -> Iterator[MosquittoServer]:
+    """A private Mosquitto with password authentication for the whole session."""
+    broker = MosquittoServer(server_root / "mosquitto", free_port(), "heatrec", secrets.token_urlsafe(16),
+                             persistence=False)
+    broker.start()
+    yield broker
+    broker.stop()
