@@ -113,6 +113,16 @@ class DeviceBase(_Strict):
     timeout_s: float = Field(default=3.0, gt=0, le=120)
     username: str | None = None
     password: str | None = None
+    backoff_initial_s: float = Field(default=0.5, gt=0, le=60,
+                                     description="first reconnect delay; doubles per failed attempt")
+    backoff_max_s: float = Field(default=30.0, gt=0, le=3600, description="cap of the reconnect delay")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> DeviceBase:
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError(f"backoff_initial_s ({self.backoff_initial_s}) is greater than "
+                             f"backoff_max_s ({self.backoff_max_s})")
+        return self
 
     def _check_points(self, points: list[Any]) -> None:
         seen: set[str] = set()
@@ -128,6 +138,7 @@ class OpcUaDevice(DeviceBase):
     protocol: Literal["opcua"]
     security_policy: Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] = "None"
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    subscribe: bool = Field(default=False, description="data-change subscription instead of polling")
     points: list[OpcUaPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -150,6 +161,8 @@ class ModbusDevice(DeviceBase):
     protocol: Literal["modbus"]
     unit_id: int = Field(default=1, ge=0, le=255)
     max_registers_per_read: int = Field(default=125, ge=1, le=125)
+    max_gap_registers: int = Field(default=8, ge=0, le=124,
+                                   description="unmapped registers a coalesced read may bridge")
     points: list[ModbusPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -178,6 +191,7 @@ class MqttDevice(DeviceBase):
     protocol: Literal["mqtt"]
     client_id: str | None = None
     qos: Literal[0, 1, 2] = 1
+    tls_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// (system CAs if unset)")
     points: list[MqttPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -242,6 +256,8 @@ class SimCdu(_Strict):
     it_load_kw: float = Field(default=800.0, gt=0)
     supply_temperature_setpoint: float = 30.0
     supply_temperature_allowable_max: float = 35.0
+    setpoint_min: float = Field(default=15.0, description="lowest supply setpoint the CDU accepts over OPC UA")
+    setpoint_max: float = Field(default=45.0, description="highest supply setpoint the CDU accepts over OPC UA")
 
 
 class SimHeatPump(_Strict):
@@ -252,7 +268,13 @@ class SimHeatPump(_Strict):
     unit_id: int = Field(default=1, ge=0, le=255)
     capacity_kw: float = Field(default=1000.0, gt=0)
     carnot_efficiency: float = Field(default=0.5, gt=0, le=1)
-    supply_setpoint: float = 70.0
+    supply_setpoint: float = Field(default=70.0, description="local setpoint, also the watchdog fallback")
+    setpoint_min: float = Field(default=40.0, description="lowest remote setpoint accepted over Modbus")
+    setpoint_max: float = Field(default=85.0, description="highest remote setpoint accepted over Modbus")
+    time_constant_s: float = Field(default=60.0, gt=0, description="first-order lag of the supply temperature")
+    watchdog_timeout_s: float = Field(default=60.0, gt=0,
+                                      description="fall back to the local setpoint this long after the "
+                                                  "last heartbeat write (armed by the first one)")
 
 
 class SimHeatMeter(_Strict):
@@ -262,6 +284,8 @@ class SimHeatMeter(_Strict):
     serial: str = "71234567"
     topic: str = "mbus/heatmeter/71234567"
     publish_interval_s: float = Field(default=1.0, gt=0)
+    initial_energy_gj: float = Field(default=0.0, ge=0, description="energy register at simulation start")
+    initial_volume_m3: float = Field(default=0.0, ge=0, description="volume register at simulation start")
 
 
 class SimulationConfig(_Strict):
@@ -341,7 +365,7 @@ def _describe(err: Any) -> str:
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif err["type"] == "union_tag_invalid":
-        msg = "protocol must be one of 'opcua', 'modbus', 'mqtt'"
+        msg = f"protocol must be one of 'opcua', 'modbus', 'mqtt' (got {err['ctx']['tag']!r})"
     elif err["type"] == "union_tag_not_found":
         msg = "device needs 'protocol' ('opcua', 'modbus' or 'mqtt')"
     elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict | list):
@@ -355,7 +379,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> HeatrecConfi
     try:
         return HeatrecConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {_format_loc(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        lines = []
+        for e in exc.errors():
+            loc = tuple(e["loc"])
+            if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc += ("protocol",)  # pydantic reports the device; the culprit is its protocol key
+            lines.append(f"{source}: {_format_loc(loc)}: {_describe(e)}")
         raise ConfigError("\n".join(lines)) from None
 
 

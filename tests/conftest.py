@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from service.config import DatabaseConfig
 from service.localservers import MosquittoServer, PostgresCluster, free_port
 
 
@@ -42,3 +43,12 @@ def mosquitto(server_root: Path) -> Iterator[MosquittoServer]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def database(postgres: PostgresCluster) -> DatabaseConfig:
+    """A new, empty database on the session cluster for one test."""
+    name = f"t_{secrets.token_hex(6)}"
+    postgres.psql(f'CREATE DATABASE "{name}"')
+    return DatabaseConfig(host=postgres.host, port=postgres.port, name=name, user=postgres.user,
+                          password=postgres.password)

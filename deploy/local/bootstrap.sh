@@ -46,10 +46,12 @@ apt_install() {
         as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
         added=1
     fi
-    local rc=0
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" || rc=$?
+    local rc=0 log
+    log="$(mktemp)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >"$log" 2>&1 || rc=$?
     [ "$added" -eq 1 ] && as_root rm -f "$policy"
-    [ "$rc" -eq 0 ] || die "apt-get install failed for: $*"
+    if [ "$rc" -ne 0 ]; then tail -n 30 "$log" >&2; die "apt-get install failed for: $*"; fi
+    rm -f "$log"
 }
 
 # 1. Debian packages --------------------------------------------------------------------
@@ -78,9 +80,11 @@ else
     BUILD="${CACHE}/build"
     as_root rm -rf "${BUILD}"; as_root mkdir -p "${BUILD}"
     as_root tar -xf "${ORIG}" -C "${BUILD}" --strip-components=1
+    say "compiling (about a minute on 2 cores; log: ${CACHE}/build.log)"
     ( cd "${BUILD}" && as_root ./bootstrap -DAPACHE_ONLY=1 -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
-        -DWARNINGS_AS_ERRORS=OFF -DPG_CONFIG="${PG_CONFIG}" >/dev/null \
-      && as_root make -C build -j"$(nproc)" install >/dev/null )
+        -DWARNINGS_AS_ERRORS=OFF -DPG_CONFIG="${PG_CONFIG}" \
+      && as_root make -C build -j"$(nproc)" install ) >"${CACHE}/build.log" 2>&1 \
+      || { tail -n 30 "${CACHE}/build.log" >&2; die "TimescaleDB build failed (log: ${CACHE}/build.log)"; }
     [ -f "${EXTDIR}/timescaledb.control" ] || die "TimescaleDB build finished but timescaledb.control is missing"
     say "TimescaleDB installed"
 fi
@@ -93,8 +97,11 @@ if [ -x "${VENV}/bin/heatrec" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wa
 else
     [ -x "${VENV}/bin/python" ] || { say "creating .venv"; "$PYTHON" -m venv "${VENV}"; }
     say "installing heatrec and its test extra into .venv"
-    "${VENV}/bin/python" -m pip install -q --upgrade pip
-    "${VENV}/bin/python" -m pip install -q -e "${ROOT}[test]"
+    "${VENV}/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+    piplog="$(mktemp)"
+    "${VENV}/bin/python" -m pip install -q --disable-pip-version-check -e "${ROOT}[test]" >"$piplog" 2>&1 \
+        || { tail -n 30 "$piplog" >&2; die "pip install of heatrec and its test extra failed"; }
+    rm -f "$piplog"
     echo "$want" > "$STAMP"
 fi
 say "ready: ${VENV}/bin/heatrec"

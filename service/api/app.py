@@ -1,0 +1,120 @@
+"""FastAPI application: health and points under /api/v1, JSON errors, bearer-token roles."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.state import ServiceState
+from service.auth import Principal, Role, lookup_token
+
+
+class ComponentHealth(BaseModel):
+    """State of one part of the service."""
+
+    status: str
+    detail: str = ""
+
+
+class Health(BaseModel):
+    """Overall health: ok when every component is ok, else degraded."""
+
+    status: str
+    plant: str
+    components: dict[str, ComponentHealth]
+
+
+class PointOut(BaseModel):
+    """A point with its latest sample."""
+
+    id: str
+    device: str
+    unit: str
+    kind: str
+    writable: bool
+    value: float | None
+    quality: str | None
+    source_time: datetime | None
+    receive_time: datetime | None
+
+
+class PointList(BaseModel):
+    """All points of the plant."""
+
+    points: list[PointOut]
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
+
+
+def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
+    """Dependency that authenticates the bearer token and checks its role."""
+
+    async def dep(request: Request) -> Principal:
+        state: ServiceState = request.app.state.heatrec
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>' "
+                                     "(create one with 'heatrec token create')",
+                                headers={"WWW-Authenticate": "Bearer"})
+        principal = await lookup_token(state.pool, token.strip())
+        if principal is None:
+            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        if not principal.allows(role):
+            raise HTTPException(403, f"this needs the {role} role; token '{principal.name}' "
+                                     f"has {principal.role}")
+        return principal
+
+    return dep
+
+
+def create_app(state: ServiceState) -> FastAPI:
+    """Build the API around the running service's state."""
+    app = FastAPI(title="heatrec", version="0.1.0",
+                  description="Telemetry, control and heat accounting for heat-recovery plants.")
+    app.state.heatrec = state
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        resp = _error(exc.status_code, str(exc.detail))
+        if exc.headers:
+            resp.headers.update(exc.headers)
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        return _error(422, "invalid request: " + "; ".join(f"{d['field']}: {d['message']}" for d in details),
+                      details=details)
+
+    @app.get("/api/v1/health", response_model=Health, tags=["status"])
+    async def health() -> Health:
+        """Component health; no authentication, for load balancers and monitoring."""
+        comps = {name: ComponentHealth(status=s, detail=d) for name, (s, d) in state.health().items()}
+        overall = "ok" if all(c.status == "ok" for c in comps.values()) else "degraded"
+        return Health(status=overall, plant=state.config.plant.name, components=comps)
+
+    @app.get("/api/v1/points", response_model=PointList, tags=["points"])
+    async def points(_: Annotated[Principal, Depends(require("viewer"))]) -> PointList:
+        """Every configured point with its latest value, quality and timestamps (viewer)."""
+        out = []
+        for device in state.config.devices:
+            for p in device.points:
+                pid = f"{device.id}.{p.id}"
+                s = state.bus.latest.get(pid)
+                out.append(PointOut(id=pid, device=device.id, unit=p.unit, kind=p.kind, writable=p.writable,
+                                    value=s.value if s else None, quality=s.quality.name if s else None,
+                                    source_time=s.source_time if s else None,
+                                    receive_time=s.receive_time if s else None))
+        return PointList(points=out)
+
+    return app

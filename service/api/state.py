@@ -1,0 +1,21 @@
+"""What the API sees of the running service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from service.bus import SampleBus
+from service.config import HeatrecConfig
+
+
+@dataclass
+class ServiceState:
+    """Shared, read-mostly view of the service for the API."""
+
+    config: HeatrecConfig
+    bus: SampleBus
+    pool: asyncpg.Pool
+    health: Callable[[], dict[str, tuple[str, str]]] = field(default=lambda: {})

@@ -1,0 +1,114 @@
+"""Composition root: database, bus, drivers, storage writer and API, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from drivers import create_driver
+from drivers.base import Driver
+from service.api.app import create_app
+from service.api.state import ServiceState
+from service.bus import SampleBus
+from service.config import HeatrecConfig
+from service.localservers.errors import LocalServerError
+from service.storage.database import connect_pool
+from service.storage.migrations import migrate
+from service.storage.points import sync_points
+from service.storage.writer import SampleWriter
+
+log = logging.getLogger(__name__)
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service owns SIGINT/SIGTERM and the shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """Bind the API port ourselves so 'in use' is a clear error instead of uvicorn exiting."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise LocalServerError(f"port {port} on {host} (HTTP API) is already in use: stop what listens "
+                               "there or change [api] port") from err
+    sock.set_inheritable(True)
+    return sock
+
+
+class Service:
+    """The running heatrec service for one plant configuration."""
+
+    def __init__(self, cfg: HeatrecConfig) -> None:
+        self.cfg = cfg
+        self.bus = SampleBus()
+        self.drivers: list[Driver] = []
+        self.writer: SampleWriter | None = None
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.api_port: int | None = None
+
+    def stop(self) -> None:
+        """Ask the service to shut down (idempotent, safe from a signal handler)."""
+        self._stop.set()
+
+    def health(self) -> dict[str, tuple[str, str]]:
+        """Per component: (ok|degraded, detail)."""
+        out: dict[str, tuple[str, str]] = {}
+        if self.writer is not None:
+            st = self.writer.stats
+            out["database"] = ("ok", f"{st.rows_written} rows written") if st.connected or st.write_errors == 0 \
+                else ("degraded", f"writes failing, {st.pending} samples held")
+        for d in self.drivers:
+            state = str(d.state.value)
+            out[f"driver:{d.device_id}"] = ("ok" if state == "connected" else "degraded", state)
+        return out
+
+    async def run(self, api_socket: socket.socket | None = None) -> None:
+        """Run until stop() is called; shutdown goes API → drivers → writer (flush) → database."""
+        cfg = self.cfg
+        sock = api_socket or bind_api_socket(cfg.api.host, cfg.api.port)
+        self.api_port = sock.getsockname()[1]
+        pool = await connect_pool(cfg.database)
+        try:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+                keys = await sync_points(conn, cfg)
+            if applied:
+                log.info("database schema migrated: %s", ", ".join(applied))
+            sub = self.bus.subscribe("storage", cfg.storage.queue_size)
+            self.writer = SampleWriter(pool, sub, cfg.storage, keys)
+            self.drivers = [create_driver(d, self.bus) for d in cfg.devices]
+            app = create_app(ServiceState(cfg, self.bus, pool, self.health))
+            server = _ApiServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+            async with asyncio.TaskGroup() as tg:
+                writer_task = tg.create_task(self.writer.run(), name="storage-writer")
+                driver_tasks = [tg.create_task(d.run(), name=f"driver-{d.device_id}") for d in self.drivers]
+                api_task = tg.create_task(server.serve(sockets=[sock]), name="api")
+                while not server.started and not api_task.done():
+                    await asyncio.sleep(0.01)
+                self.started.set()
+                log.info("heatrec running: %d devices, API on http://%s:%d",
+                         len(self.drivers), cfg.api.host, self.api_port)
+                await self._stop.wait()
+                log.info("stopping")
+                server.should_exit = True
+                await api_task
+                for t in driver_tasks:
+                    t.cancel()
+                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                writer_task.cancel()
+        finally:
+            sock.close()
+            await pool.close()

@@ -1,0 +1,48 @@
+"""API tokens: generated once, stored only as a SHA-256 hash, checked by role."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+_RANK = {r: i for i, r in enumerate(ROLES)}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: token name and role."""
+
+    name: str
+    role: Role
+
+    def allows(self, needed: Role) -> bool:
+        """True when this role is at least `needed` (admin ⊃ operator ⊃ viewer)."""
+        return _RANK[self.role] >= _RANK[needed]
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex digest; tokens carry 256 bits of entropy, so no slow KDF is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_token(conn: asyncpg.Connection, role: Role, name: str) -> str:
+    """Create a token, store its hash, and return the token (the only time it is seen)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    token = "hr_" + secrets.token_urlsafe(32)
+    await conn.execute("INSERT INTO api_tokens (name, role, token_hash) VALUES ($1, $2, $3)",
+                       name, role, hash_token(token))
+    return token
+
+
+async def lookup_token(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> Principal | None:
+    """The principal of a valid, unrevoked token, else None."""
+    row = await conn.fetchrow("SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+                              hash_token(token))
+    return Principal(row["name"], row["role"]) if row else None

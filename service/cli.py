@@ -1,0 +1,178 @@
+"""The `heatrec` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from service.config import ConfigError, HeatrecConfig, load_config
+from service.localservers.errors import LocalServerError
+from service.storage.database import DatabaseUnavailable
+
+# Errors whose message already says what to do: printed as one line, no traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatabaseUnavailable, LocalServerError)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from simulators.errors import SimulatorError
+
+    return (*USER_ERRORS, SimulatorError)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Plain, timestamped log lines on stderr."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("asyncua", "pymodbus", "aiomqtt", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run `main(stop)` with SIGINT/SIGTERM setting `stop`, so shutdown is orderly."""
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(wrapper())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a configuration file."""
+    cfg = load_config(args.file)
+    n_points = sum(len(d.points) for d in cfg.devices)
+    print(f"{args.file}: OK: plant '{cfg.plant.name}', {len(cfg.devices)} devices, {n_points} points"
+          + (", simulation section present" if cfg.simulation else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the service for a plant configuration."""
+    from service.app import Service
+
+    cfg = load_config(args.config)
+
+    async def main(stop: asyncio.Event) -> None:
+        svc = Service(cfg)
+        task = asyncio.create_task(svc.run(), name="service")
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        svc.stop()
+        stopper.cancel()
+        await task
+
+    run_until_signal(main)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve the simulated plant of a configuration's [simulation] section."""
+    from simulators.runner import Simulation
+
+    cfg = load_config(args.config)
+    if cfg.simulation is None:
+        raise ConfigError(f"{args.config}: simulation: section missing (see config/demo.toml)")
+    sim_cfg = cfg.simulation
+
+    async def main(stop: asyncio.Event) -> None:
+        async with Simulation(sim_cfg):
+            print("simulators running; Ctrl-C stops them", flush=True)
+            await stop.wait()
+
+    run_until_signal(main)
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Create an API token, print it once, store only its hash."""
+    from service.auth import create_token
+    from service.storage.database import connect_pool
+    from service.storage.migrations import migrate
+
+    cfg: HeatrecConfig = load_config(args.config)
+
+    async def main() -> str:
+        pool = await connect_pool(cfg.database)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+                return await create_token(conn, args.role, args.name)
+        finally:
+            await pool.close()
+
+    token = asyncio.run(main())
+    print(token)
+    print(f"(role {args.role}, name '{args.name}'; shown once, only its hash is stored)", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole demo plant."""
+    from service.demo import run_demo
+
+    return run_demo(Path(args.config), Path(args.var_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="heatrec",
+        description="heatrec: telemetry, control and heat accounting for data-centre heat-recovery plants.",
+        epilog="Quick start: 'make demo' in the checkout. Configuration keys: docs/CONFIG.md.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("demo", help="run the demo plant: private PostgreSQL+TimescaleDB, Mosquitto, simulators, "
+                                    "service", description=cmd_demo.__doc__)
+    d.add_argument("-c", "--config", default="config/demo.toml", help="demo plant config (default: %(default)s)")
+    d.add_argument("--var-dir", default="var/demo", help="where data and credentials live (default: %(default)s)")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="run the service for a plant config", description=cmd_run.__doc__)
+    r.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("simulate", help="serve the simulated plant of a config's [simulation] section",
+                       description=cmd_simulate.__doc__)
+    s.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
+    s.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("check-config", help="validate a config file and exit", description=cmd_check_config.__doc__)
+    c.add_argument("file", metavar="FILE", help="plant configuration (TOML)")
+    c.set_defaults(func=cmd_check_config)
+
+    t = sub.add_parser("token", help="manage API tokens")
+    tsub = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    tc = tsub.add_parser("create", help="create a token; prints it once", description=cmd_token_create.__doc__)
+    tc.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
+    tc.add_argument("--role", required=True, choices=["viewer", "operator", "admin"], help="what the token may do")
+    tc.add_argument("--name", required=True, help="who or what holds the token, e.g. grafana, alice")
+    tc.set_defaults(func=cmd_token_create)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `heatrec` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        rc: int = args.func(args)
+    except _user_errors() as err:
+        print(f"heatrec: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""`heatrec demo`: the whole plant on one machine, with servers heatrec starts and stops itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from service.config import ConfigError, HeatrecConfig, load_config
+from service.localservers import MosquittoServer, PostgresCluster, check_ports_free
+
+log = logging.getLogger(__name__)
+SCADA_PORT = 4840  # reserved for the SCADA OPC UA server (contract), checked so the demo owns it
+
+
+def _load_credentials(path: Path) -> dict[str, Any]:
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    return {"database": {"user": "heatrec", "password": secrets.token_urlsafe(18)},
+            "mqtt": {"username": "heatrec", "password": secrets.token_urlsafe(18)}}
+
+
+def _save_credentials(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.chmod(tmp, 0o600)  # tokens and passwords: owner only
+    tmp.replace(path)
+
+
+def demo_ports(cfg: HeatrecConfig) -> dict[str, tuple[str, int]]:
+    """Every loopback port the demo will listen on, by what uses it."""
+    ports: dict[str, tuple[str, int]] = {"HTTP API": (cfg.api.host, cfg.api.port),
+                                         "PostgreSQL": (cfg.database.host, cfg.database.port)}
+    sim = cfg.simulation
+    if sim is not None:
+        u = urlsplit(sim.mqtt_broker)
+        ports["MQTT broker"] = (u.hostname or "127.0.0.1", u.port or 1883)
+        for c in sim.cdus:
+            cu = urlsplit(c.endpoint)
+            ports[f"CDU simulator {c.id} (OPC UA)"] = (cu.hostname or "127.0.0.1", cu.port or 4840)
+        for h in sim.heat_pumps:
+            host, _, port = h.endpoint.rpartition(":")
+            ports[f"heat pump simulator {h.id} (Modbus TCP)"] = (host, int(port))
+    return ports
+
+
+async def _ensure_tokens(cfg: HeatrecConfig, creds: dict[str, Any]) -> None:
+    """Reuse the demo's tokens if still valid, else create a viewer and an operator token."""
+    from service.auth import create_token, lookup_token
+    from service.storage.database import connect_pool
+    from service.storage.migrations import migrate
+
+    pool = await connect_pool(cfg.database)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            tokens = creds.setdefault("tokens", {})
+            for role in ("viewer", "operator"):
+                tok = tokens.get(role)
+                if not tok or await lookup_token(conn, tok) is None:
+                    tokens[role] = await create_token(conn, role, f"demo-{role}")  # type: ignore[arg-type]
+    finally:
+        await pool.close()
+
+
+def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
+    sim = cfg.simulation
+    lines = ["", "heatrec demo plant is running (Ctrl-C stops everything)",
+             f"  API          http://{cfg.api.host}:{cfg.api.port}/api/v1   (docs: /docs)",
+             f"  database     postgresql://heatrec@{cfg.database.host}:{cfg.database.port}/{cfg.database.name}"
+             "  (view: readings)"]
+    if sim:
+        lines.append(f"  MQTT broker  {sim.mqtt_broker}")
+        lines += [f"  CDU sim      {c.endpoint}   ({c.id}, OPC UA)" for c in sim.cdus]
+        lines += [f"  heat pump    {h.endpoint}   ({h.id}, Modbus TCP unit {h.unit_id})" for h in sim.heat_pumps]
+    lines += [f"  viewer token    {creds['tokens']['viewer']}",
+              f"  operator token  {creds['tokens']['operator']}",
+              f"  credentials     {cred_path}",
+              "  try: curl -H \"Authorization: Bearer $(jq -r .tokens.viewer "
+              f"{cred_path})\" http://{cfg.api.host}:{cfg.api.port}/api/v1/points", ""]
+    return "\n".join(lines)
+
+
+async def _status_lines(svc: Any, stop: asyncio.Event, every_s: float = 10.0) -> None:
+    """Print a one-line plant summary now and then, so the operator sees it is alive."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            return
+        q = Counter(s.quality.name for s in svc.bus.latest.values())
+        written = svc.writer.stats.rows_written if svc.writer else 0
+        print(f"status: {len(svc.bus.latest)} points live ({', '.join(f'{v} {k}' for k, v in sorted(q.items()))}); "
+              f"{written} samples stored", flush=True)
+
+
+def run_demo(config_path: Path, var_dir: Path) -> int:
+    """Start PostgreSQL, Mosquitto, simulators and the service; stop them all on Ctrl-C/SIGTERM."""
+    from service.app import Service, bind_api_socket
+    from service.cli import run_until_signal
+    from simulators.runner import Simulation
+
+    if not config_path.exists():
+        raise ConfigError(f"{config_path}: file not found (run 'make demo' in the heatrec checkout, "
+                          "or pass --config)")
+    var_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(var_dir, 0o755)  # the postgres/mosquitto system users must traverse it when we are root
+    cred_path = var_dir / "credentials.json"
+    creds = _load_credentials(cred_path)
+    # Secrets reach the config through the environment (${HEATREC_DB_PASSWORD} etc.).
+    os.environ["HEATREC_DB_PASSWORD"] = creds["database"]["password"]
+    os.environ["HEATREC_MQTT_PASSWORD"] = creds["mqtt"]["password"]
+    cfg = load_config(config_path)
+    if cfg.simulation is None:
+        raise ConfigError(f"{config_path}: simulation: the demo needs a [simulation] section")
+    check_ports_free(demo_ports(cfg))
+    _save_credentials(cred_path, creds)
+
+    print(f"starting PostgreSQL + TimescaleDB ({var_dir / 'pg'}) ...", flush=True)
+    pg = PostgresCluster(var_dir / "pg", cfg.database.port, creds["database"]["password"],
+                         host=cfg.database.host, user=cfg.database.user, dbname=cfg.database.name)
+    broker_url = urlsplit(cfg.simulation.mqtt_broker)
+    mq = MosquittoServer(var_dir / "mosquitto", broker_url.port or 1883, creds["mqtt"]["username"],
+                         creds["mqtt"]["password"], host=broker_url.hostname or "127.0.0.1")
+    pg.start()
+    try:
+        print("starting Mosquitto ...", flush=True)
+        mq.start()
+        asyncio.run(_ensure_tokens(cfg, creds))
+        creds["endpoints"] = {"api": f"http://{cfg.api.host}:{cfg.api.port}", "mqtt": cfg.simulation.mqtt_broker,
+                              "database": f"{cfg.database.host}:{cfg.database.port}"}
+        _save_credentials(cred_path, creds)
+        sock = bind_api_socket(cfg.api.host, cfg.api.port)
+        sim_cfg = cfg.simulation
+
+        async def main(stop: asyncio.Event) -> None:
+            print("starting simulators and the service ...", flush=True)
+            async with Simulation(sim_cfg):
+                svc = Service(cfg)
+                task = asyncio.create_task(svc.run(api_socket=sock), name="service")
+                started = asyncio.create_task(svc.started.wait())
+                await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+                if svc.started.is_set():
+                    print(_banner(cfg, creds, cred_path), flush=True)
+                    status = asyncio.create_task(_status_lines(svc, stop), name="status")
+                    await asyncio.wait({task, asyncio.create_task(stop.wait())},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    print("stopping ...", flush=True)
+                    status.cancel()
+                svc.stop()
+                started.cancel()
+                await task
+
+        run_until_signal(main)
+    finally:
+        mq.stop()
+        pg.stop()
+    print("demo stopped; data kept in", var_dir, file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""TimescaleDB storage: migrations, point registry, batched sample writer, token store."""
