@@ -36,9 +36,11 @@ class MosquittoServer:
         return f"mqtt://{self.host}:{self.port}"
 
     def _binaries(self) -> tuple[str, str]:
-        broker = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        """Paths of mosquitto and mosquitto_passwd, or a clear error."""
+        # HEATREC_MOSQUITTO points at another broker binary (and lets tests simulate its absence).
+        broker = os.environ.get("HEATREC_MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         passwd = shutil.which("mosquitto_passwd")
-        if broker is None or passwd is None:
+        if not Path(broker).is_file() or passwd is None:
             raise LocalServerError(f"Mosquitto is not installed: {SETUP_HINT}")
         if os.geteuid() == 0 and self._owner is None:
             raise LocalServerError(f"running as root but there is no 'mosquitto' system user: {SETUP_HINT}")

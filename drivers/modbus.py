@@ -1,0 +1,278 @@
+"""Generic Modbus TCP driver: polls a declared point map with as few requests as possible."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from drivers import codec
+from drivers.backoff import Backoff
+from drivers.base import Driver, describe
+from drivers.errors import (
+    CodecError,
+    DeviceException,
+    DriverConnectionError,
+    DriverError,
+    DriverTimeout,
+    WriteRejected,
+)
+from service.bus import SampleSink
+from service.config import ModbusDevice, ModbusPoint, PointBase
+from service.model import Quality, utcnow
+
+MAX_BITS_PER_READ = 2000  # Modbus limit for coils and discrete inputs in one request
+
+BlockKey = tuple[str, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBlock:
+    """One read request: `count` registers (or bits) of one function from `address`, and the points in it."""
+
+    function: str
+    address: int
+    count: int
+    points: tuple[ModbusPoint, ...]
+
+    @property
+    def key(self) -> BlockKey:
+        """Identity of the request, for logging a failing range once."""
+        return self.function, self.address, self.count
+
+
+def plan_reads(points: Iterable[ModbusPoint], max_registers: int, max_gap: int) -> list[ReadBlock]:
+    """Coalesce points into as few reads as possible, per function.
+
+    A block grows while the next point starts at most `max_gap` unmapped registers after it and the
+    whole block stays within `max_registers` (bits: 16 per register, at most 2000). A point larger
+    than the limit gets a block of its own.
+    """
+    by_function: dict[str, list[ModbusPoint]] = {}
+    for p in points:
+        by_function.setdefault(p.function, []).append(p)
+    blocks: list[ReadBlock] = []
+    for function in ("holding", "input", "coil", "discrete"):
+        group = sorted(by_function.get(function, []), key=lambda p: (p.address, p.register_count))
+        if not group:
+            continue
+        bits = function in ("coil", "discrete")
+        limit = min(MAX_BITS_PER_READ, 16 * max_registers) if bits else max_registers
+        gap = 16 * max_gap if bits else max_gap
+        start, end, members = group[0].address, group[0].address + group[0].register_count, [group[0]]
+        for p in group[1:]:
+            p_end = p.address + p.register_count
+            if p.address - end <= gap and max(end, p_end) - start <= limit:
+                end = max(end, p_end)
+                members.append(p)
+                continue
+            blocks.append(ReadBlock(function, start, end - start, tuple(members)))
+            start, end, members = p.address, p_end, [p]
+        blocks.append(ReadBlock(function, start, end - start, tuple(members)))
+    return blocks
+
+
+def split_block(block: ReadBlock, max_registers: int) -> list[ReadBlock]:
+    """Smaller reads for a block the device refused: first without bridged gaps, then one per point."""
+    gapless = plan_reads(block.points, max_registers, 0)
+    if len(gapless) > 1:
+        return gapless
+    return [ReadBlock(block.function, p.address, p.register_count, (p,)) for p in block.points]
+
+
+class ModbusDriver(Driver[ModbusDevice]):
+    """Polls a Modbus TCP device every `poll_interval_s` and writes its holding registers and coils."""
+
+    protocol = "modbus"
+
+    def __init__(self, device: ModbusDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
+        super().__init__(device, sink, backoff=backoff)
+        self._initial_plan = plan_reads(device.points, device.max_registers_per_read, device.max_gap_registers)
+        self._plan = list(self._initial_plan)
+        self._client: AsyncModbusTcpClient | None = None
+        self._failing_ranges: set[BlockKey] = set()  # logged as failing, not yet recovered
+
+    @property
+    def plan(self) -> list[ReadBlock]:
+        """The reads one poll makes now (refused coalesced reads are split until the next connection)."""
+        return list(self._plan)
+
+    # ------------------------------------------------------------------ lifecycle hooks
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
+        host, port = self.device.host_port
+        # Our own backoff re-creates the client: pymodbus' reconnect is off and it never retries a
+        # request, so every request costs at most one timeout.
+        client = AsyncModbusTcpClient(host, port=port, name=self.device_id, timeout=self.device.timeout_s,
+                                      retries=0, reconnect_delay=0)
+        stack.callback(self._drop_client, client)
+        if not await client.connect():
+            raise DriverConnectionError(f"cannot connect to {self.device.endpoint}")
+        self._client = client
+        self._plan = list(self._initial_plan)  # a new connection gets a new chance to coalesce
+
+    def _drop_client(self, client: AsyncModbusTcpClient) -> None:
+        self._client = None
+        client.close()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
+        while True:
+            await self._poll_once()
+            self._mark_healthy()
+            # Fixed rate; a poll that overran skips the missed slots rather than bursting.
+            next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
+            await asyncio.sleep(next_poll - loop.time())
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll_once(self) -> None:
+        """Read every block and publish its points; a refused block only affects its own points."""
+        plan: list[ReadBlock] = []
+        pending = list(self._plan)
+        while pending:
+            block = pending.pop(0)
+            try:
+                data = await self._read_block(block)
+            except DeviceException as err:
+                if len(block.points) > 1:
+                    # A bridged gap or one bad address spoils the whole request: retry it in pieces now.
+                    pieces = split_block(block, self.device.max_registers_per_read)
+                    self._log.info("%s: %s refused (%s); reading it in %d requests from now on",
+                                   self.device_id, _describe_block(block), err, len(pieces))
+                    pending[:0] = pieces
+                    continue
+                plan.append(block)
+                self.stats.read_errors += 1
+                self._range_failed(block, err)
+                now = utcnow()
+                for p in block.points:
+                    self._publish(p, None, Quality.BAD, now, now)
+                continue
+            plan.append(block)
+            self.stats.reads += 1
+            self._range_ok(block)
+            self._publish_block(block, data)
+        self._plan = plan
+
+    def _publish_block(self, block: ReadBlock, data: Sequence[int] | Sequence[bool]) -> None:
+        now = utcnow()
+        for p in block.points:
+            if not self._publishes(p):
+                continue
+            offset = p.address - block.address
+            try:
+                if p.function in ("coil", "discrete"):
+                    value: float | str = codec.decode_bit(bool(data[offset]))
+                else:
+                    value = codec.decode(p, [int(r) for r in data[offset:offset + p.register_count]])
+            except CodecError as err:
+                self.stats.read_errors += 1
+                self._log.debug("%s: %s", self.device_id, err)
+                self._publish(p, None, Quality.BAD, now, now)
+                continue
+            self._publish(p, float(value), Quality.GOOD, now, now)
+
+    async def _read_block(self, block: ReadBlock) -> Sequence[int] | Sequence[bool]:
+        client = self._require_client()
+        unit = self.device.unit_id
+        readers: dict[str, Callable[[], Awaitable[ModbusPDU]]] = {
+            "holding": lambda: client.read_holding_registers(block.address, count=block.count, device_id=unit),
+            "input": lambda: client.read_input_registers(block.address, count=block.count, device_id=unit),
+            "coil": lambda: client.read_coils(block.address, count=block.count, device_id=unit),
+            "discrete": lambda: client.read_discrete_inputs(block.address, count=block.count, device_id=unit),
+        }
+        response = await self._call(_describe_block(block), readers[block.function])
+        if block.function in ("coil", "discrete"):
+            bits = response.bits[:block.count]  # bits arrive padded to whole bytes
+            if len(bits) < block.count:
+                raise DriverError(f"{_describe_block(block)}: got {len(bits)} bits")
+            return bits
+        if len(response.registers) != block.count:
+            raise DriverError(f"{_describe_block(block)}: got {len(response.registers)} registers")
+        return response.registers
+
+    def _range_failed(self, block: ReadBlock, err: DeviceException) -> None:
+        if block.key not in self._failing_ranges:
+            self._failing_ranges.add(block.key)
+            self._log.warning("%s: %s refused (%s); its points are BAD",
+                              self.device_id, _describe_block(block), err)
+
+    def _range_ok(self, block: ReadBlock) -> None:
+        if block.key in self._failing_ranges:
+            self._failing_ranges.discard(block.key)
+            self._log.info("%s: %s readable again", self.device_id, _describe_block(block))
+
+    # ------------------------------------------------------------------ the wire
+
+    def _require_client(self) -> AsyncModbusTcpClient:
+        if self._client is None:
+            raise DriverConnectionError(f"not connected to {self.device.endpoint}")
+        return self._client
+
+    async def _call(self, what: str, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        """Run one request within the device timeout; translate pymodbus' errors into ours."""
+        try:
+            async with asyncio.timeout(self.device.timeout_s):
+                response = await request()  # pymodbus raises before awaiting when not connected
+        except TimeoutError as err:
+            raise DriverTimeout(f"{what}: no answer within {self.device.timeout_s} s") from err
+        except (ConnectionException, ModbusIOException) as err:
+            raise DriverConnectionError(f"{what}: {err}") from err
+        except ModbusException as err:
+            raise DriverError(f"{what}: {err}") from err
+        if response.isError():
+            code = response.exception_code
+            name = ExcCodes(code).name if code in ExcCodes._value2member_map_ else "unknown"
+            raise DeviceException(f"exception {code} {name}", code)
+        return response
+
+    # ------------------------------------------------------------------ writes
+
+    async def _write_and_read_back(self, point: PointBase, value: float) -> tuple[float, float]:
+        assert isinstance(point, ModbusPoint)
+        client = self._require_client()
+        unit = self.device.unit_id
+        single = ReadBlock(point.function, point.address, point.register_count, (point,))
+        if point.function == "coil":
+            bit = codec.encode_bit(point, value)
+            await self._write(f"write coil {point.address}",
+                              lambda: client.write_coil(point.address, bit, device_id=unit))
+            return codec.decode_bit(bit), codec.decode_bit(bool((await self._read_block(single))[0]))
+        registers = codec.encode(point, value)  # CodecError: the value does not fit, nothing is sent
+        written = codec.decode(point, registers)
+        if len(registers) == 1:
+            await self._write(f"write register {point.address}",
+                              lambda: client.write_register(point.address, registers[0], device_id=unit))
+        else:
+            await self._write(f"write registers {point.address}+{len(registers)}",
+                              lambda: client.write_registers(point.address, registers, device_id=unit))
+        readback = codec.decode(point, [int(r) for r in await self._read_block(single)])
+        if isinstance(written, str) or isinstance(readback, str):
+            raise WriteRejected(f"point '{point.id}' is a string")
+        return written, readback
+
+    async def _write(self, what: str, request: Callable[[], Awaitable[ModbusPDU]]) -> None:
+        try:
+            await self._call(what, request)
+        except DeviceException as err:
+            raise WriteRejected(f"device refused the {what}: {describe(err)}") from err
+
+    def _tolerance(self, point: PointBase, written: float) -> float:
+        assert isinstance(point, ModbusPoint)
+        return codec.readback_tolerance(point, written)
+
+    def _publishes(self, point: PointBase) -> bool:
+        # Text points are for probing and commissioning; the sample stream carries numbers only.
+        return not (isinstance(point, ModbusPoint) and point.type == "string")
+
+
+def _describe_block(block: ReadBlock) -> str:
+    return f"{block.function} {block.address}..{block.address + block.count - 1}"

@@ -1,0 +1,321 @@
+"""Plant physics: IT load → CDU loop → heat pump → district heating, metered per EN 1434.
+
+The model is deliberately simple but keeps the relations a control engineer checks:
+energy balances close, COP follows a Carnot fraction, temperatures lag their setpoints,
+and the meter integrates flow × k × Δθ into a register that never decreases.
+It is deterministic for a given seed and sequence of `step` calls.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass
+
+from service.clock import Clock
+from service.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
+from simulators.water import heat_coefficient
+
+CP_WATER = 4.18  # kJ/(kg·K), loop water between 25 and 75 °C
+CDU_LOOP_DENSITY = 994.0  # kg/m³ at ~35 °C, converts the CDU mass flow to L/min
+CDU_DESIGN_DELTA_K = 10.0  # the CDU pump holds this secondary spread at any load
+CDU_NOMINAL_PUMP_PERCENT = 80.0  # pump speed at nominal IT load, leaving headroom
+CDU_MIN_PUMP_PERCENT = 20.0
+CDU_TIME_CONSTANT_S = 30.0  # CDU supply temperature control loop
+CDU_LOAD_SWING = 0.03  # ±3 % slow IT load variation (period below)
+CDU_LOAD_PERIOD_S = 1800.0
+CDU_LOAD_NOISE = 0.003  # relative process noise on the IT load
+HX_APPROACH_K = 2.0  # CDU heat exchanger: primary side leaves this much below secondary return
+MIN_LIFT_K = 5.0  # below this lift the Carnot formula explodes; real compressors have a floor
+MAX_COP = 10.0
+MIN_COP = 1.1  # at COP ≤ 1 it would be an electric heater; keeps Q_evap = Q_cond·(COP−1)/COP positive
+DH_DESIGN_SPREAD_K = 20.0  # DH pump sized to carry the full capacity at this spread
+SG_READY_SHIFT_K = {0: 0.0, 1: 0.0, 2: 3.0, 3: 5.0}  # setpoint raise for encouraged / forced
+METER_FLOW_NOISE = 0.002  # relative noise of the meter's flow sensor
+METER_TEMPERATURE_NOISE_K = 0.01  # noise of each sensor of the temperature pair
+METER_MIN_DELTA_K = 0.5  # below this the calculator counts no energy
+
+
+class SgReady(enum.IntEnum):
+    """SG-Ready operating state as written to the heat pump."""
+
+    NORMAL = 0
+    BLOCKED = 1
+    ENCOURAGED = 2
+    FORCED = 3
+
+
+@dataclass
+class CduState:
+    """What a CDU controller reports (DMTF Redfish CoolingUnit names)."""
+
+    it_load_kw: float
+    supply_temperature: float
+    return_temperature: float
+    flow_liters_per_minute: float
+    heat_removed_kw: float
+    pump_speed_percent: float
+    valve_position_percent: float
+    supply_temperature_setpoint: float
+    supply_temperature_allowable_max: float
+
+
+@dataclass
+class HeatPumpState:
+    """What a heat pump controller reports, plus its command inputs."""
+
+    supply_temperature: float
+    return_temperature: float
+    source_inlet_temperature: float
+    source_outlet_temperature: float
+    cop: float
+    heat_output_kw: float
+    electric_power_kw: float
+    evaporator_heat_kw: float
+    remote_setpoint: float
+    local_setpoint: float
+    sg_ready: SgReady = SgReady.NORMAL
+    running: bool = True
+    fault: bool = False
+    watchdog_armed: bool = False
+    watchdog_fallback: bool = False
+    heartbeat: int = 0
+
+    @property
+    def status_word(self) -> int:
+        """bit0 running, bit1 fault/trip, bit2 watchdog fallback active."""
+        return int(self.running) | int(self.fault) << 1 | int(self.watchdog_fallback) << 2
+
+
+@dataclass
+class HeatMeterState:
+    """An EN 1434 heat meter's registers and instantaneous values."""
+
+    serial: str
+    energy_gj: float
+    volume_m3: float
+    power_kw: float
+    flow_m3h: float
+    flow_temperature_c: float
+    return_temperature_c: float
+
+
+def carnot_cop(t_hot_c: float, t_cold_c: float, eta: float) -> float:
+    """COP = η · T_hot / (T_hot − T_cold), kelvin; lift floored at MIN_LIFT_K, COP kept in MIN..MAX_COP."""
+    t_hot = t_hot_c + 273.15
+    lift = max(t_hot_c - t_cold_c, MIN_LIFT_K)
+    return min(max(eta * t_hot / lift, MIN_COP), MAX_COP)
+
+
+def dh_return_temperature(outdoor_c: float) -> float:
+    """District-heating return: about 35 °C in deep winter to 40 °C in summer (less cooling at low load)."""
+    return min(max(35.0 + (outdoor_c + 10.0) / 6.0, 35.0), 40.0)
+
+
+def first_order(value: float, target: float, dt_s: float, tau_s: float) -> float:
+    """Exact discrete first-order lag, stable for any step size."""
+    return target + (value - target) * math.exp(-dt_s / tau_s)
+
+
+class PlantModel:
+    """The whole simulated plant; protocol faces read its states and call its command methods."""
+
+    def __init__(self, cfg: SimulationConfig, clock: Clock) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self._rng = random.Random(cfg.seed)
+        self._last_monotonic = clock.monotonic()
+        self._last_heartbeat_s: dict[str, float] = {}
+        self.elapsed_s = 0.0
+        self.time = clock.now()
+        self.outdoor_temperature = cfg.outdoor_temperature
+        self.dry_cooler_kw = 0.0
+        self._cdu_cfg: dict[str, SimCdu] = {c.id: c for c in cfg.cdus}
+        self._hp_cfg: dict[str, SimHeatPump] = {h.id: h for h in cfg.heat_pumps}
+        self._meter_cfg: dict[str, SimHeatMeter] = {m.id: m for m in cfg.heat_meters}
+        dh_return = dh_return_temperature(self.outdoor_temperature)
+        # Start in steady state: temperatures at their setpoints, so the first readings are plausible.
+        self.cdus: dict[str, CduState] = {
+            c.id: CduState(
+                it_load_kw=c.it_load_kw, supply_temperature=c.supply_temperature_setpoint,
+                return_temperature=c.supply_temperature_setpoint + CDU_DESIGN_DELTA_K,
+                flow_liters_per_minute=0.0, heat_removed_kw=0.0, pump_speed_percent=0.0,
+                valve_position_percent=0.0, supply_temperature_setpoint=c.supply_temperature_setpoint,
+                supply_temperature_allowable_max=c.supply_temperature_allowable_max)
+            for c in cfg.cdus}
+        self.heat_pumps: dict[str, HeatPumpState] = {
+            h.id: HeatPumpState(
+                supply_temperature=h.supply_setpoint, return_temperature=dh_return,
+                source_inlet_temperature=0.0, source_outlet_temperature=0.0, cop=0.0,
+                heat_output_kw=0.0, electric_power_kw=0.0, evaporator_heat_kw=0.0,
+                remote_setpoint=h.supply_setpoint, local_setpoint=h.supply_setpoint)
+            for h in cfg.heat_pumps}
+        self.heat_meters: dict[str, HeatMeterState] = {
+            m.id: HeatMeterState(
+                serial=m.serial, energy_gj=m.initial_energy_gj, volume_m3=m.initial_volume_m3,
+                power_kw=0.0, flow_m3h=0.0, flow_temperature_c=dh_return, return_temperature_c=dh_return)
+            for m in cfg.heat_meters}
+        self.step(0.0)
+
+    # --- time -------------------------------------------------------------------------------
+
+    def tick(self) -> float:
+        """Advance by the clock's monotonic time since the previous tick; returns that step."""
+        now = self._clock.monotonic()
+        dt = max(now - self._last_monotonic, 0.0)
+        self._last_monotonic = now
+        self.step(dt)
+        return dt
+
+    def step(self, dt_s: float) -> None:
+        """Advance the physics by dt_s seconds."""
+        if dt_s < 0 or not math.isfinite(dt_s):
+            raise ValueError(f"step must be a finite, non-negative time (got {dt_s})")
+        self.elapsed_s += dt_s
+        self.time = self._clock.now()
+        dh_return = dh_return_temperature(self.outdoor_temperature)
+        heat_kw, mass_flow, mixed_return = self._step_cdus(dt_s)
+        evaporated = self._step_heat_pumps(dt_s, heat_kw, mass_flow, mixed_return, dh_return)
+        # IT cooling has priority: whatever the heat pumps cannot take goes to dry coolers.
+        self.dry_cooler_kw = max(heat_kw - evaporated, 0.0)
+        self._step_meters(dt_s, dh_return)
+
+    def _step_cdus(self, dt_s: float) -> tuple[float, float, float]:
+        """Returns total heat (kW), total secondary mass flow (kg/s) and the mixed return (°C)."""
+        total_q = total_m = weighted_return = 0.0
+        swing = 1.0 + CDU_LOAD_SWING * math.sin(2 * math.pi * self.elapsed_s / CDU_LOAD_PERIOD_S)
+        for cdu_id, cdu in self.cdus.items():
+            cfg = self._cdu_cfg[cdu_id]
+            load = max(cfg.it_load_kw * swing * (1.0 + self._rng.gauss(0.0, CDU_LOAD_NOISE)), 0.0)
+            cdu.it_load_kw = load
+            cdu.heat_removed_kw = load  # direct liquid cooling: the IT heat leaves through the loop
+            cdu.supply_temperature = first_order(cdu.supply_temperature, cdu.supply_temperature_setpoint,
+                                                 dt_s, CDU_TIME_CONSTANT_S)
+            full_speed_flow = cfg.it_load_kw / (CP_WATER * CDU_DESIGN_DELTA_K) / (CDU_NOMINAL_PUMP_PERCENT / 100)
+            needed = load / (CP_WATER * CDU_DESIGN_DELTA_K)
+            pump = min(max(100.0 * needed / full_speed_flow, CDU_MIN_PUMP_PERCENT), 100.0)
+            m = full_speed_flow * pump / 100.0
+            cdu.pump_speed_percent = pump
+            cdu.flow_liters_per_minute = m / CDU_LOOP_DENSITY * 1000.0 * 60.0
+            cdu.return_temperature = cdu.supply_temperature + load / (m * CP_WATER)
+            # Primary valve opens with load; 70 % at nominal leaves control range both ways.
+            cdu.valve_position_percent = min(100.0 * 0.7 * load / cfg.it_load_kw, 100.0)
+            total_q += load
+            total_m += m
+            weighted_return += m * cdu.return_temperature
+        mixed_return = weighted_return / total_m if total_m > 0 else 0.0
+        return total_q, total_m, mixed_return
+
+    def _step_heat_pumps(self, dt_s: float, heat_kw: float, mass_flow: float, mixed_return: float,
+                         dh_return: float) -> float:
+        """Returns the heat taken from the CDU loop by all heat pumps (kW)."""
+        total_capacity = sum(c.capacity_kw for c in self._hp_cfg.values())
+        source_inlet = mixed_return - HX_APPROACH_K
+        evaporated = 0.0
+        for hp_id, hp in self.heat_pumps.items():
+            cfg = self._hp_cfg[hp_id]
+            share = cfg.capacity_kw / total_capacity
+            last = self._last_heartbeat_s.get(hp_id)
+            if hp.watchdog_armed and last is not None and self.elapsed_s - last > cfg.watchdog_timeout_s:
+                hp.watchdog_fallback = True
+            hp.running = not hp.fault and hp.sg_ready != SgReady.BLOCKED and heat_kw > 0
+            # Idle, the condenser water drifts to the DH return temperature.
+            target = self.effective_setpoint(hp_id) if hp.running else dh_return
+            hp.supply_temperature = first_order(hp.supply_temperature, target, dt_s, cfg.time_constant_s)
+            hp.return_temperature = dh_return
+            hp.source_inlet_temperature = source_inlet
+            if not hp.running:
+                hp.cop = hp.heat_output_kw = hp.electric_power_kw = hp.evaporator_heat_kw = 0.0
+                hp.source_outlet_temperature = source_inlet
+                continue
+            m_src = mass_flow * share
+            available = heat_kw * share
+            # The DH pump can only carry so much heat at the present spread (matters at start-up).
+            dh_limit = cfg.capacity_kw / DH_DESIGN_SPREAD_K * max(hp.supply_temperature - dh_return, 0.0)
+            q_evap, cop, q_cond = available, 1.0, 0.0
+            for _ in range(3):  # the source outlet depends on q_evap, COP on the outlet: converges fast
+                t_cold = source_inlet - q_evap / (m_src * CP_WATER)
+                cop = carnot_cop(hp.supply_temperature, t_cold, cfg.carnot_efficiency)
+                q_cond = min(available * cop / (cop - 1.0), cfg.capacity_kw, dh_limit)
+                q_evap = q_cond * (cop - 1.0) / cop
+            hp.cop = cop
+            hp.heat_output_kw = q_cond
+            hp.electric_power_kw = q_cond / cop
+            hp.evaporator_heat_kw = q_evap
+            hp.source_outlet_temperature = source_inlet - q_evap / (m_src * CP_WATER)
+            evaporated += q_evap
+        return evaporated
+
+    def _step_meters(self, dt_s: float, dh_return: float) -> None:
+        if not self.heat_meters:
+            return
+        total = sum(hp.heat_output_kw for hp in self.heat_pumps.values())
+        if total > 0:
+            supply = sum(hp.heat_output_kw * hp.supply_temperature for hp in self.heat_pumps.values()) / total
+        elif self.heat_pumps:
+            supply = sum(hp.supply_temperature for hp in self.heat_pumps.values()) / len(self.heat_pumps)
+        else:
+            supply = dh_return
+        per_meter = total / len(self.heat_meters)  # parallel branches share the output evenly
+        for meter in self.heat_meters.values():
+            # The true flow that carries this heat, then what the meter's sensors make of it.
+            q_true = 0.0
+            if per_meter > 0 and supply - dh_return > METER_MIN_DELTA_K:
+                q_true = per_meter / (heat_coefficient(supply, dh_return) * (supply - dh_return))
+            q = max(q_true * (1.0 + self._rng.gauss(0.0, METER_FLOW_NOISE)), 0.0)
+            t_f = supply + self._rng.gauss(0.0, METER_TEMPERATURE_NOISE_K)
+            t_r = dh_return + self._rng.gauss(0.0, METER_TEMPERATURE_NOISE_K)
+            delta = t_f - t_r
+            # EN 1434: P = q · k(θf, θr) · Δθ; a heating meter counts nothing for Δθ ≤ 0.
+            power = q * heat_coefficient(t_f, t_r) * delta if q > 0 and delta > METER_MIN_DELTA_K else 0.0
+            meter.flow_m3h = q
+            meter.flow_temperature_c = t_f
+            meter.return_temperature_c = t_r
+            meter.power_kw = power
+            meter.energy_gj += power * dt_s / 1e6  # kW·s = kJ
+            meter.volume_m3 += q * dt_s / 3600.0
+
+    # --- commands from the protocol faces ----------------------------------------------------
+
+    def effective_setpoint(self, hp_id: str) -> float:
+        """The supply setpoint the heat pump is holding now: remote or fallback, plus SG-Ready raise."""
+        hp, cfg = self.heat_pumps[hp_id], self._hp_cfg[hp_id]
+        base = hp.local_setpoint if hp.watchdog_fallback else hp.remote_setpoint
+        return min(base + SG_READY_SHIFT_K[hp.sg_ready], cfg.setpoint_max)
+
+    def set_cdu_setpoint(self, cdu_id: str, value: float) -> None:
+        """Accept a CDU supply setpoint; ValueError outside the CDU's accepted range."""
+        cfg = self._cdu_cfg[cdu_id]
+        _check_range(value, cfg.setpoint_min, cfg.setpoint_max, f"{cdu_id} supply temperature setpoint")
+        self.cdus[cdu_id].supply_temperature_setpoint = value
+
+    def set_heat_pump_setpoint(self, hp_id: str, value: float) -> None:
+        """Accept a remote supply setpoint; ValueError outside the heat pump's accepted range."""
+        cfg = self._hp_cfg[hp_id]
+        _check_range(value, cfg.setpoint_min, cfg.setpoint_max, f"{hp_id} supply setpoint")
+        self.heat_pumps[hp_id].remote_setpoint = value
+
+    def set_sg_ready(self, hp_id: str, state: int) -> None:
+        """Accept an SG-Ready state 0..3; ValueError otherwise."""
+        try:
+            self.heat_pumps[hp_id].sg_ready = SgReady(state)
+        except ValueError:
+            raise ValueError(f"{hp_id} SG-Ready state must be 0..3 (got {state})") from None
+
+    def heartbeat(self, hp_id: str, value: int) -> None:
+        """A heartbeat write: arms the watchdog, restarts its timer, leaves any fallback."""
+        hp = self.heat_pumps[hp_id]
+        hp.heartbeat = value & 0xFFFF
+        hp.watchdog_armed = True
+        hp.watchdog_fallback = False
+        self._last_heartbeat_s[hp_id] = self.elapsed_s
+
+    def set_fault(self, hp_id: str, fault: bool) -> None:
+        """Trip (True) or reset (False) a heat pump, for fault injection."""
+        self.heat_pumps[hp_id].fault = fault
+
+
+def _check_range(value: float, low: float, high: float, what: str) -> None:
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{what} {value} is outside {low}..{high}")

@@ -1,0 +1,108 @@
+"""The heatrec command line: help, check-config, and one-line errors with non-zero exit for bad input."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import DatabaseConfig
+from service.localservers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+HEATREC = [sys.executable, "-m", "service.cli"]
+
+
+def heatrec(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HEATREC, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("heatrec: error:")]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def test_help_lists_every_command() -> None:
+    r = heatrec("--help")
+    assert r.returncode == 0
+    for cmd in ("demo", "run", "simulate", "check-config", "token"):
+        assert cmd in r.stdout
+
+
+def test_check_config_demo_passes() -> None:
+    r = heatrec("check-config", "config/demo.toml")
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout and "3 devices" in r.stdout
+
+
+def test_check_config_unknown_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text((ROOT / "config/demo.toml").read_text().replace('unit_id = 1\n', 'unit_id = 1\nunitid = 2\n', 1))
+    r = heatrec("check-config", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}: devices[1].unitid: unknown key" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_run_with_missing_config() -> None:
+    line = one_line_error(heatrec("run", "-c", "no/such.toml"))
+    assert "file not found" in line
+
+
+def test_run_with_unreachable_database(tmp_path: Path) -> None:
+    cfg = tmp_path / "plant.toml"
+    cfg.write_text(f"[database]\nport = {free_port()}\nconnect_timeout_s = 2\n[api]\nport = {free_port()}\n")
+    line = one_line_error(heatrec("run", "-c", str(cfg)))
+    assert "cannot reach PostgreSQL" in line
+
+
+def test_run_with_api_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = tmp_path / "plant.toml"
+        cfg.write_text(f"[api]\nport = {port}\n")
+        line = one_line_error(heatrec("run", "-c", str(cfg)))
+    assert f"port {port} on 127.0.0.1 (HTTP API) is already in use" in line
+
+
+def test_demo_reports_missing_postgres_and_mosquitto(tmp_path: Path) -> None:
+    cfg = tmp_path / "demo.toml"
+    text = (ROOT / "config/demo.toml").read_text()
+    for port in ("8000", "55432", "4841", "5020", "1883"):
+        text = text.replace(f":{port}\"", f":{free_port()}\"").replace(f"port = {port}\n", f"port = {free_port()}\n")
+    cfg.write_text(text)
+    line = one_line_error(heatrec("demo", "-c", str(cfg), "--var-dir", str(tmp_path / "var"),
+                                  env={"HEATREC_PG_BIN": "/nonexistent/bin"}))
+    assert "PostgreSQL 15 is not installed" in line and "make setup" in line
+    assert not (tmp_path / "var" / "pg").exists()  # nothing half-started
+
+
+def test_mosquitto_missing_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.localservers import LocalServerError, MosquittoServer
+
+    monkeypatch.setenv("HEATREC_MOSQUITTO", "/nonexistent/mosquitto")
+    with pytest.raises(LocalServerError, match=r"Mosquitto is not installed: run 'make setup'"):
+        MosquittoServer(tmp_path, free_port(), "u", "p").start()
+
+
+def test_token_create_prints_once_and_stores_hash(database: DatabaseConfig, tmp_path: Path) -> None:
+    cfg = tmp_path / "plant.toml"
+    cfg.write_text(f'[database]\nport = {database.port}\nname = "{database.name}"\npassword = "${{PW}}"\n')
+    r = heatrec("token", "create", "-c", str(cfg), "--role", "operator", "--name", "alice",
+                env={"PW": database.password or ""})
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("hr_") and len(token) > 40
+    assert token not in r.stderr
+    r2 = heatrec("token", "create", "-c", str(cfg), "--role", "superuser", "--name", "x")
+    assert r2.returncode == 2 and "invalid choice" in r2.stderr
