@@ -28,7 +28,7 @@ DeviceT = TypeVar("DeviceT", OpcUaDevice, ModbusDevice, MqttDevice)
 WriteStatus = Literal["ok", "rejected", "mismatch", "timeout", "error"]
 
 
-class ConnectionState(str, Enum):
+class ConnectionState(str, Enum):  # noqa: UP042 - the contract names (str, Enum)
     """Where a driver's connection is in its lifecycle."""
 
     CONNECTING = "connecting"
@@ -128,16 +128,10 @@ class Driver(ABC, Generic[DeviceT]):
             self._running = False
             self._set_state(ConnectionState.STOPPED)
 
-    async def wait_for_state(self, state: ConnectionState, timeout: float) -> None:
-        """Return once the driver is in `state`; raise DriverTimeout after `timeout` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self._state is not state:
-                    changed = self._state_changed
-                    await changed.wait()
-        except TimeoutError as err:
-            raise DriverTimeout(f"{self.device_id}: not {state.value} within {timeout} s "
-                                f"(state {self._state.value})") from err
+    async def wait_for_state(self, state: ConnectionState) -> None:
+        """Return once the driver is in `state` (bound it with asyncio.timeout)."""
+        while self._state is not state:
+            await self._state_changed.wait()
 
     async def write(self, point_id: str, value: float) -> WriteResult:
         """Check the envelope, write, read back and compare; the device never sees a rejected value."""
@@ -156,8 +150,9 @@ class Driver(ABC, Generic[DeviceT]):
             async with asyncio.timeout(self.device.timeout_s):
                 written, readback = await self._write_and_read_back(point, value)
         except (TimeoutError, DriverTimeout) as err:
+            detail = f" ({err})" if isinstance(err, DriverTimeout) else ""
             result = WriteResult(pid, "timeout", value,
-                                 message=f"no answer within {self.device.timeout_s} s ({describe(err)})")
+                                 message=f"no answer within {self.device.timeout_s} s{detail}")
         except (WriteRejected, CodecError) as err:
             result = WriteResult(pid, "rejected", value, message=str(err))
         except DriverError as err:
@@ -206,6 +201,8 @@ class Driver(ABC, Generic[DeviceT]):
     def _publish(self, point: PointBase, value: float | None, quality: Quality,
                  source_time: datetime | None = None, receive_time: datetime | None = None) -> None:
         """Hand one sample to the sink and restart the point's staleness clock."""
+        if not self._publishes(point):
+            return
         received = receive_time or utcnow()
         self._sink.publish(Sample(self.point_id(point), value, quality, source_time or received, received))
         self.stats.samples += 1
@@ -250,7 +247,7 @@ class Driver(ABC, Generic[DeviceT]):
             self._arm_staleness()
             await self._serve()
             raise DriverError("the connection ended")  # _serve only returns if the peer hung up
-        except Exception as err:  # noqa: BLE001 - any failure means: BAD, back off, re-create
+        except Exception as err:  # any failure means: BAD, back off, re-create
             self._on_failure(err)
         finally:
             self._healthy = False
@@ -261,15 +258,14 @@ class Driver(ABC, Generic[DeviceT]):
         try:
             async with asyncio.timeout(self.device.timeout_s):
                 await stack.aclose()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # a close that fails is not news
             self._log.debug("%s: closing the connection: %s", self.device_id, describe(err))
 
     def _on_failure(self, err: Exception) -> None:
         self.stats.failures += 1
         now = utcnow()
         for point in self._points.values():
-            if self._publishes(point):
-                self._publish(point, None, Quality.BAD, now, now)
+            self._publish(point, None, Quality.BAD, now, now)
         # BAD already says "invalid": no STALE on top until the next connection.
         self._deadline.clear()
         self._stale.clear()
@@ -278,7 +274,7 @@ class Driver(ABC, Generic[DeviceT]):
             return
         self._failing = True
         self._failing_since = time.monotonic()
-        self._log.warning("%s: %s; points are BAD, reconnecting with backoff (at most %.0f s apart)",
+        self._log.warning("%s: %s; points are BAD, reconnecting with backoff (at most %g s apart)",
                           self.device_id, describe(err), self._backoff.cap,
                           exc_info=None if isinstance(err, DriverError) else err)
 

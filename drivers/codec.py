@@ -79,7 +79,7 @@ def decode(point: ModbusPoint, registers: Sequence[int]) -> float | str:
     if isinstance(raw, float) and not math.isfinite(raw):
         raise CodecError(f"point '{point.id}' holds {raw}, not a finite number")
     if _identity(point):
-        return raw  # type: ignore[no-any-return]
+        return float(raw) if isinstance(raw, float) else int(raw)
     return float(raw * point.scale + point.offset)
 
 
@@ -100,7 +100,8 @@ def encode(point: ModbusPoint, value: float | str) -> list[int]:
             raise CodecError(f"point '{point.id}' is a string: cannot write {value!r}")
         data = value.encode("utf-8")
         if len(data) > 2 * point.length:
-            raise CodecError(f"'{value}' needs {len(data)} bytes, point '{point.id}' holds {2 * point.length}")
+            raise CodecError(f"'{value}' needs {len(data)} bytes, "
+                             f"point '{point.id}' holds {2 * point.length}")
         return bytes_to_registers(data.ljust(2 * point.length, b"\x00"), point.byte_order, "big")
     if isinstance(value, str):
         raise CodecError(f"point '{point.id}' is numeric: cannot write {value!r}")
@@ -117,7 +118,8 @@ def encode(point: ModbusPoint, value: float | str) -> list[int]:
         raw = round(raw)
         low, high = int_range(point.type)
         if not low <= raw <= high:
-            raise CodecError(f"point '{point.id}': {value} is raw {raw}, outside {point.type} [{low}, {high}]")
+            raise CodecError(f"point '{point.id}': {value} is raw {raw}, "
+                             f"outside {point.type} [{low}, {high}]")
     elif point.type == "float32" and not abs(raw) <= _FLOAT32_MAX:
         raise CodecError(f"point '{point.id}': {value} is raw {raw}, outside float32")
     elif not math.isfinite(raw):

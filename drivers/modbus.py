@@ -93,7 +93,8 @@ class ModbusDriver(Driver[ModbusDevice]):
 
     def __init__(self, device: ModbusDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
         super().__init__(device, sink, backoff=backoff)
-        self._initial_plan = plan_reads(device.points, device.max_registers_per_read, device.max_gap_registers)
+        self._initial_plan = plan_reads(device.points, device.max_registers_per_read,
+                                        device.max_gap_registers)
         self._plan = list(self._initial_plan)
         self._client: AsyncModbusTcpClient | None = None
         self._failing_ranges: set[BlockKey] = set()  # logged as failing, not yet recovered
@@ -108,9 +109,10 @@ class ModbusDriver(Driver[ModbusDevice]):
     async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
         host, port = self.device.host_port
         # Our own backoff re-creates the client: pymodbus' reconnect is off and it never retries a
-        # request, so every request costs at most one timeout.
-        client = AsyncModbusTcpClient(host, port=port, name=self.device_id, timeout=self.device.timeout_s,
-                                      retries=0, reconnect_delay=0)
+        # request, so every request costs at most one timeout. Its own timer runs a little longer
+        # than ours so that ours decides (and it does not log an error on top).
+        client = AsyncModbusTcpClient(host, port=port, name=self.device_id,
+                                      timeout=self.device.timeout_s + 1.0, retries=0, reconnect_delay=0)
         stack.callback(self._drop_client, client)
         if not await client.connect():
             raise DriverConnectionError(f"cannot connect to {self.device.endpoint}")
@@ -182,12 +184,12 @@ class ModbusDriver(Driver[ModbusDevice]):
 
     async def _read_block(self, block: ReadBlock) -> Sequence[int] | Sequence[bool]:
         client = self._require_client()
-        unit = self.device.unit_id
+        address, count, unit = block.address, block.count, self.device.unit_id
         readers: dict[str, Callable[[], Awaitable[ModbusPDU]]] = {
-            "holding": lambda: client.read_holding_registers(block.address, count=block.count, device_id=unit),
-            "input": lambda: client.read_input_registers(block.address, count=block.count, device_id=unit),
-            "coil": lambda: client.read_coils(block.address, count=block.count, device_id=unit),
-            "discrete": lambda: client.read_discrete_inputs(block.address, count=block.count, device_id=unit),
+            "holding": lambda: client.read_holding_registers(address, count=count, device_id=unit),
+            "input": lambda: client.read_input_registers(address, count=count, device_id=unit),
+            "coil": lambda: client.read_coils(address, count=count, device_id=unit),
+            "discrete": lambda: client.read_discrete_inputs(address, count=count, device_id=unit),
         }
         response = await self._call(_describe_block(block), readers[block.function])
         if block.function in ("coil", "discrete"):
@@ -230,7 +232,10 @@ class ModbusDriver(Driver[ModbusDevice]):
             raise DriverError(f"{what}: {err}") from err
         if response.isError():
             code = response.exception_code
-            name = ExcCodes(code).name if code in ExcCodes._value2member_map_ else "unknown"
+            try:
+                name = ExcCodes(code).name
+            except ValueError:
+                name = "unknown"
             raise DeviceException(f"exception {code} {name}", code)
         return response
 

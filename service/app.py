@@ -96,7 +96,7 @@ class Service:
                 writer_task = tg.create_task(self.writer.run(), name="storage-writer")
                 driver_tasks = [tg.create_task(d.run(), name=f"driver-{d.device_id}") for d in self.drivers]
                 api_task = tg.create_task(server.serve(sockets=[sock]), name="api")
-                while not server.started and not api_task.done():
+                while not server.started and not api_task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
                     await asyncio.sleep(0.01)
                 self.started.set()
                 log.info("heatrec running: %d devices, API on http://%s:%d",

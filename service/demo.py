@@ -66,7 +66,7 @@ async def _ensure_tokens(cfg: HeatrecConfig, creds: dict[str, Any]) -> None:
             for role in ("viewer", "operator"):
                 tok = tokens.get(role)
                 if not tok or await lookup_token(conn, tok) is None:
-                    tokens[role] = await create_token(conn, role, f"demo-{role}")  # type: ignore[arg-type]
+                    tokens[role] = await create_token(conn, role, f"demo-{role}")
     finally:
         await pool.close()
 

@@ -2,7 +2,7 @@
 
 The model is deliberately simple but keeps the relations a control engineer checks:
 energy balances close, COP follows a Carnot fraction, temperatures lag their setpoints,
-and the meter integrates flow × k × Δθ into a register that never decreases.
+and the meter integrates flow * k * Δθ into a register that never decreases.
 It is deterministic for a given seed and sequence of `step` calls.
 """
 
@@ -29,7 +29,7 @@ CDU_LOAD_NOISE = 0.003  # relative process noise on the IT load
 HX_APPROACH_K = 2.0  # CDU heat exchanger: primary side leaves this much below secondary return
 MIN_LIFT_K = 5.0  # below this lift the Carnot formula explodes; real compressors have a floor
 MAX_COP = 10.0
-MIN_COP = 1.1  # at COP ≤ 1 it would be an electric heater; keeps Q_evap = Q_cond·(COP−1)/COP positive
+MIN_COP = 1.1  # at COP ≤ 1 it would be an electric heater; keeps Q_evap = Q_cond·(COP-1)/COP positive
 DH_DESIGN_SPREAD_K = 20.0  # DH pump sized to carry the full capacity at this spread
 SG_READY_SHIFT_K = {0: 0.0, 1: 0.0, 2: 3.0, 3: 5.0}  # setpoint raise for encouraged / forced
 METER_FLOW_NOISE = 0.002  # relative noise of the meter's flow sensor
@@ -102,7 +102,7 @@ class HeatMeterState:
 
 
 def carnot_cop(t_hot_c: float, t_cold_c: float, eta: float) -> float:
-    """COP = η · T_hot / (T_hot − T_cold), kelvin; lift floored at MIN_LIFT_K, COP kept in MIN..MAX_COP."""
+    """COP = η · T_hot / (T_hot - T_cold), kelvin; lift floored at MIN_LIFT_K, COP kept in MIN..MAX_COP."""
     t_hot = t_hot_c + 273.15
     lift = max(t_hot_c - t_cold_c, MIN_LIFT_K)
     return min(max(eta * t_hot / lift, MIN_COP), MAX_COP)
@@ -192,7 +192,8 @@ class PlantModel:
             cdu.heat_removed_kw = load  # direct liquid cooling: the IT heat leaves through the loop
             cdu.supply_temperature = first_order(cdu.supply_temperature, cdu.supply_temperature_setpoint,
                                                  dt_s, CDU_TIME_CONSTANT_S)
-            full_speed_flow = cfg.it_load_kw / (CP_WATER * CDU_DESIGN_DELTA_K) / (CDU_NOMINAL_PUMP_PERCENT / 100)
+            nominal_flow = cfg.it_load_kw / (CP_WATER * CDU_DESIGN_DELTA_K)  # kg/s
+            full_speed_flow = nominal_flow / (CDU_NOMINAL_PUMP_PERCENT / 100)
             needed = load / (CP_WATER * CDU_DESIGN_DELTA_K)
             pump = min(max(100.0 * needed / full_speed_flow, CDU_MIN_PUMP_PERCENT), 100.0)
             m = full_speed_flow * pump / 100.0

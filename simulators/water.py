@@ -52,7 +52,7 @@ def enthalpy(t_c: float) -> float:
 def heat_coefficient(flow_c: float, return_c: float) -> float:
     """EN 1434 k-factor in kWh/(m³·K), volume measured in the return pipe.
 
-    k = ρ(θr) · (h(θf) − h(θr)) / (θf − θr); for θf ≈ θr the limit ρ·cp is used.
+    k = rho(θr) · (h(θf) - h(θr)) / (θf - θr); for θf ≈ θr the limit rho·cp is used.
     """
     rho = density(return_c)
     dt = flow_c - return_c

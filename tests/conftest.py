@@ -13,6 +13,7 @@ import pytest
 
 from service.config import DatabaseConfig
 from service.localservers import MosquittoServer, PostgresCluster, free_port
+from tests.support import demo_config_text
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +53,16 @@ def database(postgres: PostgresCluster) -> DatabaseConfig:
     postgres.psql(f'CREATE DATABASE "{name}"')
     return DatabaseConfig(host=postgres.host, port=postgres.port, name=name, user=postgres.user,
                           password=postgres.password)
+
+
+@pytest.fixture
+def plant_config_file(tmp_path: Path, database: DatabaseConfig, mosquitto: MosquittoServer,
+                      monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The demo plant's config on free ports, pointing at the session's database and broker."""
+    text = demo_config_text({"55432": database.port, "1883": mosquitto.port})
+    text = text.replace('name = "heatrec"', f'name = "{database.name}"', 1)
+    monkeypatch.setenv("HEATREC_DB_PASSWORD", database.password or "")
+    monkeypatch.setenv("HEATREC_MQTT_PASSWORD", mosquitto.password)
+    path = tmp_path / "plant.toml"
+    path.write_text(text)
+    return path

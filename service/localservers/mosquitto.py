@@ -79,7 +79,7 @@ class MosquittoServer:
         broker, passwd = self._binaries()
         check_ports_free({"MQTT broker": (self.host, self.port)})
         conf = self._write_config(passwd)
-        log = open(self.logfile, "ab")  # noqa: SIM115 - the child keeps writing to it
+        log = open(self.logfile, "ab")
         self._proc = spawn([broker, "-c", str(conf)], log, self._owner, signal.SIGTERM, cwd=self.workdir)
         log.close()
         deadline = time.monotonic() + timeout

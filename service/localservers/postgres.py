@@ -83,7 +83,7 @@ class PostgresCluster:
         if self._owner is not None:
             os.chown(self.logfile, self._owner.pw_uid, self._owner.pw_gid)
         offset = self.logfile.stat().st_size
-        log = open(self.logfile, "ab")  # noqa: SIM115 - the child keeps writing to it
+        log = open(self.logfile, "ab")
         # SIGINT is PostgreSQL's "fast shutdown": it is what we want if we die unexpectedly.
         self._proc = spawn(argv, log, self._owner, signal.SIGINT)
         log.close()

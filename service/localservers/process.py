@@ -39,14 +39,14 @@ def chown_tree(path: Path, user: pwd.struct_passwd) -> None:
 def spawn(argv: list[str], log: IO[bytes], user: pwd.struct_passwd | None, term_signal: int,
           cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a server in its own session (Ctrl-C reaches only us; we stop it in order)."""
-    kwargs: dict[str, object] = {}
-    if user is not None and os.geteuid() == 0:
-        kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+    as_other = user is not None and os.geteuid() == 0
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
     env.setdefault("LANG", "C.UTF-8")
-    return subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
+    return subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-        start_new_session=True, preexec_fn=lambda: _die_with_parent(term_signal), **kwargs,  # type: ignore[arg-type]
+        start_new_session=True, preexec_fn=lambda: _die_with_parent(term_signal),
+        user=user.pw_uid if as_other and user else None, group=user.pw_gid if as_other and user else None,
+        extra_groups=[] if as_other else None,
     )
 
 

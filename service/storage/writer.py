@@ -69,7 +69,7 @@ class SampleWriter:
             if batch:
                 try:
                     await asyncio.shield(asyncio.wait_for(self.write(batch), 10))
-                except Exception as err:  # noqa: BLE001 - shutting down: report, do not mask the cancel
+                except Exception as err:
                     log.error("could not flush %d samples at shutdown: %s", len(batch), err)
             raise
 

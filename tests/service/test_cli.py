@@ -12,6 +12,7 @@ import pytest
 
 from service.config import DatabaseConfig
 from service.localservers import free_port
+from tests.support import demo_config_text
 
 ROOT = Path(__file__).resolve().parents[2]
 HEATREC = [sys.executable, "-m", "service.cli"]
@@ -77,10 +78,7 @@ def test_run_with_api_port_in_use(tmp_path: Path) -> None:
 
 def test_demo_reports_missing_postgres_and_mosquitto(tmp_path: Path) -> None:
     cfg = tmp_path / "demo.toml"
-    text = (ROOT / "config/demo.toml").read_text()
-    for port in ("8000", "55432", "4841", "5020", "1883"):
-        text = text.replace(f":{port}\"", f":{free_port()}\"").replace(f"port = {port}\n", f"port = {free_port()}\n")
-    cfg.write_text(text)
+    cfg.write_text(demo_config_text())
     line = one_line_error(heatrec("demo", "-c", str(cfg), "--var-dir", str(tmp_path / "var"),
                                   env={"HEATREC_PG_BIN": "/nonexistent/bin"}))
     assert "PostgreSQL 15 is not installed" in line and "make setup" in line

@@ -38,7 +38,8 @@ async def test_migrations_apply_once_and_build_schema(database: DatabaseConfig) 
         assert second == []
         assert await conn.fetchval("SELECT hypertable_name FROM timescaledb_information.hypertables") == "samples"
         cols = [r["column_name"] for r in await conn.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'readings' ORDER BY ordinal_position")]
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'readings' "
+            "ORDER BY ordinal_position")]
         assert cols == ["time", "point", "value", "quality"]
     await pool.close()
 

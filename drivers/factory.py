@@ -1,0 +1,25 @@
+"""One driver per device, chosen by the device's protocol."""
+
+from __future__ import annotations
+
+from drivers.backoff import Backoff
+from drivers.base import Driver
+from drivers.modbus import ModbusDriver
+from drivers.mqtt import MqttDriver
+from drivers.opcua import OpcUaDriver
+from service.bus import SampleSink
+from service.config import ModbusDevice, MqttDevice, OpcUaDevice
+
+AnyDriver = Driver[OpcUaDevice] | Driver[ModbusDevice] | Driver[MqttDevice]
+
+
+def create_driver(device: OpcUaDevice | ModbusDevice | MqttDevice, sink: SampleSink, *,
+                  backoff: Backoff | None = None) -> AnyDriver:
+    """The generic driver for the device's protocol, publishing to `sink`; not started yet."""
+    if isinstance(device, OpcUaDevice):
+        return OpcUaDriver(device, sink, backoff=backoff)
+    if isinstance(device, ModbusDevice):
+        return ModbusDriver(device, sink, backoff=backoff)
+    if isinstance(device, MqttDevice):
+        return MqttDriver(device, sink, backoff=backoff)
+    raise TypeError(f"no driver for protocol {getattr(device, 'protocol', type(device).__name__)!r}")

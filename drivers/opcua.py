@@ -1,0 +1,352 @@
+"""Generic OPC UA driver: reads declared nodes by polling (default) or a data-change subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from asyncua import Client, ua
+from asyncua.common.subscription import DataChangeNotif
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+
+from drivers.backoff import Backoff
+from drivers.base import Driver
+from drivers.errors import DeviceException, DriverConnectionError, DriverError, DriverTimeout, WriteRejected
+from service.bus import SampleSink
+from service.config import OpcUaDevice, OpcUaPoint, PointBase
+from service.model import Quality, utcnow
+
+T = TypeVar("T")
+_Change = tuple[ua.NodeId, ua.DataValue] | ua.StatusChangeNotification
+
+SESSION_TIMEOUT_MS = 600_000  # what servers commonly grant; asking for more only earns a warning
+MAX_NODES_PER_READ = 500  # below the MaxNodesPerRead of the servers we know; larger maps take more reads
+
+# Integer OPC UA types a write may target, with their ranges.
+_INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
+    ua.VariantType.SByte: (-(2**7), 2**7 - 1), ua.VariantType.Byte: (0, 2**8 - 1),
+    ua.VariantType.Int16: (-(2**15), 2**15 - 1), ua.VariantType.UInt16: (0, 2**16 - 1),
+    ua.VariantType.Int32: (-(2**31), 2**31 - 1), ua.VariantType.UInt32: (0, 2**32 - 1),
+    ua.VariantType.Int64: (-(2**63), 2**63 - 1), ua.VariantType.UInt64: (0, 2**64 - 1),
+}
+
+
+def parse_node(text: str) -> tuple[str | None, str]:
+    """Split a node string into (namespace URI or None, the rest).
+
+    `nsu=<uri>;s=name` names the namespace by URI, whose index a server may change between restarts;
+    `ns=2;s=name` is taken literally.
+    """
+    if text.startswith("nsu="):
+        uri, sep, rest = text[4:].partition(";")
+        if not sep or not uri or not rest:
+            raise ValueError(f"'{text}' is not a node id like nsu=urn:x;s=name")
+        return uri, rest
+    ua.NodeId.from_string(text)  # raises on a malformed id
+    return None, text
+
+
+def quality_of(status: ua.StatusCode | None) -> Quality:
+    """OPC UA status severity -> sample quality."""
+    if status is None or status.is_good():
+        return Quality.GOOD
+    if status.is_uncertain():
+        return Quality.UNCERTAIN
+    return Quality.BAD
+
+
+def as_number(value: Any) -> float | None:
+    """A finite scalar number (booleans as 0/1), or None for anything else."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    # asyncua has returned naive UTC datetimes in some versions.
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+class _ChangeHandler:
+    """Hands subscription callbacks to the driver's task through a queue (callbacks must not block)."""
+
+    def __init__(self, queue: asyncio.Queue[_Change]) -> None:
+        self._queue = queue
+
+    def datachange_notification(self, node: Any, val: Any, data: DataChangeNotif) -> None:
+        self._queue.put_nowait((node.nodeid, data.monitored_item.Value))
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        self._queue.put_nowait(status)
+
+
+class OpcUaDriver(Driver[OpcUaDevice]):
+    """Reads an OPC UA server's nodes; after any failure a brand-new client re-resolves every node."""
+
+    protocol = "opcua"
+
+    def __init__(self, device: OpcUaDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
+        if device.security_policy != "None" or device.security_mode != "None":
+            raise DriverError(f"device '{device.id}': OPC UA security policies need client certificates, "
+                              "which this driver does not support yet; use security_policy = \"None\"")
+        super().__init__(device, sink, backoff=backoff)
+        self._parsed: dict[str, tuple[str | None, str]] = {}
+        for p in device.points:
+            try:
+                self._parsed[p.id] = parse_node(p.node)
+            except Exception as err:
+                raise DriverError(f"device '{device.id}' point '{p.id}': bad node '{p.node}': {err}") from err
+        self._client: Client | None = None
+        self._node_ids: dict[str, ua.NodeId] = {}  # point id -> resolved node, on the current connection
+        self._variant_types: dict[str, ua.VariantType] = {}  # learned from reads, used to type writes
+        self._unresolved_logged: set[str] = set()
+        self._changes: asyncio.Queue[_Change] = asyncio.Queue()
+
+    # ------------------------------------------------------------------ lifecycle hooks
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
+        self._client = None
+        self._node_ids = {}
+        # asyncua's watchdog probes the server between our reads, which also keeps the session alive
+        # when polls are rarer than the session timeout servers grant (typically 10 min).
+        client = Client(self.device.endpoint, timeout=self.device.timeout_s,
+                        watchdog_intervall=min(60.0, max(1.0, self.device.poll_interval_s)))
+        client.session_timeout = SESSION_TIMEOUT_MS
+        if self.device.username:
+            client.set_user(self.device.username)
+        if self.device.password:
+            client.set_password(self.device.password)
+        connected = False
+
+        async def close() -> None:
+            self._client = None
+            if connected:
+                await client.disconnect()
+            else:
+                client.disconnect_socket()  # a connect cut short by our timeout may leave the socket open
+
+        stack.push_async_callback(close)
+        await self._ua(client.connect(), "connect")
+        connected = True
+        self._client = client
+        await self._resolve(client)
+        if self.device.subscribe:
+            self._changes = asyncio.Queue()  # fresh, so nothing from the previous session leaks in
+            await self._subscribe(client)
+
+    async def _resolve(self, client: Client) -> None:
+        """Map every point to a NodeId on this server instance (namespace indexes can change on restart)."""
+        namespaces: list[str] | None = None
+        for p in self.device.points:
+            uri, rest = self._parsed[p.id]
+            if uri is None:
+                self._node_ids[p.id] = ua.NodeId.from_string(rest)
+                continue
+            if namespaces is None:
+                namespaces = await self._ua(client.get_namespace_array(), "read the namespace array")
+            if uri in namespaces:
+                self._node_ids[p.id] = ua.NodeId.from_string(f"ns={namespaces.index(uri)};{rest}")
+            elif p.id not in self._unresolved_logged:
+                self._unresolved_logged.add(p.id)
+                self._log.warning("%s: point %s: the server has no namespace '%s'; the point is BAD",
+                                  self.device_id, p.id, uri)
+
+    async def _subscribe(self, client: Client) -> None:
+        period_ms = self.device.poll_interval_s * 1000
+        sub = await self._ua(client.create_subscription(period_ms, _ChangeHandler(self._changes)),
+                             "create a subscription")
+        nodes = [client.get_node(nid) for nid in dict.fromkeys(self._node_ids.values())]
+        results = await self._ua(sub.subscribe_data_change(nodes, sampling_interval=ua.Double(period_ms)),
+                                 "subscribe to data changes")
+        refused = {node.nodeid: result.name for node, result in zip(nodes, results, strict=True)
+                   if isinstance(result, ua.StatusCode)}
+        for p in self.device.points:
+            node_id = self._node_ids.get(p.id)
+            if node_id is None or node_id not in refused:
+                continue
+            reason = refused[node_id]
+            del self._node_ids[p.id]  # reported BAD from now on, like a node that does not resolve
+            if p.id not in self._unresolved_logged:
+                self._unresolved_logged.add(p.id)
+                self._log.warning("%s: point %s: the server refuses to monitor %s (%s); the point is BAD",
+                                  self.device_id, p.id, p.node, reason)
+
+    async def _serve(self) -> None:
+        if self.device.subscribe:
+            return await self._serve_subscription()
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
+        while True:
+            await self._poll_once()
+            self._mark_healthy()
+            next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
+            await asyncio.sleep(next_poll - loop.time())
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll_once(self) -> None:
+        client = self._require_client()
+        points = [p for p in self.device.points if p.id in self._node_ids]
+        now = utcnow()
+        for p in self.device.points:
+            if p.id not in self._node_ids:
+                self._publish(p, None, Quality.BAD, now, now)
+        for i in range(0, len(points), MAX_NODES_PER_READ):
+            chunk = points[i:i + MAX_NODES_PER_READ]
+            params = ua.ReadParameters(TimestampsToReturn=ua.TimestampsToReturn.Both)
+            params.NodesToRead = [ua.ReadValueId(NodeId=self._node_ids[p.id],
+                                                 AttributeId=ua.AttributeIds.Value) for p in chunk]
+            results = await self._ua(client.uaclient.read(params), "read")
+            if len(results) != len(chunk):
+                raise DriverError(f"asked for {len(chunk)} values, the server returned {len(results)}")
+            self.stats.reads += 1
+            received = utcnow()
+            for p, dv in zip(chunk, results, strict=True):
+                self._publish_value(p, dv, received)
+
+    def _publish_value(self, point: OpcUaPoint, dv: ua.DataValue, received: datetime) -> None:
+        quality = quality_of(dv.StatusCode)
+        variant = dv.Value
+        raw = variant.Value if variant is not None else None
+        if variant is not None and variant.VariantType is not ua.VariantType.Null:
+            self._variant_types[point.id] = variant.VariantType
+        source = _aware(dv.SourceTimestamp) or _aware(dv.ServerTimestamp) or received
+        if quality is Quality.BAD:
+            self.stats.read_errors += 1
+            self._publish(point, None, Quality.BAD, source, received)
+            return
+        value = as_number(raw)
+        if value is None:
+            if raw is None or isinstance(raw, int | float):  # no value, or NaN/inf: nothing valid to report
+                self.stats.read_errors += 1
+                self._publish(point, None, Quality.BAD, source, received)
+            # Text, arrays and structures are not samples: the stream carries numbers only.
+            return
+        self._publish(point, value, quality, source, received)
+
+    # ------------------------------------------------------------------ subscription
+
+    async def _serve_subscription(self) -> None:
+        """Publish data changes; probe the server every poll interval, since silence is normal here."""
+        client = self._require_client()
+        by_node: dict[ua.NodeId, list[OpcUaPoint]] = {}
+        for p in self.device.points:
+            if p.id in self._node_ids:
+                by_node.setdefault(self._node_ids[p.id], []).append(p)
+        now = utcnow()
+        for p in self.device.points:
+            if p.id not in self._node_ids:
+                self._publish(p, None, Quality.BAD, now, now)
+        while True:
+            try:
+                item = await asyncio.wait_for(self._changes.get(), self.device.poll_interval_s)
+            except TimeoutError:
+                await self._ua(client.nodes.server_state.read_value(), "probe the server state")
+                self._mark_healthy()
+                continue
+            if isinstance(item, ua.StatusChangeNotification):
+                raise DriverConnectionError(f"subscription status changed to {item.Status.name}")
+            node_id, dv = item
+            self.stats.reads += 1
+            received = utcnow()
+            for p in by_node.get(node_id, []):
+                self._publish_value(p, dv, received)
+            self._mark_healthy()
+
+    def _stale_after(self, point: PointBase) -> float | None:
+        # A data-change subscription is silent while values hold still, so only an explicit
+        # stale_after_s applies there.
+        if self.device.subscribe:
+            return point.stale_after_s
+        return super()._stale_after(point)
+
+    # ------------------------------------------------------------------ the wire
+
+    def _require_client(self) -> Client:
+        if self._client is None:
+            raise DriverConnectionError(f"not connected to {self.device.endpoint}")
+        return self._client
+
+    async def _ua(self, request: Awaitable[T], what: str) -> T:
+        """Await one asyncua request within the device timeout; translate its errors into ours."""
+        try:
+            async with asyncio.timeout(self.device.timeout_s):
+                return await request
+        except TimeoutError as err:
+            raise DriverTimeout(f"{what}: no answer within {self.device.timeout_s} s") from err
+        except UaStatusCodeError as err:
+            # A failed service call (session gone, server shutting down): only a new session helps.
+            raise DriverConnectionError(f"{what}: {err}") from err
+        except (OSError, EOFError) as err:  # ConnectionError is an OSError
+            raise DriverConnectionError(f"{what}: {err or type(err).__name__}") from err
+        except UaError as err:
+            raise DriverError(f"{what}: {err}") from err
+
+    # ------------------------------------------------------------------ writes
+
+    async def _read_one(self, node_id: ua.NodeId) -> ua.DataValue:
+        params = ua.ReadParameters(TimestampsToReturn=ua.TimestampsToReturn.Both)
+        params.NodesToRead = [ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.Value)]
+        results = await self._ua(self._require_client().uaclient.read(params), "read back")
+        return results[0]
+
+    async def _write_and_read_back(self, point: PointBase, value: float) -> tuple[float, float]:
+        client = self._require_client()
+        node_id = self._node_ids.get(point.id)
+        if node_id is None:
+            raise DriverError(f"node '{getattr(point, 'node', '?')}' is not resolved on this server")
+        vtype = self._variant_types.get(point.id)
+        if vtype is None:  # not read yet: the write must carry the node's own type
+            dv = await self._read_one(node_id)
+            vtype = dv.Value.VariantType if dv.Value is not None else ua.VariantType.Null
+            if vtype is ua.VariantType.Null:
+                raise WriteRejected(f"cannot tell the data type of node '{node_id.to_string()}'")
+            self._variant_types[point.id] = vtype
+        typed = _typed_value(value, vtype)
+        params = ua.WriteParameters()
+        params.NodesToWrite = [ua.WriteValue(NodeId=node_id, AttributeId=ua.AttributeIds.Value,
+                                             Value=ua.DataValue(ua.Variant(typed, vtype)))]
+        status = (await self._ua(client.uaclient.write(params), "write"))[0]
+        if not status.is_good():
+            raise WriteRejected(f"the server refused the write: {status.name}")
+        back = await self._read_one(node_id)
+        if not (back.StatusCode is None or back.StatusCode.is_good()):
+            raise DeviceException(f"read back: {back.StatusCode.name}", back.StatusCode.value)
+        readback = as_number(back.Value.Value if back.Value is not None else None)
+        if readback is None:
+            raise DriverError("the read-back value is not a number")
+        return float(typed), readback
+
+    def _tolerance(self, point: PointBase, written: float) -> float:
+        vtype = self._variant_types.get(point.id)
+        if vtype in _INT_RANGES or vtype is ua.VariantType.Boolean:
+            return 0.5
+        rel = 2.0 ** -23 if vtype is ua.VariantType.Float else 2.0 ** -52
+        return 4 * rel * max(1.0, abs(written))
+
+
+def _typed_value(value: float, vtype: ua.VariantType) -> float | int | bool:
+    """The value as the node's type needs it; WriteRejected when it cannot be represented."""
+    if vtype is ua.VariantType.Boolean:
+        if value not in (0, 1):
+            raise WriteRejected(f"the node is Boolean: write 0 or 1, not {value}")
+        return bool(value)
+    if vtype in _INT_RANGES:
+        low, high = _INT_RANGES[vtype]
+        raw = round(value)
+        if not low <= raw <= high:
+            raise WriteRejected(f"{value} does not fit the node's type {vtype.name}")
+        return raw
+    if vtype is ua.VariantType.Float:
+        if abs(value) > 3.4028234663852886e38:
+            raise WriteRejected(f"{value} does not fit the node's type Float")
+        return float(value)
+    if vtype is ua.VariantType.Double:
+        return float(value)
+    raise WriteRejected(f"the node's type {vtype.name} is not numeric")
