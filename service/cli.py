@@ -29,8 +29,10 @@ def setup_logging(verbose: bool) -> None:
     """Plain, timestamped log lines on stderr."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("asyncua", "pymodbus", "aiomqtt", "uvicorn.error"):
+    # Library chatter would drown the service's own once-per-state-change lines.
+    for noisy in ("asyncua", "aiomqtt", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

@@ -84,8 +84,8 @@ def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
     lines += [f"  viewer token    {creds['tokens']['viewer']}",
               f"  operator token  {creds['tokens']['operator']}",
               f"  credentials     {cred_path}",
-              "  try: curl -H \"Authorization: Bearer $(jq -r .tokens.viewer "
-              f"{cred_path})\" http://{cfg.api.host}:{cfg.api.port}/api/v1/points", ""]
+              f"  try: curl -H 'Authorization: Bearer {creds['tokens']['viewer']}' "
+              f"http://{cfg.api.host}:{cfg.api.port}/api/v1/points", ""]
     return "\n".join(lines)
 
 

@@ -102,3 +102,19 @@ def test_secret_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with_default = MINIMAL + '[database]\npassword = "${UNSET_VAR_X:-fallback}"\n'
     monkeypatch.delenv("UNSET_VAR_X", raising=False)
     assert load_config(write(tmp_path, with_default)).database.password == "fallback"
+
+
+def test_every_config_key_is_documented() -> None:
+    from pydantic import BaseModel
+
+    import service.config as c
+
+    doc = (ROOT / "docs" / "CONFIG.md").read_text()
+    models = [m for m in vars(c).values()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m.__module__ == c.__name__]
+
+    def documented(name: str) -> bool:  # a key in a table, or a section heading like [api] / [[devices.points]]
+        return any(form in doc for form in (f"`{name}`", f"[{name}]", f"[[{name}]]", f".{name}]"))
+
+    missing = sorted({f"{m.__name__}.{name}" for m in models for name in m.model_fields if not documented(name)})
+    assert missing == [], f"keys missing from docs/CONFIG.md: {missing}"
