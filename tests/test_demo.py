@@ -42,7 +42,7 @@ def _wait(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-d
 
 def _start(cfg: Path, var: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "service.cli", "demo", "-c", str(cfg), "--var-dir", str(var)],
-                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
