@@ -17,6 +17,7 @@ from service.api.state import ServiceState
 from service.bus import SampleBus
 from service.config import HeatrecConfig
 from service.localservers.errors import LocalServerError
+from service.metrics import build_registry
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
 from service.storage.points import sync_points
@@ -90,7 +91,8 @@ class Service:
             sub = self.bus.subscribe("storage", cfg.storage.queue_size)
             self.writer = SampleWriter(pool, sub, cfg.storage, keys)
             self.drivers = [create_driver(d, self.bus) for d in cfg.devices]
-            app = create_app(ServiceState(cfg, self.bus, pool, self.health))
+            registry, latency = build_registry(self)
+            app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency))
             server = _ApiServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
             async with asyncio.TaskGroup() as tg:
                 writer_task = tg.create_task(self.writer.run(), name="storage-writer")

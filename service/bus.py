@@ -72,6 +72,11 @@ class SampleBus:
         if sub in self._subs:
             self._subs.remove(sub)
 
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """The current subscribers (for metrics)."""
+        return tuple(self._subs)
+
     def publish(self, sample: Sample) -> None:
         """Deliver a sample to every subscriber and remember it as the point's latest."""
         self.published += 1

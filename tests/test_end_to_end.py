@@ -11,6 +11,7 @@ import itertools
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import Service, bind_api_socket
 from service.auth import create_token
@@ -68,6 +69,18 @@ async def test_all_three_protocols_reach_database_and_api(plant_config_file: Pat
                     good = [p for p in points.values() if p["device"] == device and p["quality"] == "GOOD"]
                     assert good, f"no GOOD point from {device} ({protocols[device]}) in the API"
                     assert all(p["source_time"] and p["receive_time"] for p in good)
+
+                r = await client.get("/metrics")
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+                samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                           for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+                for device in protocols:
+                    assert samples[("heatrec_driver_state", (("device", device), ("state", "connected")))] == 1
+                    assert samples[("heatrec_driver_samples_total", (("device", device),))] > 0
+                assert samples[("heatrec_storage_rows_written_total", ())] > 0
+                assert samples[("heatrec_bus_dropped_total", (("subscriber", "storage"),))] == 0
+                assert any(name == "heatrec_api_request_duration_seconds_count" and
+                           ("route", "/api/v1/points") in labels for name, labels in samples)
         finally:
             svc.stop()
             await asyncio.wait_for(task, 30)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -83,6 +84,18 @@ def create_app(state: ServiceState) -> FastAPI:
                   description="Telemetry, control and heat accounting for heat-recovery plants.")
     app.state.heatrec = state
 
+    if state.latency is not None:
+        latency = state.latency
+
+        @app.middleware("http")
+        async def observe_latency(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            t0 = time.perf_counter()
+            response = await call_next(request)
+            # The route template, not the raw path, keeps label cardinality bounded.
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            latency.labels(request.method, route, str(response.status_code)).observe(time.perf_counter() - t0)
+            return response
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         resp = _error(exc.status_code, str(exc.detail))
@@ -102,6 +115,15 @@ def create_app(state: ServiceState) -> FastAPI:
         comps = {name: ComponentHealth(status=s, detail=d) for name, (s, d) in state.health().items()}
         overall = "ok" if all(c.status == "ok" for c in comps.values()) else "degraded"
         return Health(status=overall, plant=state.config.plant.name, components=comps)
+
+    @app.get("/metrics", tags=["status"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text exposition: drivers, bus, storage, API latency (no authentication)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if state.registry is None:
+            raise HTTPException(404, "metrics are not enabled")
+        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/points", response_model=PointList, tags=["points"])
     async def points(_: Annotated[Principal, Depends(require("viewer"))]) -> PointList:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+from prometheus_client import CollectorRegistry, Histogram
 
 from service.bus import SampleBus
 from service.config import HeatrecConfig
@@ -19,3 +20,5 @@ class ServiceState:
     bus: SampleBus
     pool: asyncpg.Pool
     health: Callable[[], dict[str, tuple[str, str]]] = field(default=lambda: {})
+    registry: CollectorRegistry | None = None  # /metrics serves it when set
+    latency: Histogram | None = None  # API request latency, observed by a middleware

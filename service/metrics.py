@@ -1,0 +1,81 @@
+"""Prometheus metrics of the running service, read live from its parts at scrape time."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from service.app import Service
+
+_DRIVER_STATES = ("connecting", "connected", "backing_off", "stopped")
+
+
+class ServiceCollector(Collector):
+    """Turns the service's own counters into metric families on every scrape (no double bookkeeping)."""
+
+    def __init__(self, service: Service) -> None:
+        self._svc = service
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """Yield every family; called by the registry at scrape time."""
+        svc = self._svc
+        yield CounterMetricFamily("heatrec_samples_published", "Samples published on the sample bus",
+                                  value=svc.bus.published)
+        depth = GaugeMetricFamily("heatrec_bus_queue_depth", "Samples waiting for a bus subscriber",
+                                  labels=["subscriber"])
+        dropped = CounterMetricFamily("heatrec_bus_dropped", "Samples dropped because a subscriber's queue "
+                                      "was full", labels=["subscriber"])
+        for sub in svc.bus.subscriptions:
+            depth.add_metric([sub.name], sub.queue.qsize())
+            dropped.add_metric([sub.name], sub.dropped)
+        yield depth
+        yield dropped
+
+        quality = GaugeMetricFamily("heatrec_points", "Points by the quality of their latest sample",
+                                    labels=["quality"])
+        for q, n in sorted(Counter(s.quality.name for s in svc.bus.latest.values()).items()):
+            quality.add_metric([q], n)
+        yield quality
+
+        state = GaugeMetricFamily("heatrec_driver_state", "1 for the connection state each device is in",
+                                  labels=["device", "state"])
+        counters: dict[str, CounterMetricFamily] = {}
+        for d in svc.drivers:
+            current = str(d.state.value)
+            for s in _DRIVER_STATES:
+                state.add_metric([d.device_id, s], 1.0 if s == current else 0.0)
+            for f in dataclasses.fields(d.stats):
+                fam = counters.setdefault(f.name, CounterMetricFamily(
+                    f"heatrec_driver_{f.name}", f"Driver counter {f.name.replace('_', ' ')}", labels=["device"]))
+                fam.add_metric([d.device_id], getattr(d.stats, f.name))
+        yield state
+        yield from counters.values()
+
+        if svc.writer is not None:
+            st = svc.writer.stats
+            yield CounterMetricFamily("heatrec_storage_rows_written", "Sample rows committed to the database",
+                                      value=st.rows_written)
+            yield CounterMetricFamily("heatrec_storage_batches", "Batches written", value=st.batches)
+            yield CounterMetricFamily("heatrec_storage_write_errors", "Failed batch writes (retried)",
+                                      value=st.write_errors)
+            yield GaugeMetricFamily("heatrec_storage_pending", "Samples taken or queued but not yet committed",
+                                    value=st.pending)
+            yield GaugeMetricFamily("heatrec_storage_last_batch_seconds", "Duration of the last batch write",
+                                    value=st.last_batch_seconds)
+
+
+def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:
+    """A registry of its own per service (tests run several) plus the API latency histogram."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(service))
+    latency = Histogram("heatrec_api_request_duration_seconds", "HTTP API request latency",
+                        ["method", "route", "status"], registry=registry,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+    return registry, latency
