@@ -46,3 +46,19 @@ async def lookup_token(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> P
     row = await conn.fetchrow("SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
                               hash_token(token))
     return Principal(row["name"], row["role"]) if row else None
+
+
+async def list_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every token's id, name, role, creation and revocation time (never the token)."""
+    return list(await conn.fetch("SELECT id, name, role, created_at, revoked_at FROM api_tokens ORDER BY id"))
+
+
+async def revoke_tokens(conn: asyncpg.Connection, ident: str) -> int:
+    """Revoke the token with this id, or every active token with this name; return how many."""
+    if ident.isdigit():
+        status = await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                                    int(ident))
+    else:
+        status = await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL",
+                                    ident)
+    return int(status.rsplit(" ", 1)[1])

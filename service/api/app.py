@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.auth_limiter import FailedAuthLimiter
 from service.api.state import ServiceState
 from service.auth import Principal, Role, lookup_token
 
@@ -61,6 +62,12 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
 
     async def dep(request: Request) -> Principal:
         state: ServiceState = request.app.state.heatrec
+        limiter: FailedAuthLimiter = request.app.state.auth_limiter
+        client = request.client.host if request.client else "unknown"
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            raise HTTPException(429, f"too many failed authentications from {client}: retry in {wait:.0f} s",
+                                headers={"Retry-After": str(max(1, round(wait)))})
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -69,6 +76,7 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
                                 headers={"WWW-Authenticate": "Bearer"})
         principal = await lookup_token(state.pool, token.strip())
         if principal is None:
+            limiter.failed(client)
             raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
         if not principal.allows(role):
             raise HTTPException(403, f"this needs the {role} role; token '{principal.name}' "
@@ -78,11 +86,12 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     return dep
 
 
-def create_app(state: ServiceState) -> FastAPI:
+def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = None) -> FastAPI:
     """Build the API around the running service's state."""
     app = FastAPI(title="heatrec", version="0.1.0",
                   description="Telemetry, control and heat accounting for heat-recovery plants.")
     app.state.heatrec = state
+    app.state.auth_limiter = auth_limiter or FailedAuthLimiter()
 
     if state.latency is not None:
         latency = state.latency

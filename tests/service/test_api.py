@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from service.api.app import create_app
+from service.api.auth_limiter import FailedAuthLimiter
 from service.api.state import ServiceState
 from service.auth import create_token
 from service.bus import SampleBus
@@ -32,7 +33,7 @@ async def api(database: DatabaseConfig) -> AsyncIterator[tuple[httpx.AsyncClient
                   "operator": await create_token(conn, "operator", "o")}
     bus = SampleBus()
     health = {"database": ("ok", ""), "driver:hp1": ("degraded", "backing_off")}
-    app = create_app(ServiceState(CFG, bus, pool, lambda: health))
+    app = create_app(ServiceState(CFG, bus, pool, lambda: health), FailedAuthLimiter(max_failures=5))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         yield client, tokens, bus
     await pool.close()
@@ -78,3 +79,13 @@ async def test_unknown_path_is_json_404(api) -> None:  # type: ignore[no-untyped
     client, _, _ = api
     r = await client.get("/api/v1/nope")
     assert r.status_code == 404 and r.json()["error"] == "Not Found"
+
+
+async def test_guessing_tokens_is_rate_limited(api) -> None:  # type: ignore[no-untyped-def]
+    client, tokens, _ = api
+    statuses = [(await client.get("/api/v1/points", headers={"Authorization": f"Bearer guess-{i}"})).status_code
+                for i in range(7)]
+    assert statuses == [401] * 5 + [429] * 2
+    r = await client.get("/api/v1/points", headers={"Authorization": f"Bearer {tokens['viewer']}"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1  # even a good token waits out the lock
+    assert "too many failed authentications" in r.json()["error"]
