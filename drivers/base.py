@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -77,6 +78,18 @@ def describe(err: BaseException) -> str:
     return text
 
 
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    Python 3.11's asyncio.wait_for returns the result when the awaited future completes in the same
+    loop turn as a cancel, and the cancel is lost (CPython gh-86296); pymodbus, asyncua and aiomqtt
+    all use wait_for. Without this check a stopped driver could go on polling forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Driver(ABC, Generic[DeviceT]):
     """One device's connection: reads it, publishes Samples, executes checked writes."""
 
@@ -98,6 +111,9 @@ class Driver(ABC, Generic[DeviceT]):
         self._announced = False  # the first successful connection was logged
         self._deadline: dict[str, float] = {}  # point id -> monotonic time it turns STALE
         self._stale: set[str] = set()
+        self._full_ids = {p.id: f"{device.id}.{p.id}" for p in device.points}
+        self._stale_periods: dict[str, float | None] | None = None  # point id -> stale_after, per connection
+        self.last_error: str | None = None  # why the latest connection failed, for probing and status
 
     # ------------------------------------------------------------------ public surface
 
@@ -209,6 +225,25 @@ class Driver(ABC, Generic[DeviceT]):
         if quality is not Quality.STALE:
             self._refresh(point)
 
+    def _publish_good(self, values: Sequence[tuple[PointBase, float]], source_time: datetime,
+                      receive_time: datetime | None = None) -> None:
+        """Publish many GOOD values with one source time (the hot path of a poll); same effect as _publish."""
+        received = receive_time or source_time
+        publish, ids, good = self._sink.publish, self._full_ids, Quality.GOOD
+        periods = self._stale_periods
+        if periods is None:  # once per connection: the period can depend on how the device is read
+            periods = self._stale_periods = {p.id: self._stale_after(p) for p in self._points.values()}
+        now = time.monotonic()
+        deadline = self._deadline
+        for point, value in values:
+            publish(Sample(ids[point.id], value, good, source_time, received))
+            after = periods[point.id]
+            if after is not None:
+                deadline[point.id] = now + after
+        if self._stale:
+            self._stale.difference_update(p.id for p, _ in values)
+        self.stats.samples += len(values)
+
     def _mark_healthy(self) -> None:
         """Called once data flows on a connection: resets the backoff, logs recovery once."""
         if self._healthy:
@@ -229,6 +264,7 @@ class Driver(ABC, Generic[DeviceT]):
     async def _connection_loop(self) -> None:
         while True:
             await self._attempt()
+            raise_if_cancelled()
             self._set_state(ConnectionState.BACKING_OFF)
             await asyncio.sleep(self._backoff.next_delay())
 
@@ -244,6 +280,7 @@ class Driver(ABC, Generic[DeviceT]):
                 raise DriverTimeout(f"no connection to {self.device.endpoint} within "
                                     f"{self.device.timeout_s} s") from err
             self._set_state(ConnectionState.CONNECTED)
+            self._stale_periods = None
             self._arm_staleness()
             await self._serve()
             raise DriverError("the connection ended")  # _serve only returns if the peer hung up
@@ -263,6 +300,7 @@ class Driver(ABC, Generic[DeviceT]):
 
     def _on_failure(self, err: Exception) -> None:
         self.stats.failures += 1
+        self.last_error = describe(err)
         now = utcnow()
         for point in self._points.values():
             self._publish(point, None, Quality.BAD, now, now)
@@ -324,6 +362,11 @@ class Driver(ABC, Generic[DeviceT]):
     def _find_point(self, point_id: str) -> PointBase | None:
         prefix = f"{self.device.id}."
         return self._points.get(point_id.removeprefix(prefix) if point_id.startswith(prefix) else point_id)
+
+    @staticmethod
+    def envelope_violation(point: PointBase, value: float) -> str | None:
+        """Why `value` must not reach the device (not writable, not finite, below min, above max), or None."""
+        return Driver._envelope_violation(point, value)
 
     @staticmethod
     def _envelope_violation(point: PointBase, value: float) -> str | None:

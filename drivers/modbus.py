@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
@@ -14,7 +17,7 @@ from pymodbus.pdu import ModbusPDU
 
 from drivers import codec
 from drivers.backoff import Backoff
-from drivers.base import Driver, describe
+from drivers.base import Driver, describe, raise_if_cancelled
 from drivers.errors import (
     CodecError,
     DeviceException,
@@ -28,6 +31,10 @@ from service.config import ModbusDevice, ModbusPoint, PointBase
 from service.model import Quality, utcnow
 
 MAX_BITS_PER_READ = 2000  # Modbus limit for coils and discrete inputs in one request
+# struct formats the block decoder reads straight from a block's big-endian bytes.
+_FAST_FORMATS: dict[str, str] = {"bool": ">H", "int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I",
+                                 "float32": ">f", "float64": ">d"}
+MAX_TIMEOUT_S = 120.0  # the largest timeout_s a device may have (service.config)
 
 BlockKey = tuple[str, int, int]
 
@@ -86,6 +93,132 @@ def split_block(block: ReadBlock, max_registers: int) -> list[ReadBlock]:
     return [ReadBlock(block.function, p.address, p.register_count, (p,)) for p in block.points]
 
 
+class BlockDecoder:
+    """Decodes every point of one read block from its registers in one pass.
+
+    Polling time is dominated by decoding, so the common case (numeric big-endian points that do not
+    overlap) is compiled once per block into a single struct format over the block's bytes, gaps as
+    pad bytes: one C call yields every raw value. Other layouts go point by point through codec.decode.
+    """
+
+    def __init__(self, block: ReadBlock, publishes: Callable[[PointBase], bool]) -> None:
+        self.bits = block.function in ("coil", "discrete")
+        self.points = [p for p in sorted(block.points, key=lambda p: p.address) if publishes(p)]
+        self.base = block.address
+        self.words = struct.Struct(f">{block.count}H")
+        self.whole: struct.Struct | None = None
+        fmt, pos = ">", block.address
+        for p in self.points:
+            fast = (p.type in _FAST_FORMATS and p.byte_order == "big"
+                    and (p.word_order == "big" or p.register_count == 1))
+            if self.bits or not fast or p.address < pos:
+                break  # bits, a swapped layout or overlapping points: decode one by one
+            fmt += f"{2 * (p.address - pos)}x" if p.address > pos else ""
+            fmt += _FAST_FORMATS[p.type][1:]
+            pos = p.address + p.register_count
+        else:
+            if not self.bits:
+                self.whole = struct.Struct(fmt)
+        # (point, is bool, is float, scale, offset) in format order
+        self.post = [(p, p.type == "bool", p.type.startswith("float"), p.scale, p.offset) for p in self.points]
+
+    def decode(self, data: Sequence[int] | Sequence[bool]
+               ) -> tuple[list[tuple[PointBase, float]], list[tuple[ModbusPoint, CodecError]]]:
+        """(point, value) pairs that decoded, and (point, error) pairs that did not."""
+        good: list[tuple[PointBase, float]] = []
+        failed: list[tuple[ModbusPoint, CodecError]] = []
+        if self.bits:
+            return [(p, 1.0 if data[p.address - self.base] else 0.0) for p in self.points], failed
+        raws: tuple[Any, ...] | None = None
+        if self.whole is not None:
+            try:
+                raws = self.whole.unpack_from(self.words.pack(*data))
+            except struct.error:
+                raws = None  # a word out of range: codec.decode says which point it spoils
+        if raws is not None:
+            for (p, is_bool, is_float, scale, offset), raw in zip(self.post, raws, strict=True):
+                if is_bool:
+                    good.append((p, 1.0 if raw else 0.0))
+                elif is_float and not math.isfinite(raw):
+                    failed.append((p, CodecError(f"point '{p.id}' holds {raw}, not a finite number")))
+                else:
+                    good.append((p, float(raw * scale + offset)))
+            return good, failed
+        for p in self.points:
+            start = p.address - self.base
+            try:
+                decoded = codec.decode(p, [int(r) for r in data[start:start + p.register_count]])
+            except CodecError as err:
+                failed.append((p, err))
+                continue
+            if not isinstance(decoded, str):
+                good.append((p, float(decoded)))
+        return good, failed
+
+
+class ModbusLink:
+    """One TCP connection to a Modbus endpoint, shared by every device (unit id) behind it.
+
+    Gateways commonly accept few connections and handle one request at a time, so the devices of
+    one endpoint share a client and take turns through `lock`; the connection closes when the last
+    device lets go of it.
+    """
+
+    _links: ClassVar[dict[tuple[int, str, int], ModbusLink]] = {}
+
+    def __init__(self, key: tuple[int, str, int]) -> None:
+        self.key = key
+        self.client: AsyncModbusTcpClient | None = None
+        self.lock = asyncio.Lock()  # one request at a time on the wire, across all units
+        self.users = 0
+        self.last_request_end = 0.0  # loop time the previous request finished, for request pauses
+        self._connecting = asyncio.Lock()
+
+    @classmethod
+    def for_endpoint(cls, host: str, port: int) -> ModbusLink:
+        """The link to host:port in the running event loop, created on first use."""
+        key = (id(asyncio.get_running_loop()), host, port)
+        link = cls._links.get(key)
+        if link is None:
+            link = cls._links[key] = ModbusLink(key)
+        link.users += 1
+        return link
+
+    async def connect(self, name: str) -> AsyncModbusTcpClient:
+        """The connected client, connecting (or re-connecting a dropped one) if needed."""
+        async with self._connecting:
+            if self.client is not None and self.client.connected:
+                return self.client
+            if self.client is not None:
+                self.client.close()
+            _, host, port = self.key
+            # Our own timeouts (asyncio.timeout per request, per device) decide; pymodbus' timer is
+            # set beyond any device's so it never cuts in, and its reconnect and retries are off
+            # because our backoff re-creates the connection.
+            self.client = AsyncModbusTcpClient(host, port=port, name=name, timeout=MAX_TIMEOUT_S + 1.0,
+                                               retries=0, reconnect_delay=0)
+            if not await self.client.connect():
+                self.client.close()
+                self.client = None
+                raise DriverConnectionError(f"cannot connect to {host}:{port}")
+            return self.client
+
+    def release(self) -> None:
+        """A device stops using the link; the last one closes the connection."""
+        self.users -= 1
+        if self.users <= 0:
+            self._links.pop(self.key, None)
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+
+    def drop(self) -> None:
+        """Close a connection that is broken (the next user re-connects)."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
 class ModbusDriver(Driver[ModbusDevice]):
     """Polls a Modbus TCP device every `poll_interval_s` and writes its holding registers and coils."""
 
@@ -97,7 +230,10 @@ class ModbusDriver(Driver[ModbusDevice]):
                                         device.max_gap_registers)
         self._plan = list(self._initial_plan)
         self._client: AsyncModbusTcpClient | None = None
+        self._link: ModbusLink | None = None
+        self._link_broken = False  # the connection itself failed (not just this unit's request)
         self._failing_ranges: set[BlockKey] = set()  # logged as failing, not yet recovered
+        self._decoders: dict[BlockKey, BlockDecoder] = {}
 
     @property
     def plan(self) -> list[ReadBlock]:
@@ -108,26 +244,26 @@ class ModbusDriver(Driver[ModbusDevice]):
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
         host, port = self.device.host_port
-        # Our own backoff re-creates the client: pymodbus' reconnect is off and it never retries a
-        # request, so every request costs at most one timeout. Its own timer runs a little longer
-        # than ours so that ours decides (and it does not log an error on top).
-        client = AsyncModbusTcpClient(host, port=port, name=self.device_id,
-                                      timeout=self.device.timeout_s + 1.0, retries=0, reconnect_delay=0)
-        stack.callback(self._drop_client, client)
-        if not await client.connect():
-            raise DriverConnectionError(f"cannot connect to {self.device.endpoint}")
-        self._client = client
+        link = ModbusLink.for_endpoint(host, port)
+        stack.callback(self._let_go, link)
+        self._client = await link.connect(self.device_id)
+        self._link = link
         self._plan = list(self._initial_plan)  # a new connection gets a new chance to coalesce
 
-    def _drop_client(self, client: AsyncModbusTcpClient) -> None:
+    def _let_go(self, link: ModbusLink) -> None:
+        if self._link_broken:
+            link.drop()  # a lost connection is lost for every unit behind it: re-create it
+        self._link_broken = False
         self._client = None
-        client.close()
+        self._link = None
+        link.release()
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
         while True:
             await self._poll_once()
+            raise_if_cancelled()
             self._mark_healthy()
             # Fixed rate; a poll that overran skips the missed slots rather than bursting.
             next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
@@ -166,21 +302,16 @@ class ModbusDriver(Driver[ModbusDevice]):
 
     def _publish_block(self, block: ReadBlock, data: Sequence[int] | Sequence[bool]) -> None:
         now = utcnow()
-        for p in block.points:
-            if not self._publishes(p):
-                continue
-            offset = p.address - block.address
-            try:
-                if p.function in ("coil", "discrete"):
-                    value: float | str = codec.decode_bit(bool(data[offset]))
-                else:
-                    value = codec.decode(p, [int(r) for r in data[offset:offset + p.register_count]])
-            except CodecError as err:
-                self.stats.read_errors += 1
-                self._log.debug("%s: %s", self.device_id, err)
-                self._publish(p, None, Quality.BAD, now, now)
-                continue
-            self._publish(p, float(value), Quality.GOOD, now, now)
+        decoder = self._decoders.get(block.key)
+        if decoder is None:
+            decoder = self._decoders[block.key] = BlockDecoder(block, self._publishes)
+        good, failed = decoder.decode(data)
+        if good:
+            self._publish_good(good, now)
+        for p, err in failed:
+            self.stats.read_errors += 1
+            self._log.debug("%s: %s", self.device_id, err)
+            self._publish(p, None, Quality.BAD, now, now)
 
     async def _read_block(self, block: ReadBlock) -> Sequence[int] | Sequence[bool]:
         client = self._require_client()
@@ -220,16 +351,31 @@ class ModbusDriver(Driver[ModbusDevice]):
         return self._client
 
     async def _call(self, what: str, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """Run one request within the device timeout; translate pymodbus' errors into ours."""
-        try:
-            async with asyncio.timeout(self.device.timeout_s):
-                response = await request()  # pymodbus raises before awaiting when not connected
-        except TimeoutError as err:
-            raise DriverTimeout(f"{what}: no answer within {self.device.timeout_s} s") from err
-        except (ConnectionException, ModbusIOException) as err:
-            raise DriverConnectionError(f"{what}: {err}") from err
-        except ModbusException as err:
-            raise DriverError(f"{what}: {err}") from err
+        """Run one request within the device timeout, taking turns on the shared connection."""
+        link = self._link
+        if link is None:
+            raise DriverConnectionError(f"not connected to {self.device.endpoint}")
+        loop = asyncio.get_running_loop()
+        # The wait for our turn is bounded by the other units' own timeouts; only our request is timed,
+        # so a slow unit behind the same gateway delays this one but never makes it fail.
+        async with link.lock:
+            try:
+                # Slow gateways and serial bridges need a quiet moment between requests.
+                pause = link.last_request_end + self.device.request_pause_s - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                async with asyncio.timeout(self.device.timeout_s):
+                    response = await request()  # pymodbus raises before awaiting when not connected
+                    raise_if_cancelled()
+            except TimeoutError as err:
+                raise DriverTimeout(f"{what}: no answer within {self.device.timeout_s} s") from err
+            except (ConnectionException, ModbusIOException) as err:
+                self._link_broken = True
+                raise DriverConnectionError(f"{what}: {err}") from err
+            except ModbusException as err:
+                raise DriverError(f"{what}: {err}") from err
+            finally:
+                link.last_request_end = loop.time()
         if response.isError():
             code = response.exception_code
             try:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeNotif
+from asyncua.crypto import security_policies
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from drivers.backoff import Backoff
-from drivers.base import Driver
+from drivers.base import Driver, raise_if_cancelled
 from drivers.errors import DeviceException, DriverConnectionError, DriverError, DriverTimeout, WriteRejected
 from service.bus import SampleSink
 from service.config import OpcUaDevice, OpcUaPoint, PointBase
@@ -23,8 +26,15 @@ from service.model import Quality, utcnow
 T = TypeVar("T")
 _Change = tuple[ua.NodeId, ua.DataValue] | ua.StatusChangeNotification
 
-SESSION_TIMEOUT_MS = 600_000  # what servers commonly grant; asking for more only earns a warning
 MAX_NODES_PER_READ = 500  # below the MaxNodesPerRead of the servers we know; larger maps take more reads
+
+# Answers meaning "no subscription from this server", after which the driver polls instead.
+_NO_SUBSCRIPTION = frozenset({
+    ua.StatusCodes.BadTooManySubscriptions, ua.StatusCodes.BadServiceUnsupported, ua.StatusCodes.BadNotSupported,
+    ua.StatusCodes.BadNotImplemented, ua.StatusCodes.BadTooManyMonitoredItems,
+    ua.StatusCodes.BadMonitoredItemFilterUnsupported, ua.StatusCodes.BadFilterNotAllowed,
+    ua.StatusCodes.BadDeadbandFilterInvalid,
+})
 
 # Integer OPC UA types a write may target, with their ranges.
 _INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
@@ -33,6 +43,29 @@ _INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
     ua.VariantType.Int32: (-(2**31), 2**31 - 1), ua.VariantType.UInt32: (0, 2**32 - 1),
     ua.VariantType.Int64: (-(2**63), 2**63 - 1), ua.VariantType.UInt64: (0, 2**64 - 1),
 }
+
+
+SECURITY_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+_CERT_LOCKS: dict[tuple[int, Path], asyncio.Lock] = {}
+
+
+def certificate_paths(device: OpcUaDevice) -> tuple[Path, Path]:
+    """(certificate, private key) of the client's application instance, one pair per ApplicationUri."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", device.application_uri).strip("_") or "client"
+    base = Path(device.certificate_dir)
+    return base / f"{stem}.der", base / f"{stem}.key.pem"
+
+
+def _certificate_lock(cert_file: Path) -> asyncio.Lock:
+    key = (id(asyncio.get_running_loop()), cert_file.resolve())
+    lock = _CERT_LOCKS.get(key)
+    if lock is None:
+        lock = _CERT_LOCKS[key] = asyncio.Lock()
+    return lock
 
 
 def parse_node(text: str) -> tuple[str | None, str]:
@@ -92,9 +125,6 @@ class OpcUaDriver(Driver[OpcUaDevice]):
     protocol = "opcua"
 
     def __init__(self, device: OpcUaDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
-        if device.security_policy != "None" or device.security_mode != "None":
-            raise DriverError(f"device '{device.id}': OPC UA security policies need client certificates, "
-                              "which this driver does not support yet; use security_policy = \"None\"")
         super().__init__(device, sink, backoff=backoff)
         self._parsed: dict[str, tuple[str | None, str]] = {}
         for p in device.points:
@@ -107,6 +137,8 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         self._variant_types: dict[str, ua.VariantType] = {}  # learned from reads, used to type writes
         self._unresolved_logged: set[str] = set()
         self._changes: asyncio.Queue[_Change] = asyncio.Queue()
+        self._polling = not device.subscribe  # also when the server refused a subscription
+        self._fallback_logged = False
 
     # ------------------------------------------------------------------ lifecycle hooks
 
@@ -115,9 +147,16 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         self._node_ids = {}
         # asyncua's watchdog probes the server between our reads, which also keeps the session alive
         # when polls are rarer than the session timeout servers grant (typically 10 min).
+        session_s = self.device.session_timeout_s
+        # The watchdog's reads keep the session alive; four of them fit in one session timeout.
         client = Client(self.device.endpoint, timeout=self.device.timeout_s,
-                        watchdog_intervall=min(60.0, max(1.0, self.device.poll_interval_s)))
-        client.session_timeout = SESSION_TIMEOUT_MS
+                        watchdog_intervall=min(60.0, max(1.0, self.device.poll_interval_s), session_s / 4))
+        # Short enough that a session we could not close (connection lost, subscriptions keep it
+        # alive on the server) expires soon instead of piling up; servers clamp to their own range.
+        client.session_timeout = round(session_s * 1000)
+        client.application_uri = self.device.application_uri
+        if self.device.security_policy != "None":
+            await self._secure(client)
         if self.device.username:
             client.set_user(self.device.username)
         if self.device.password:
@@ -136,9 +175,24 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         connected = True
         self._client = client
         await self._resolve(client)
+        self._polling = not self.device.subscribe
         if self.device.subscribe:
             self._changes = asyncio.Queue()  # fresh, so nothing from the previous session leaks in
             await self._subscribe(client)
+
+    async def _secure(self, client: Client) -> None:
+        """Sign (and encrypt) with our application certificate, generating it on first use."""
+        cert_file, key_file = certificate_paths(self.device)
+        try:
+            async with _certificate_lock(cert_file):  # devices starting together share one certificate
+                await client.setup_self_signed_certificate(key_file, cert_file,
+                                                           subject_attrs={"organizationName": "heatrec"})
+        except OSError as err:
+            raise DriverError(f"cannot create the application certificate in '{cert_file.parent}': {err}") from err
+        # Without a pinned server certificate asyncua fetches it from the server's endpoint list.
+        await self._ua(client.set_security(SECURITY_POLICIES[self.device.security_policy], cert_file, key_file,
+                                           mode=getattr(ua.MessageSecurityMode, self.device.security_mode)),
+                       f"find a {self.device.security_policy}/{self.device.security_mode} endpoint")
 
     async def _resolve(self, client: Client) -> None:
         """Map every point to a NodeId on this server instance (namespace indexes can change on restart)."""
@@ -158,12 +212,35 @@ class OpcUaDriver(Driver[OpcUaDevice]):
                                   self.device_id, p.id, uri)
 
     async def _subscribe(self, client: Client) -> None:
+        """Create the subscription and its monitored items; fall back to polling if the server refuses."""
         period_ms = self.device.poll_interval_s * 1000
-        sub = await self._ua(client.create_subscription(period_ms, _ChangeHandler(self._changes)),
-                             "create a subscription")
+        sampling_ms = (self.device.sampling_interval_s or self.device.poll_interval_s) * 1000
         nodes = [client.get_node(nid) for nid in dict.fromkeys(self._node_ids.values())]
-        results = await self._ua(sub.subscribe_data_change(nodes, sampling_interval=ua.Double(period_ms)),
-                                 "subscribe to data changes")
+        # Absolute deadband; the trigger includes the status so a value turning Bad is always reported.
+        value_filter = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValue,
+                                           DeadbandType=int(ua.DeadbandType.Absolute if self.device.deadband
+                                                            else ua.DeadbandType.None_),
+                                           DeadbandValue=self.device.deadband)
+        try:
+            sub = await self._ua(client.create_subscription(period_ms, _ChangeHandler(self._changes)),
+                                 "create a subscription")
+            # Subscription._subscribe is the one asyncua call taking filter, queue size and sampling
+            # interval together (deadband_monitor has no sampling interval).
+            results = await self._ua(sub._subscribe(nodes, ua.AttributeIds.Value, value_filter,
+                                                    self.device.queue_size, ua.MonitoringMode.Reporting,
+                                                    ua.Double(sampling_ms)),
+                                     "subscribe to data changes")
+        except DriverConnectionError as err:
+            cause = err.__cause__
+            if not isinstance(cause, UaStatusCodeError) or cause.code not in _NO_SUBSCRIPTION:
+                raise
+            # The server answered, but will not give us a subscription (limits, no support): poll it.
+            self._polling = True
+            if not self._fallback_logged:
+                self._fallback_logged = True
+                self._log.warning("%s: the server refuses subscriptions (%s); polling every %g s instead",
+                                  self.device_id, cause, self.device.poll_interval_s)
+            return
         refused = {node.nodeid: result.name for node, result in zip(nodes, results, strict=True)
                    if isinstance(result, ua.StatusCode)}
         for p in self.device.points:
@@ -178,12 +255,13 @@ class OpcUaDriver(Driver[OpcUaDevice]):
                                   self.device_id, p.id, p.node, reason)
 
     async def _serve(self) -> None:
-        if self.device.subscribe:
+        if not self._polling:
             return await self._serve_subscription()
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
         while True:
             await self._poll_once()
+            raise_if_cancelled()
             self._mark_healthy()
             next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
             await asyncio.sleep(next_poll - loop.time())
@@ -243,26 +321,35 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         for p in self.device.points:
             if p.id not in self._node_ids:
                 self._publish(p, None, Quality.BAD, now, now)
+        changes = self._changes
         while True:
-            try:
-                item = await asyncio.wait_for(self._changes.get(), self.device.poll_interval_s)
-            except TimeoutError:
-                await self._ua(client.nodes.server_state.read_value(), "probe the server state")
-                self._mark_healthy()
-                continue
-            if isinstance(item, ua.StatusChangeNotification):
-                raise DriverConnectionError(f"subscription status changed to {item.Status.name}")
-            node_id, dv = item
-            self.stats.reads += 1
+            raise_if_cancelled()
+            batch: list[_Change] = []
+            if changes.empty():
+                try:
+                    batch.append(await asyncio.wait_for(changes.get(), self.device.poll_interval_s))
+                except TimeoutError:
+                    await self._ua(client.nodes.server_state.read_value(), "probe the server state")
+                    self._mark_healthy()
+                    continue
+            # One publish response carries many changes: take them all at once rather than paying a
+            # wait_for (a task) per change, which could not keep up with 1,000 nodes at 10 Hz.
+            while not changes.empty():
+                batch.append(changes.get_nowait())
             received = utcnow()
-            for p in by_node.get(node_id, []):
-                self._publish_value(p, dv, received)
+            for item in batch:
+                if isinstance(item, ua.StatusChangeNotification):
+                    raise DriverConnectionError(f"subscription status changed to {item.Status.name}")
+                node_id, dv = item
+                self.stats.reads += 1
+                for p in by_node.get(node_id, []):
+                    self._publish_value(p, dv, received)
             self._mark_healthy()
 
     def _stale_after(self, point: PointBase) -> float | None:
         # A data-change subscription is silent while values hold still, so only an explicit
         # stale_after_s applies there.
-        if self.device.subscribe:
+        if not self._polling:
             return point.stale_after_s
         return super()._stale_after(point)
 
@@ -277,7 +364,9 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         """Await one asyncua request within the device timeout; translate its errors into ours."""
         try:
             async with asyncio.timeout(self.device.timeout_s):
-                return await request
+                result = await request
+                raise_if_cancelled()
+                return result
         except TimeoutError as err:
             raise DriverTimeout(f"{what}: no answer within {self.device.timeout_s} s") from err
         except UaStatusCodeError as err:

@@ -8,19 +8,25 @@ import logging
 import socket
 from collections.abc import Iterator
 
+import asyncpg
 import uvicorn
+from fastapi import FastAPI
 
 from drivers import create_driver
 from drivers.base import Driver
+from service.alarms.manager import AlarmManager
 from service.api.app import create_app
 from service.api.state import ServiceState
 from service.bus import SampleBus
-from service.config import HeatrecConfig
+from service.config import ApiConfig, HeatrecConfig
 from service.localservers.errors import LocalServerError
 from service.metrics import build_registry
+from service.scada.server import ScadaServer
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
 from service.storage.points import sync_points
+from service.storage.retention import enable_rollups, run_retention
+from service.storage.spool import Spool, spool_path
 from service.storage.writer import SampleWriter
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,12 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def api_server_config(app: FastAPI, api: ApiConfig) -> uvicorn.Config:
+    """uvicorn settings: no access log (tokens could leak via query strings), TLS when configured."""
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                          ssl_certfile=api.tls_cert_file, ssl_keyfile=api.tls_key_file)
+
+
 class Service:
     """The running heatrec service for one plant configuration."""
 
@@ -56,6 +68,8 @@ class Service:
         self.bus = SampleBus()
         self.drivers: list[Driver] = []
         self.writer: SampleWriter | None = None
+        self.alarms: AlarmManager | None = None
+        self.scada: ScadaServer | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.api_port: int | None = None
@@ -71,6 +85,10 @@ class Service:
             st = self.writer.stats
             out["database"] = ("ok", f"{st.rows_written} rows written") if st.connected or st.write_errors == 0 \
                 else ("degraded", f"writes failing, {st.pending} samples held")
+            if self.writer.spool is not None:
+                sp = self.writer.spool.stats
+                detail = f"{sp.samples} samples ({sp.bytes} bytes) held, {sp.dropped_samples} dropped when full"
+                out["spool"] = ("degraded" if sp.dropped_samples or st.spooling else "ok", detail)
         for d in self.drivers:
             state = str(d.state.value)
             out[f"driver:{d.device_id}"] = ("ok" if state == "connected" else "degraded", state)
@@ -86,23 +104,38 @@ class Service:
             async with pool.acquire() as conn:
                 applied = await migrate(conn)
                 keys = await sync_points(conn, cfg)
+                try:
+                    await enable_rollups(conn, cfg.storage)
+                except asyncpg.PostgresError as err:  # an optional feature never stops the service
+                    log.warning("could not enable compression/rollups: %s", err)
             if applied:
                 log.info("database schema migrated: %s", ", ".join(applied))
             sub = self.bus.subscribe("storage", cfg.storage.queue_size)
-            self.writer = SampleWriter(pool, sub, cfg.storage, keys)
+            spool = Spool(spool_path(cfg.storage.spool_dir, cfg.database), max_bytes=cfg.storage.spool_max_bytes,
+                          segment_bytes=cfg.storage.spool_segment_bytes)
+            spool.open()
+            self.writer = SampleWriter(pool, sub, cfg.storage, keys, spool)
             self.drivers = [create_driver(d, self.bus) for d in cfg.devices]
+            self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, pool,
+                                       lambda: {d.device_id: str(d.state.value) for d in self.drivers})
+            await self.alarms.start()
+            if cfg.scada is not None:
+                self.scada = ScadaServer(cfg.scada, cfg, self.bus)
+                await self.scada.start()
             registry, latency = build_registry(self)
-            app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency))
-            server = _ApiServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+            app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms))
+            server = _ApiServer(api_server_config(app, cfg.api))
             async with asyncio.TaskGroup() as tg:
                 writer_task = tg.create_task(self.writer.run(), name="storage-writer")
+                retention_task = tg.create_task(run_retention(pool, cfg.storage), name="storage-retention")
                 driver_tasks = [tg.create_task(d.run(), name=f"driver-{d.device_id}") for d in self.drivers]
+                alarm_task = tg.create_task(self.alarms.run(), name="alarms")
                 api_task = tg.create_task(server.serve(sockets=[sock]), name="api")
                 while not server.started and not api_task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
                     await asyncio.sleep(0.01)
                 self.started.set()
-                log.info("heatrec running: %d devices, API on http://%s:%d",
-                         len(self.drivers), cfg.api.host, self.api_port)
+                log.info("heatrec running: %d devices, API on %s://%s:%d",
+                         len(self.drivers), cfg.api.scheme, cfg.api.host, self.api_port)
                 await self._stop.wait()
                 log.info("stopping")
                 server.should_exit = True
@@ -110,7 +143,12 @@ class Service:
                 for t in driver_tasks:
                     t.cancel()
                 await asyncio.gather(*driver_tasks, return_exceptions=True)
+                alarm_task.cancel()
+                retention_task.cancel()
                 writer_task.cancel()
+            spool.close()
         finally:
+            if self.scada is not None:
+                await self.scada.stop()
             sock.close()
             await pool.close()

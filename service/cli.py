@@ -79,14 +79,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve the simulated plant of a configuration's [simulation] section."""
     from simulators.runner import Simulation
+    from simulators.scaled_clock import ScaledClock
+    from simulators.scenario import load_scenario
 
     cfg = load_config(args.config)
     if cfg.simulation is None:
         raise ConfigError(f"{args.config}: simulation: section missing (see config/demo.toml)")
     sim_cfg = cfg.simulation
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    if not args.speed > 0:
+        raise ConfigError(f"--speed must be positive (got {args.speed})")
+    clock = ScaledClock(args.speed) if args.speed != 1 else None
 
     async def main(stop: asyncio.Event) -> None:
-        async with Simulation(sim_cfg):
+        async with Simulation(sim_cfg, clock=clock, scenario=scenario, control_port=args.control_port) as sim:
+            for device, where in sim.endpoints().items():
+                print(f"  {device}: {where}", flush=True)
             print("simulators running; Ctrl-C stops them", flush=True)
             await stop.wait()
 
@@ -97,23 +105,54 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Create an API token, print it once, store only its hash."""
     from service.auth import create_token
+
+    token = _with_database(args.config, lambda conn: create_token(conn, args.role, args.name))
+    print(token)
+    print(f"(role {args.role}, name '{args.name}'; shown once, only its hash is stored)", file=sys.stderr)
+    return 0
+
+
+def _with_database(config: str, action: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Run `action(conn)` on the config's database, migrated first."""
     from service.storage.database import connect_pool
     from service.storage.migrations import migrate
 
-    cfg: HeatrecConfig = load_config(args.config)
+    cfg: HeatrecConfig = load_config(config)
 
-    async def main() -> str:
+    async def main() -> Any:
         pool = await connect_pool(cfg.database)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
-                return await create_token(conn, args.role, args.name)
+                return await action(conn)
         finally:
             await pool.close()
 
-    token = asyncio.run(main())
-    print(token)
-    print(f"(role {args.role}, name '{args.name}'; shown once, only its hash is stored)", file=sys.stderr)
+    return asyncio.run(main())
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    """List API tokens (id, name, role, created, revoked); tokens themselves are never stored."""
+    from service.auth import list_tokens
+
+    rows = _with_database(args.config, list_tokens)
+    print(f"{'id':>4}  {'name':<20} {'role':<9} {'created':<20} revoked")
+    for r in rows:
+        revoked = r["revoked_at"].strftime("%Y-%m-%d %H:%M:%S") if r["revoked_at"] else "-"
+        print(f"{r['id']:>4}  {r['name']:<20} {r['role']:<9} {r['created_at']:%Y-%m-%d %H:%M:%S}  {revoked}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke a token by id, or every active token of a name."""
+    from service.auth import revoke_tokens
+
+    n = _with_database(args.config, lambda conn: revoke_tokens(conn, args.ident))
+    if n == 0:
+        print(f"heatrec: error: no active token with id or name '{args.ident}' (see 'heatrec token list')",
+              file=sys.stderr)
+        return 2
+    print(f"revoked {n} token(s)")
     return 0
 
 
@@ -122,6 +161,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
     return run_demo(Path(args.config), Path(args.var_dir))
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Read every point of a config once (no database); exit 1 when any point is BAD."""
+    from service.commissioning import format_probe, probe
+
+    cfg = load_config(args.config)
+    rows = asyncio.run(probe(cfg, args.device, args.wait))
+    print(format_probe(rows, args.json), flush=True)
+    return 1 if any(r.quality == "BAD" for r in rows) else 0
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    """One guarded write with read-back (no database); exit 0 ok, 1 failed, 3 refused with nothing sent."""
+    import time
+
+    from service.commissioning import format_write, parse_value, write_point
+
+    cfg = load_config(args.config)
+    value = parse_value(args.value)
+    started = time.monotonic()
+    result = asyncio.run(write_point(cfg, args.point, value))
+    print(format_write(result, time.monotonic() - started), flush=True)
+    if result.ok:
+        return 0
+    return 3 if result.status == "rejected" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="serve the simulated plant of a config's [simulation] section",
                        description=cmd_simulate.__doc__)
     s.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
+    s.add_argument("--scenario", metavar="FILE", help="scenario file (TOML): load steps, weather, faults")
+    s.add_argument("--speed", type=float, default=1.0, metavar="X", help="run plant time X times real time")
+    s.add_argument("--control-port", type=int, metavar="PORT",
+                   help="HTTP fault-injection endpoint on 127.0.0.1 (overrides simulation.control_port)")
     s.set_defaults(func=cmd_simulate)
 
     c = sub.add_parser("check-config", help="validate a config file and exit", description=cmd_check_config.__doc__)
@@ -159,6 +228,29 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--role", required=True, choices=["viewer", "operator", "admin"], help="what the token may do")
     tc.add_argument("--name", required=True, help="who or what holds the token, e.g. grafana, alice")
     tc.set_defaults(func=cmd_token_create)
+    tl = tsub.add_parser("list", help="list tokens (never shows the tokens)", description=cmd_token_list.__doc__)
+    tl.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
+    tl.set_defaults(func=cmd_token_list)
+    tr = tsub.add_parser("revoke", help="revoke a token by id or name", description=cmd_token_revoke.__doc__)
+    tr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
+    tr.add_argument("ident", metavar="ID|NAME", help="token id (from 'token list') or name")
+    tr.set_defaults(func=cmd_token_revoke)
+
+    pr = sub.add_parser("probe", help="read every point once and print it (commissioning; no database)",
+                        description=cmd_probe.__doc__)
+    pr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
+    pr.add_argument("--json", action="store_true", help="print a JSON list of {id, value, unit, quality, ...}")
+    pr.add_argument("--device", metavar="ID", help="probe only this device")
+    pr.add_argument("--wait", type=float, metavar="SECONDS",
+                    help="how long each device may take (default: its timeout_s plus one read)")
+    pr.set_defaults(func=cmd_probe)
+
+    w = sub.add_parser("write", help="one guarded write with read-back (commissioning; no database)",
+                       description=cmd_write.__doc__)
+    w.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
+    w.add_argument("point", metavar="POINT", help="full point id, device.point")
+    w.add_argument("value", metavar="VALUE", help="number, or true/false for bits")
+    w.set_defaults(func=cmd_write)
     return p
 
 

@@ -139,6 +139,21 @@ class OpcUaDevice(DeviceBase):
     security_policy: Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] = "None"
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
     subscribe: bool = Field(default=False, description="data-change subscription instead of polling")
+    sampling_interval_s: float | None = Field(default=None, gt=0, le=3600,
+                                              description="server-side sampling of subscribed nodes "
+                                                          "(default: poll_interval_s)")
+    deadband: float = Field(default=0.0, ge=0,
+                            description="absolute deadband of subscribed nodes; 0 reports every change")
+    queue_size: int = Field(default=1, ge=1, le=10_000,
+                            description="values the server queues per subscribed node between publishes")
+    certificate_dir: str = Field(default="var/pki",
+                                 description="where the client's application certificate and key live; "
+                                             "generated on first use of a security policy")
+    application_uri: str = Field(default="urn:heatrec:client", min_length=1,
+                                 description="the client's ApplicationUri, also written into its certificate")
+    session_timeout_s: float = Field(default=60.0, ge=5, le=3600,
+                                     description="session lifetime the server keeps without hearing from us; "
+                                                 "bounds how long a session orphaned by a lost connection lives")
     points: list[OpcUaPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -152,6 +167,9 @@ class OpcUaDevice(DeviceBase):
     @model_validator(mode="after")
     def _unique(self) -> OpcUaDevice:
         self._check_points(self.points)
+        if (self.security_policy == "None") != (self.security_mode == "None"):
+            raise ValueError(f"security_policy '{self.security_policy}' and security_mode "
+                             f"'{self.security_mode}' do not fit: both are \"None\", or neither is")
         return self
 
 
@@ -163,6 +181,9 @@ class ModbusDevice(DeviceBase):
     max_registers_per_read: int = Field(default=125, ge=1, le=125)
     max_gap_registers: int = Field(default=8, ge=0, le=124,
                                    description="unmapped registers a coalesced read may bridge")
+    request_pause_s: float = Field(default=0.0, ge=0, le=10,
+                                   description="quiet time before each request on the connection, "
+                                               "for slow gateways")
     points: list[ModbusPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -192,6 +213,11 @@ class MqttDevice(DeviceBase):
     client_id: str | None = None
     qos: Literal[0, 1, 2] = 1
     tls_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// (system CAs if unset)")
+    tls_cert_file: str | None = Field(default=None, description="client certificate (PEM) for mqtts://")
+    tls_key_file: str | None = Field(default=None, description="private key (PEM) of tls_cert_file")
+    clean_session: bool = Field(default=False,
+                                description="discard the broker-side session on connect; a session is only "
+                                            "kept when client_id is set")
     points: list[MqttPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -234,11 +260,35 @@ class DatabaseConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    """Batching of the sample writer."""
+    """Batching of the sample writer, its store-and-forward spool, and retention."""
 
-    batch_size: int = Field(default=5000, ge=1, le=100_000)
-    batch_max_age_s: float = Field(default=1.0, gt=0, le=60)
-    queue_size: int = Field(default=200_000, ge=1000)
+    batch_size: int = Field(default=5000, ge=1, le=100_000, description="samples per COPY batch at most")
+    batch_max_age_s: float = Field(default=1.0, gt=0, le=60,
+                                   description="a batch is written at the latest this long after its first sample")
+    queue_size: int = Field(default=200_000, ge=1000,
+                            description="samples held in memory for the writer; beyond it they are dropped, counted")
+    max_in_flight: int = Field(default=2, ge=1, le=8,
+                               description="batches being written at once (the next is built while one is in flight)")
+    write_timeout_s: float = Field(default=10.0, gt=0, le=600,
+                                   description="a batch write slower than this counts as failed and goes to the spool")
+    retry_max_s: float = Field(default=10.0, gt=0, le=600,
+                               description="longest wait between attempts to reach a database that is away")
+    spool_dir: str = Field(default="var/spool",
+                           description="directory of the store-and-forward spool (relative to the working directory)")
+    spool_max_bytes: int = Field(default=1 << 30, ge=4096,
+                                 description="spool size bound; beyond it the oldest segment is deleted and counted")
+    spool_segment_bytes: int = Field(default=16 << 20, ge=1024,
+                                     description="size at which the spool starts a new segment file")
+    spool_above_queue: float = Field(default=0.5, gt=0, le=1,
+                                     description="fraction of queue_size above which batches go to the spool "
+                                                 "even while the database answers (it is behind)")
+    retention_days: float | None = Field(default=None, gt=0,
+                                         description="drop sample chunks older than this; unset keeps everything")
+    retention_interval_s: float = Field(default=3600.0, gt=0,
+                                        description="how often the retention task runs")
+    compress_after_days: float | None = Field(default=7.0, gt=0,
+                                              description="compress chunks older than this when the TimescaleDB "
+                                                          "edition offers compression; unset never compresses")
 
 
 class ApiConfig(_Strict):
@@ -246,6 +296,19 @@ class ApiConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, gt=0, lt=65536)
+    tls_cert_file: str | None = Field(default=None, description="PEM certificate (chain): serve HTTPS")
+    tls_key_file: str | None = Field(default=None, description="PEM private key of tls_cert_file")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both for HTTPS, or neither")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        """http or https."""
+        return "https" if self.tls_cert_file else "http"
 
 
 class SimCdu(_Strict):
@@ -272,6 +335,13 @@ class SimHeatPump(_Strict):
     setpoint_min: float = Field(default=40.0, description="lowest remote setpoint accepted over Modbus")
     setpoint_max: float = Field(default=85.0, description="highest remote setpoint accepted over Modbus")
     time_constant_s: float = Field(default=60.0, gt=0, description="first-order lag of the supply temperature")
+    dead_time_s: float = Field(default=0.0, ge=0, le=3600,
+                               description="delay before a new supply target starts to act (transport, staging)")
+    min_load_fraction: float = Field(default=0.0, ge=0, lt=1,
+                                     description="modulation floor: below this share of capacity the pump stops")
+    trip_temperature: float = Field(default=90.0, description="condenser (supply) temperature that trips the pump")
+    initial_electric_energy_kwh: float = Field(default=0.0, ge=0,
+                                               description="electricity meter register at simulation start")
     watchdog_timeout_s: float = Field(default=60.0, gt=0,
                                       description="fall back to the local setpoint this long after the "
                                                   "last heartbeat write (armed by the first one)")
@@ -281,11 +351,16 @@ class SimHeatMeter(_Strict):
     """A simulated EN 1434 heat meter published by an M-Bus-to-MQTT gateway."""
 
     id: str = Field(pattern=ID_PATTERN)
+    protocol: Literal["mqtt", "modbus"] = Field(default="mqtt", description="M-Bus-to-MQTT gateway or Modbus TCP")
+    endpoint: str = Field(default="127.0.0.1:5030", description="host:port of a Modbus meter")
+    unit_id: int = Field(default=1, ge=0, le=255, description="unit id of a Modbus meter")
     serial: str = "71234567"
     topic: str = "mbus/heatmeter/71234567"
     publish_interval_s: float = Field(default=1.0, gt=0)
     initial_energy_gj: float = Field(default=0.0, ge=0, description="energy register at simulation start")
     initial_volume_m3: float = Field(default=0.0, ge=0, description="volume register at simulation start")
+    register_wrap_gj: float = Field(default=4294967.296, gt=0,
+                                    description="the energy register rolls over to 0 here (uint32 MJ by default)")
 
 
 class SimulationConfig(_Strict):
@@ -293,12 +368,90 @@ class SimulationConfig(_Strict):
 
     seed: int = 1
     outdoor_temperature: float = 5.0
+    dh_design_demand_kw: float | None = Field(
+        default=None, gt=0, description="network heat demand at the design outdoor temperature; none = unlimited")
+    dh_design_outdoor_temperature: float = Field(default=-12.0, description="outdoor temperature of full demand")
+    dh_heating_limit_temperature: float = Field(default=17.0, description="above this only hot-water demand is left")
+    dh_base_demand_fraction: float = Field(default=0.15, ge=0, le=1,
+                                           description="hot-water share of the design demand, all year")
+    direct_exchange_kw: float = Field(default=0.0, ge=0,
+                                      description="capacity of the direct heat exchanger (source to DH); 0 = none")
+    direct_exchange_approach_k: float = Field(default=3.0, ge=0,
+                                              description="DH water leaves the exchanger this far below the source")
+    pipe_loss_fraction: float = Field(default=0.005, ge=0, lt=0.5,
+                                      description="share of the recovered heat lost before the meters")
+    surplus_heat_kw: float = Field(default=0.0, ge=0, description="an industrial surplus-heat source (no CDU)")
+    surplus_heat_temperature: float = Field(default=90.0, gt=0, lt=150, description="its temperature, °C")
+    control_port: int | None = Field(default=None, ge=0, lt=65536,
+                                     description="HTTP fault-injection endpoint on 127.0.0.1; none = off")
     mqtt_broker: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     cdus: list[SimCdu] = Field(default_factory=list)
     heat_pumps: list[SimHeatPump] = Field(default_factory=list)
     heat_meters: list[SimHeatMeter] = Field(default_factory=list)
+
+
+ScadaPolicy = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt",
+                     "Aes128Sha256RsaOaep_Sign", "Aes128Sha256RsaOaep_SignAndEncrypt",
+                     "Aes256Sha256RsaPss_Sign", "Aes256Sha256RsaPss_SignAndEncrypt"]
+
+
+class ScadaUser(_Strict):
+    """A user of the SCADA OPC UA server."""
+
+    username: str = Field(min_length=1)
+    password: str = Field(description="use ${VAR} to keep it out of the file; an empty password disables the user")
+    role: Literal["viewer", "operator", "admin"] = "viewer"
+
+
+class ScadaConfig(_Strict):
+    """The OPC UA server SCADA reads the plant from."""
+
+    endpoint: str = "opc.tcp://127.0.0.1:4840"
+    security_policies: list[ScadaPolicy] = Field(
+        default=["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt",
+                 "Aes256Sha256RsaPss_Sign", "Aes256Sha256RsaPss_SignAndEncrypt"], min_length=1,
+        description="offered endpoints; leave out None to require signing/encryption")
+    allow_anonymous: bool = Field(default=True, description="anonymous sessions may read (never write)")
+    certificate_dir: str = Field(default="var/pki/scada", description="server certificate and key, made on first use")
+    users: list[ScadaUser] = Field(default_factory=list)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme != "opc.tcp" or not u.hostname or u.port is None:
+            raise ValueError(f"'{v}' is not an OPC UA endpoint like opc.tcp://host:port")
+        return v
+
+
+class LimitAlarm(_Strict):
+    """Limit and quality alarms on one point."""
+
+    point: str = Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$", description="full point id, device.point")
+    high: float | None = Field(default=None, description="alarm when the value rises above this")
+    low: float | None = Field(default=None, description="alarm when the value falls below this")
+    deadband: float = Field(default=0.0, ge=0, description="the value must come back this far inside to clear")
+    on_delay_s: float = Field(default=0.0, ge=0, description="the condition must last this long to alarm")
+    quality: bool = Field(default=True, description="also alarm when the point's quality is BAD or STALE")
+    severity: Literal["low", "medium", "high", "critical"] = "medium"
+    message: str = ""
+
+    @model_validator(mode="after")
+    def _limits(self) -> LimitAlarm:
+        if self.high is not None and self.low is not None and self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class AlarmsConfig(_Strict):
+    """Alarm rules; every device also gets an offline alarm."""
+
+    device_offline_delay_s: float = Field(default=10.0, ge=0, description="a device not connected this long alarms")
+    device_offline_severity: Literal["low", "medium", "high", "critical"] = "high"
+    evaluate_interval_s: float = Field(default=1.0, gt=0, le=60)
+    limits: list[LimitAlarm] = Field(default_factory=list)
 
 
 class HeatrecConfig(_Strict):
@@ -310,6 +463,8 @@ class HeatrecConfig(_Strict):
     api: ApiConfig = ApiConfig()
     devices: list[Device] = Field(default_factory=list)
     simulation: SimulationConfig | None = None
+    alarms: AlarmsConfig = AlarmsConfig()
+    scada: ScadaConfig | None = None
 
     @model_validator(mode="after")
     def _unique_devices(self) -> HeatrecConfig:
@@ -318,6 +473,10 @@ class HeatrecConfig(_Strict):
             if d.id in seen:
                 raise ValueError(f"device id '{d.id}' appears twice")
             seen.add(d.id)
+        known = set(self.point_ids())
+        for i, rule in enumerate(self.alarms.limits):
+            if rule.point not in known:
+                raise ValueError(f"alarms.limits[{i}].point: no point '{rule.point}' among the devices")
         return self
 
     def point_ids(self) -> list[str]:

@@ -25,7 +25,8 @@ def _load_credentials(path: Path) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(path.read_text())
         return data
     return {"database": {"user": "heatrec", "password": secrets.token_urlsafe(18)},
-            "mqtt": {"username": "heatrec", "password": secrets.token_urlsafe(18)}}
+            "mqtt": {"username": "heatrec", "password": secrets.token_urlsafe(18)},
+            "opcua": {"username": "scada", "password": secrets.token_urlsafe(18)}}
 
 
 def _save_credentials(path: Path, data: dict[str, Any]) -> None:
@@ -39,6 +40,9 @@ def demo_ports(cfg: HeatrecConfig) -> dict[str, tuple[str, int]]:
     """Every loopback port the demo will listen on, by what uses it."""
     ports: dict[str, tuple[str, int]] = {"HTTP API": (cfg.api.host, cfg.api.port),
                                          "PostgreSQL": (cfg.database.host, cfg.database.port)}
+    if cfg.scada is not None:
+        su = urlsplit(cfg.scada.endpoint)
+        ports["SCADA OPC UA server"] = (su.hostname or "127.0.0.1", su.port or SCADA_PORT)
     sim = cfg.simulation
     if sim is not None:
         u = urlsplit(sim.mqtt_broker)
@@ -77,6 +81,9 @@ def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
              f"  API          http://{cfg.api.host}:{cfg.api.port}/api/v1   (docs: /docs)",
              f"  database     postgresql://heatrec@{cfg.database.host}:{cfg.database.port}/{cfg.database.name}"
              "  (view: readings)"]
+    if cfg.scada:
+        lines.append(f"  SCADA        {cfg.scada.endpoint}   (OPC UA; user '{creds['opcua']['username']}', "
+                     "password in credentials)")
     if sim:
         lines.append(f"  MQTT broker  {sim.mqtt_broker}")
         lines += [f"  CDU sim      {c.endpoint}   ({c.id}, OPC UA)" for c in sim.cdus]
@@ -120,7 +127,11 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
     # Secrets reach the config through the environment (${HEATREC_DB_PASSWORD} etc.).
     os.environ["HEATREC_DB_PASSWORD"] = creds["database"]["password"]
     os.environ["HEATREC_MQTT_PASSWORD"] = creds["mqtt"]["password"]
+    creds.setdefault("opcua", {"username": "scada", "password": secrets.token_urlsafe(18)})
+    os.environ["HEATREC_SCADA_PASSWORD"] = creds["opcua"]["password"]
     cfg = load_config(config_path)
+    if "spool_dir" not in cfg.storage.model_fields_set:  # the demo keeps all its data under var_dir
+        cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"spool_dir": str(var_dir / "spool")})})
     if cfg.simulation is None:
         raise ConfigError(f"{config_path}: simulation: the demo needs a [simulation] section")
     check_ports_free(demo_ports(cfg))
@@ -138,7 +149,8 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
         mq.start()
         asyncio.run(_ensure_tokens(cfg, creds))
         creds["endpoints"] = {"api": f"http://{cfg.api.host}:{cfg.api.port}", "mqtt": cfg.simulation.mqtt_broker,
-                              "database": f"{cfg.database.host}:{cfg.database.port}"}
+                              "database": f"{cfg.database.host}:{cfg.database.port}",
+                              "scada": cfg.scada.endpoint if cfg.scada else None}
         _save_credentials(cred_path, creds)
         sock = bind_api_socket(cfg.api.host, cfg.api.port)
         sim_cfg = cfg.simulation

@@ -69,6 +69,25 @@ class ServiceCollector(Collector):
                                     value=st.pending)
             yield GaugeMetricFamily("heatrec_storage_last_batch_seconds", "Duration of the last batch write",
                                     value=st.last_batch_seconds)
+            yield CounterMetricFamily("heatrec_storage_fallback_batches", "Batches that met stored readings and "
+                                      "were written the duplicate-safe way", value=st.fallback_batches)
+            yield GaugeMetricFamily("heatrec_storage_spooling", "1 while live samples go to the spool",
+                                    value=1.0 if st.spooling else 0.0)
+            if svc.writer.spool is not None:
+                sp = svc.writer.spool.stats
+                yield GaugeMetricFamily("heatrec_storage_spool_bytes", "Bytes held in the spool", value=sp.bytes)
+                yield GaugeMetricFamily("heatrec_storage_spool_samples", "Samples held in the spool",
+                                        value=sp.samples)
+                yield GaugeMetricFamily("heatrec_storage_spool_segments", "Segment files in the spool",
+                                        value=sp.segments)
+                yield CounterMetricFamily("heatrec_storage_spool_spooled_samples", "Samples appended to the spool",
+                                          value=sp.spooled_samples)
+                yield CounterMetricFamily("heatrec_storage_spool_replayed_samples", "Spooled samples committed "
+                                          "to the database by replay", value=sp.replayed_samples)
+                yield CounterMetricFamily("heatrec_storage_spool_dropped_samples", "Samples lost because the "
+                                          "spool was full (oldest segment deleted)", value=sp.dropped_samples)
+                yield CounterMetricFamily("heatrec_storage_spool_corrupt_records", "Torn spool records cut off "
+                                          "at start (a crash mid-append)", value=sp.corrupt_records)
 
 
 def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:

@@ -15,6 +15,7 @@ from asyncua.server.address_space import NodeData
 from service.clock import Clock
 from service.config import SimCdu
 from simulators.errors import SimulatorError
+from simulators.faults import FaultBoard
 from simulators.net import ensure_port_free, listen_error, split_opcua_endpoint
 from simulators.plant import CduState, PlantModel
 
@@ -98,8 +99,9 @@ def _standard_node_id(object_id: int) -> ua.NodeId:
 class CduOpcUaServer:
     """Serves one CDU of the model; `update()` publishes the model's latest state."""
 
-    def __init__(self, cfg: SimCdu, model: PlantModel, clock: Clock) -> None:
+    def __init__(self, cfg: SimCdu, model: PlantModel, clock: Clock, faults: FaultBoard | None = None) -> None:
         self.cfg = cfg
+        self._faults = faults or FaultBoard()
         self._model = model
         self._clock = clock
         self._owner = cfg.id
@@ -113,12 +115,39 @@ class CduOpcUaServer:
         port = self._server.bserver.port if self._server and self._server.bserver else self._port
         return f"opc.tcp://{self._host}:{port}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the port is open."""
+        return self._server is not None
+
     async def __aenter__(self) -> CduOpcUaServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    def drop_connections(self) -> int:
+        """Reset every client connection (the listener stays); returns how many."""
+        if self._server is None or self._server.bserver is None:
+            return 0
+        clients = list(self._server.bserver.clients)
+        for proto in clients:
+            if proto.transport is not None:
+                proto.transport.abort()
+        return len(clients)
+
+    async def start(self) -> None:
+        """Build the address space and listen (on the same port again after `stop`)."""
+        if self._server is not None:
+            return
+        self._published.clear()
         ensure_port_free(self._host, self._port, self._owner)  # before the ~2 s address-space load
         server = Server()
         # Most of the start-up time is here: asyncua builds the standard address space (~6000 nodes).
         await server.init()
-        server.set_endpoint(self.cfg.endpoint)
+        server.set_endpoint(f"opc.tcp://{self._host}:{self._port}")
         server.set_server_name(f"heatrec simulated CDU {self.cfg.id}")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         # Anonymous only, and no remote 'admin' login that would bypass the access levels.
@@ -138,17 +167,18 @@ class CduOpcUaServer:
         except OSError as err:  # taken since our check (a race); asyncua has already cleaned up
             raise listen_error(err, self._host, self._port, self._owner) from err
         self._server = server
+        if self._port == 0:  # keep an ephemeral port across restarts, so clients find us again
+            self._port = int(self.endpoint.rsplit(":", 1)[1])
         log.info("CDU %s serving OPC UA at %s", self.cfg.id, self.endpoint)
-        return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def stop(self) -> None:
+        """Close the port and every session."""
         if self._server is not None:
-            await self._server.stop()
-            self._server = None
+            server, self._server = self._server, None
+            await server.stop()
 
     async def _build_address_space(self, server: Server) -> None:
-        state = self._model.cdus[self.cfg.id]
+        state = self._faults.view(self.cfg.id, self._model.cdus[self.cfg.id])
         cdu = await server.nodes.objects.add_object(_string_node_id(self.cfg.id),
                                                     ua.QualifiedName(self.cfg.id, NAMESPACE_INDEX))
         now = self._clock.now()
@@ -177,7 +207,7 @@ class CduOpcUaServer:
         """Publish the model's state: measurements every time, settings only when they change."""
         if self._server is None:
             return
-        state = self._model.cdus[self.cfg.id]
+        state = self._faults.view(self.cfg.id, self._model.cdus[self.cfg.id])
         stamp = self._model.time  # when the values were computed, i.e. measured
         now = cast(ua.DateTime, self._clock.now())
         await self._server.write_attribute_value(

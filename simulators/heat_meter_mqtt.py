@@ -14,12 +14,18 @@ from typing import Any
 import aiomqtt
 
 from service.config import SimHeatMeter
+from simulators.faults import FaultBoard
 from simulators.net import split_mqtt_url
 from simulators.plant import HeatMeterState, PlantModel
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0  # a QoS 1 PUBACK slower than this means the broker is gone: reconnect
+MALFORMED_PAYLOAD = b'{"serial": "7123456'  # a telegram cut off mid-string, as a flaky gateway sends
+
+
+class _Dropped(Exception):
+    """Fault injection asked the gateway to drop its broker connection."""
 
 
 def telegram(meter: HeatMeterState, measured_at: datetime) -> dict[str, Any]:
@@ -42,8 +48,11 @@ class MeterGateway:
 
     def __init__(self, meters: list[SimHeatMeter], model: PlantModel, *, broker: str,
                  username: str | None = None, password: str | None = None,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0) -> None:
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0,
+                 faults: FaultBoard | None = None) -> None:
         self._meters = meters
+        self._faults = faults or FaultBoard()
+        self._drop_requested = False
         self._model = model
         self._broker = broker
         self._host, self._port = split_mqtt_url(broker, "heat meter gateway")
@@ -93,6 +102,10 @@ class MeterGateway:
                         log.info("heat meter gateway: publishing to %s", self._broker)
                     reported_down = False
                     await self._publish_forever(client)
+            except _Dropped:
+                self.connected = False
+                self.connection_failures += 1
+                log.warning("heat meter gateway: connection dropped by fault injection")
             except (aiomqtt.MqttError, OSError) as err:
                 self.connected = False
                 self.connection_failures += 1
@@ -109,6 +122,23 @@ class MeterGateway:
             delay = min(delay * 2, self._backoff_max_s)
             await asyncio.sleep(wait)
 
+    def drop(self) -> None:
+        """Drop the broker connection before the next publish; the gateway reconnects as after an outage."""
+        self._drop_requested = True
+
+    async def _publish_one(self, client: aiomqtt.Client, cfg: SimHeatMeter) -> None:
+        slow = self._faults.first(cfg.id, "slow")
+        if slow is not None:
+            await asyncio.sleep(slow.delay_s)
+        payload: str | bytes
+        if self._faults.first(cfg.id, "malformed") is not None:
+            payload = MALFORMED_PAYLOAD
+        else:
+            meter = self._faults.view(cfg.id, self._model.heat_meters[cfg.id])
+            payload = json.dumps(telegram(meter, self._model.time))
+        await client.publish(cfg.topic, payload, qos=1)
+        self.published += 1
+
     async def _publish_forever(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         due = {m.id: loop.time() for m in self._meters}  # publish at once after (re)connecting
@@ -116,9 +146,11 @@ class MeterGateway:
         while True:
             meter_id = min(due, key=due.__getitem__)
             await asyncio.sleep(max(due[meter_id] - loop.time(), 0.0))
+            if self._drop_requested:
+                self._drop_requested = False
+                raise _Dropped
             cfg = by_id[meter_id]
-            payload = json.dumps(telegram(self._model.heat_meters[meter_id], self._model.time))
-            await client.publish(cfg.topic, payload, qos=1)
-            self.published += 1
+            if self._faults.first(meter_id, "offline") is None:
+                await self._publish_one(client, cfg)
             # Keep the cadence instead of drifting by the publish time; skip slots missed while slow.
             due[meter_id] = max(due[meter_id] + cfg.publish_interval_s, loop.time())

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import struct
-from types import TracebackType
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 from service.config import SimHeatPump
-from simulators.errors import SimulatorError
-from simulators.net import ensure_port_free, split_host_port
+from simulators.faults import FaultBoard
+from simulators.modbus_face import ModbusFace
 from simulators.plant import HeatPumpState, PlantModel
 
 log = logging.getLogger(__name__)
@@ -26,7 +23,8 @@ IR_COP = 4
 IR_STATUS = 5
 IR_HEAT_OUTPUT = 10  # float32, 10-11
 IR_ELECTRIC_POWER = 12  # float32, 12-13
-INPUT_REGISTER_COUNT = 14  # 6-9 are reserved and read 0, so one block read of 0-13 works
+IR_ELECTRIC_ENERGY = 14  # uint32, 14-15, 0.1 kWh: the pump's electricity meter
+INPUT_REGISTER_COUNT = 16  # 6-9 are reserved and read 0, so one block read of 0-15 works
 
 # Holding registers (functions 3, 6, 16, 23), 0-based.
 HR_SUPPLY_SETPOINT = 0
@@ -53,6 +51,12 @@ def uint16_register(value: float, scale: float) -> int:
     return max(min(round(value / scale), 65535), 0)
 
 
+def uint32_registers(value: float, scale: float) -> list[int]:
+    """value/scale as a uint32 counter, high word first; a counter wraps at 2**32 like a real one."""
+    raw = int(value / scale) % (1 << 32)
+    return [raw >> 16, raw & 0xFFFF]
+
+
 def float32_registers(value: float) -> list[int]:
     """IEEE 754 float32, high word first (big-endian word and byte order)."""
     high, low = struct.unpack(">HH", struct.pack(">f", value))
@@ -70,6 +74,7 @@ def input_registers(hp: HeatPumpState) -> list[int]:
     regs[IR_STATUS] = hp.status_word
     regs[IR_HEAT_OUTPUT:IR_HEAT_OUTPUT + 2] = float32_registers(hp.heat_output_kw)
     regs[IR_ELECTRIC_POWER:IR_ELECTRIC_POWER + 2] = float32_registers(hp.electric_power_kw)
+    regs[IR_ELECTRIC_ENERGY:IR_ELECTRIC_ENERGY + 2] = uint32_registers(hp.electric_energy_kwh, 0.1)
     return regs
 
 
@@ -78,64 +83,33 @@ def holding_registers(hp: HeatPumpState) -> list[int]:
     return [int16_register(hp.remote_setpoint, 0.1), int(hp.sg_ready), hp.heartbeat]
 
 
-class HeatPumpModbusServer:
+class HeatPumpModbusServer(ModbusFace):
     """Serves one heat pump of the model as a Modbus TCP server with one unit id."""
 
-    def __init__(self, cfg: SimHeatPump, model: PlantModel) -> None:
+    HOLDING_COUNT = HOLDING_REGISTER_COUNT
+    INPUT_COUNT = INPUT_REGISTER_COUNT
+
+    def __init__(self, cfg: SimHeatPump, model: PlantModel, faults: FaultBoard | None = None) -> None:
+        super().__init__(cfg.id, cfg.endpoint, cfg.unit_id, faults)
         self.cfg = cfg
         self._model = model
-        self._owner = cfg.id
-        self._host, self._port = split_host_port(cfg.endpoint, cfg.id)
-        self._server: ModbusTcpServer | None = None
         self._input: list[int] = [0] * INPUT_REGISTER_COUNT
         self._holding: list[int] = [0] * HOLDING_REGISTER_COUNT
         self.update()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """(host, port) clients connect to, with the real port when configured with port 0."""
-        transport = self._server.transport if self._server else None
-        sockets = getattr(transport, "sockets", None)
-        if sockets:
-            return self._host, int(sockets[0].getsockname()[1])
-        return self._host, self._port
-
     async def __aenter__(self) -> HeatPumpModbusServer:
-        ensure_port_free(self._host, self._port, self._owner)
-        devices = [SimDevice(id=self.cfg.unit_id, simdata=_register_blocks(), action=self._action)]
-        if self.cfg.unit_id != 0:
-            # Unit id 0 catches every other unit id (pymodbus would fail with an internal error):
-            # answer like a gateway whose target does not respond, which names the mistake.
-            devices.append(SimDevice(id=0, simdata=_register_blocks(), action=_no_such_unit))
-        server = ModbusTcpServer(devices, address=(self._host, self._port))
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as err:
-            # pymodbus reports a failed bind only as RuntimeError (the port was taken since our
-            # check, a race): probe once more to say what actually happened.
-            await server.shutdown()
-            ensure_port_free(self._host, self._port, self._owner)
-            raise SimulatorError(f"cannot listen on {self._host}:{self._port} for {self._owner}") from err
-        self._server = server
-        log.info("heat pump %s serving Modbus TCP at %s:%d unit %d", self.cfg.id, *self.address,
-                 self.cfg.unit_id)
+        await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        if self._server is not None:
-            await self._server.shutdown()
-            self._server = None
-
     def update(self) -> None:
-        """Refresh the register images from the model (called every tick)."""
-        hp = self._model.heat_pumps[self.cfg.id]
+        """Refresh the register images from the model (called every tick), as the faults let it."""
+        hp = self._faults.view(self.cfg.id, self._model.heat_pumps[self.cfg.id])
         self._input = input_registers(hp)
-        self._holding = holding_registers(hp)
+        self._holding = holding_registers(self._model.heat_pumps[self.cfg.id])
 
-    async def _action(self, function_code: int, start_address: int, address: int, count: int,
-                      registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
-        """pymodbus calls this before every access: serve our images, validate and apply writes."""
+    def _serve(self, function_code: int, address: int, registers: list[int],
+               set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+        """Serve our images, validate and apply writes."""
         # Both blocks start at address 0, so block offsets equal register addresses.
         if function_code == _READ_INPUT:
             registers[:INPUT_REGISTER_COUNT] = self._input
@@ -172,25 +146,6 @@ class HeatPumpModbusServer:
                 self._model.heartbeat(hp_id, raw)
         self._holding = holding_registers(self._model.heat_pumps[hp_id])
         return None
-
-
-def _register_blocks() -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
-    """Separate blocks (coils, discrete inputs, holding, input), so input 0 and holding 0 differ.
-
-    The heat pump has no bits, but pymodbus needs a non-empty block for each kind;
-    the action refuses bit access with ILLEGAL_FUNCTION.
-    """
-    return (
-        [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-        [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-        [SimData(0, count=HOLDING_REGISTER_COUNT, values=0, datatype=DataType.REGISTERS)],
-        [SimData(0, count=INPUT_REGISTER_COUNT, values=0, datatype=DataType.REGISTERS, readonly=True)],
-    )
-
-
-async def _no_such_unit(function_code: int, start_address: int, address: int, count: int,
-                        registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes:
-    return ExcCodes.GATEWAY_NO_RESPONSE
 
 
 def _signed(raw: int) -> int:

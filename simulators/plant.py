@@ -9,13 +9,17 @@ It is deterministic for a given seed and sequence of `step` calls.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import random
+from collections import deque
 from dataclasses import dataclass
 
 from service.clock import Clock
 from service.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
 from simulators.water import heat_coefficient
+
+log = logging.getLogger(__name__)
 
 CP_WATER = 4.18  # kJ/(kg·K), loop water between 25 and 75 °C
 CDU_LOOP_DENSITY = 994.0  # kg/m³ at ~35 °C, converts the CDU mass flow to L/min
@@ -81,6 +85,8 @@ class HeatPumpState:
     watchdog_armed: bool = False
     watchdog_fallback: bool = False
     heartbeat: int = 0
+    electric_energy_kwh: float = 0.0  # the pump's own electricity meter, never reset
+    tripped_on_temperature: bool = False
 
     @property
     def status_word(self) -> int:
@@ -101,6 +107,23 @@ class HeatMeterState:
     return_temperature_c: float
 
 
+@dataclass
+class EnergyLedger:
+    """Energy integrals since start, kWh: what the balance IT = delivered - work + dry + losses checks."""
+
+    it_heat: float = 0.0
+    direct_exchange: float = 0.0
+    condenser_heat: float = 0.0
+    compressor_work: float = 0.0
+    dry_cooler: float = 0.0
+    losses: float = 0.0
+    delivered: float = 0.0
+
+    def imbalance(self) -> float:
+        """IT heat minus (delivered - work + dry coolers + losses), kWh; zero when the books close."""
+        return self.it_heat - (self.delivered - self.compressor_work + self.dry_cooler + self.losses)
+
+
 def carnot_cop(t_hot_c: float, t_cold_c: float, eta: float) -> float:
     """COP = η · T_hot / (T_hot - T_cold), kelvin; lift floored at MIN_LIFT_K, COP kept in MIN..MAX_COP."""
     t_hot = t_hot_c + 273.15
@@ -111,6 +134,15 @@ def carnot_cop(t_hot_c: float, t_cold_c: float, eta: float) -> float:
 def dh_return_temperature(outdoor_c: float) -> float:
     """District-heating return: about 35 °C in deep winter to 40 °C in summer (less cooling at low load)."""
     return min(max(35.0 + (outdoor_c + 10.0) / 6.0, 35.0), 40.0)
+
+
+def dh_demand_kw(cfg: SimulationConfig, outdoor_c: float) -> float:
+    """Network heat demand: linear in the heating-degree difference, floored by hot water; inf if unset."""
+    if cfg.dh_design_demand_kw is None:
+        return math.inf
+    span = cfg.dh_heating_limit_temperature - cfg.dh_design_outdoor_temperature
+    heating = min(max((cfg.dh_heating_limit_temperature - outdoor_c) / span, 0.0), 1.0) if span > 0 else 1.0
+    return cfg.dh_design_demand_kw * max(heating, cfg.dh_base_demand_fraction)
 
 
 def first_order(value: float, target: float, dt_s: float, tau_s: float) -> float:
@@ -131,6 +163,15 @@ class PlantModel:
         self.time = clock.now()
         self.outdoor_temperature = cfg.outdoor_temperature
         self.dry_cooler_kw = 0.0
+        self.direct_exchange_kw = 0.0
+        self.losses_kw = 0.0
+        self.delivered_kw = 0.0
+        self.dh_demand_kw = dh_demand_kw(cfg, cfg.outdoor_temperature)
+        self.it_load_scale = 1.0  # scenarios scale every CDU's IT load with this
+        self.ledger = EnergyLedger()
+        # Dead time: each heat pump's commanded targets (elapsed_s, °C); the oldest due one acts.
+        self._targets: dict[str, deque[tuple[float, float]]] = {}
+        self._acting: dict[str, float] = {}
         self._cdu_cfg: dict[str, SimCdu] = {c.id: c for c in cfg.cdus}
         self._hp_cfg: dict[str, SimHeatPump] = {h.id: h for h in cfg.heat_pumps}
         self._meter_cfg: dict[str, SimHeatMeter] = {m.id: m for m in cfg.heat_meters}
@@ -149,7 +190,8 @@ class PlantModel:
                 supply_temperature=h.supply_setpoint, return_temperature=dh_return,
                 source_inlet_temperature=0.0, source_outlet_temperature=0.0, cop=0.0,
                 heat_output_kw=0.0, electric_power_kw=0.0, evaporator_heat_kw=0.0,
-                remote_setpoint=h.supply_setpoint, local_setpoint=h.supply_setpoint)
+                remote_setpoint=h.supply_setpoint, local_setpoint=h.supply_setpoint,
+                electric_energy_kwh=h.initial_electric_energy_kwh)
             for h in cfg.heat_pumps}
         self.heat_meters: dict[str, HeatMeterState] = {
             m.id: HeatMeterState(
@@ -175,11 +217,53 @@ class PlantModel:
         self.elapsed_s += dt_s
         self.time = self._clock.now()
         dh_return = dh_return_temperature(self.outdoor_temperature)
+        self.dh_demand_kw = dh_demand_kw(self.cfg, self.outdoor_temperature)
         heat_kw, mass_flow, mixed_return = self._step_cdus(dt_s)
-        evaporated = self._step_heat_pumps(dt_s, heat_kw, mass_flow, mixed_return, dh_return)
-        # IT cooling has priority: whatever the heat pumps cannot take goes to dry coolers.
-        self.dry_cooler_kw = max(heat_kw - evaporated, 0.0)
-        self._step_meters(dt_s, dh_return)
+        heat_kw, mass_flow, mixed_return = self._add_surplus_source(heat_kw, mass_flow, mixed_return)
+        source_inlet = mixed_return - HX_APPROACH_K
+        direct, direct_outlet = self._direct_exchange(heat_kw, source_inlet, dh_return)
+        # The heat pumps see the loop after the direct exchanger took its share.
+        hp_source = source_inlet - direct / (mass_flow * CP_WATER) if mass_flow > 0 else source_inlet
+        room = (self.dh_demand_kw - direct) / (1.0 - self.cfg.pipe_loss_fraction)
+        evaporated = self._step_heat_pumps(dt_s, heat_kw - direct, mass_flow, hp_source, dh_return,
+                                           max(room, 0.0))
+        condensed = sum(hp.heat_output_kw for hp in self.heat_pumps.values())
+        work = sum(hp.electric_power_kw for hp in self.heat_pumps.values())
+        # IT cooling has priority: whatever recovery does not take goes to dry coolers.
+        self.dry_cooler_kw = max(heat_kw - direct - evaporated, 0.0)
+        self.direct_exchange_kw = direct
+        self.losses_kw = (direct + condensed) * self.cfg.pipe_loss_fraction
+        self.delivered_kw = direct + condensed - self.losses_kw
+        hours = dt_s / 3600.0
+        led = self.ledger
+        led.it_heat += heat_kw * hours
+        led.direct_exchange += direct * hours
+        led.condenser_heat += condensed * hours
+        led.compressor_work += work * hours
+        led.dry_cooler += self.dry_cooler_kw * hours
+        led.losses += self.losses_kw * hours
+        led.delivered += self.delivered_kw * hours
+        self._step_meters(dt_s, dh_return, direct, direct_outlet)
+
+    def _add_surplus_source(self, heat_kw: float, mass_flow: float, mixed_return: float
+                            ) -> tuple[float, float, float]:
+        """An industrial surplus source (kiln cooling, flue gas) joins the source loop at its temperature."""
+        q = self.cfg.surplus_heat_kw
+        if q <= 0:
+            return heat_kw, mass_flow, mixed_return
+        m = q / (CP_WATER * CDU_DESIGN_DELTA_K)
+        total_m = mass_flow + m
+        mixed = (mass_flow * mixed_return + m * self.cfg.surplus_heat_temperature) / total_m
+        return heat_kw + q, total_m, mixed
+
+    def _direct_exchange(self, heat_kw: float, source_inlet: float, dh_return: float) -> tuple[float, float]:
+        """Heat passed straight to DH when the source is hot enough; returns (kW, DH outlet °C)."""
+        cap = self.cfg.direct_exchange_kw
+        outlet = source_inlet - self.cfg.direct_exchange_approach_k
+        if cap <= 0 or outlet <= dh_return + METER_MIN_DELTA_K or heat_kw <= 0:
+            return 0.0, dh_return
+        demand_room = self.dh_demand_kw / (1.0 - self.cfg.pipe_loss_fraction)
+        return min(heat_kw, cap, demand_room), outlet
 
     def _step_cdus(self, dt_s: float) -> tuple[float, float, float]:
         """Returns total heat (kW), total secondary mass flow (kg/s) and the mixed return (°C)."""
@@ -187,7 +271,7 @@ class PlantModel:
         swing = 1.0 + CDU_LOAD_SWING * math.sin(2 * math.pi * self.elapsed_s / CDU_LOAD_PERIOD_S)
         for cdu_id, cdu in self.cdus.items():
             cfg = self._cdu_cfg[cdu_id]
-            load = max(cfg.it_load_kw * swing * (1.0 + self._rng.gauss(0.0, CDU_LOAD_NOISE)), 0.0)
+            load = max(cfg.it_load_kw * self.it_load_scale * swing * (1.0 + self._rng.gauss(0.0, CDU_LOAD_NOISE)), 0.0)
             cdu.it_load_kw = load
             cdu.heat_removed_kw = load  # direct liquid cooling: the IT heat leaves through the loop
             cdu.supply_temperature = first_order(cdu.supply_temperature, cdu.supply_temperature_setpoint,
@@ -208,11 +292,10 @@ class PlantModel:
         mixed_return = weighted_return / total_m if total_m > 0 else 0.0
         return total_q, total_m, mixed_return
 
-    def _step_heat_pumps(self, dt_s: float, heat_kw: float, mass_flow: float, mixed_return: float,
-                         dh_return: float) -> float:
-        """Returns the heat taken from the CDU loop by all heat pumps (kW)."""
+    def _step_heat_pumps(self, dt_s: float, heat_kw: float, mass_flow: float, source_inlet: float,
+                         dh_return: float, demand_room_kw: float) -> float:
+        """Returns the heat taken from the source loop by all heat pumps (kW)."""
         total_capacity = sum(c.capacity_kw for c in self._hp_cfg.values())
-        source_inlet = mixed_return - HX_APPROACH_K
         evaporated = 0.0
         for hp_id, hp in self.heat_pumps.items():
             cfg = self._hp_cfg[hp_id]
@@ -220,13 +303,23 @@ class PlantModel:
             last = self._last_heartbeat_s.get(hp_id)
             if hp.watchdog_armed and last is not None and self.elapsed_s - last > cfg.watchdog_timeout_s:
                 hp.watchdog_fallback = True
-            hp.running = not hp.fault and hp.sg_ready != SgReady.BLOCKED and heat_kw > 0
+            target = self._delayed_target(hp_id, cfg.dead_time_s)
+            # Modulation: the pump follows the network's demand down to its floor, then stops.
+            limit = min(cfg.capacity_kw, demand_room_kw * share)
+            wanted = not hp.fault and hp.sg_ready != SgReady.BLOCKED and heat_kw > 0
+            hp.running = wanted and limit > 0 and limit >= cfg.min_load_fraction * cfg.capacity_kw
             # Idle, the condenser water drifts to the DH return temperature.
-            target = self.effective_setpoint(hp_id) if hp.running else dh_return
-            hp.supply_temperature = first_order(hp.supply_temperature, target, dt_s, cfg.time_constant_s)
+            hp.supply_temperature = first_order(hp.supply_temperature, target if hp.running else dh_return,
+                                                dt_s, cfg.time_constant_s)
             hp.return_temperature = dh_return
             hp.source_inlet_temperature = source_inlet
-            if not hp.running:
+            if hp.running and hp.supply_temperature > cfg.trip_temperature:
+                # The high-pressure switch: latches until reset (a fault clear), like the real one.
+                hp.fault = hp.tripped_on_temperature = True
+                hp.running = False
+                log.warning("heat pump %s tripped: condenser %.1f °C above %.1f °C", hp_id,
+                            hp.supply_temperature, cfg.trip_temperature)
+            if not hp.running or mass_flow <= 0:
                 hp.cop = hp.heat_output_kw = hp.electric_power_kw = hp.evaporator_heat_kw = 0.0
                 hp.source_outlet_temperature = source_inlet
                 continue
@@ -238,28 +331,45 @@ class PlantModel:
             for _ in range(3):  # the source outlet depends on q_evap, COP on the outlet: converges fast
                 t_cold = source_inlet - q_evap / (m_src * CP_WATER)
                 cop = carnot_cop(hp.supply_temperature, t_cold, cfg.carnot_efficiency)
-                q_cond = min(available * cop / (cop - 1.0), cfg.capacity_kw, dh_limit)
+                q_cond = min(available * cop / (cop - 1.0), limit, dh_limit)
                 q_evap = q_cond * (cop - 1.0) / cop
             hp.cop = cop
             hp.heat_output_kw = q_cond
             hp.electric_power_kw = q_cond / cop
             hp.evaporator_heat_kw = q_evap
             hp.source_outlet_temperature = source_inlet - q_evap / (m_src * CP_WATER)
+            hp.electric_energy_kwh += hp.electric_power_kw * dt_s / 3600.0
             evaporated += q_evap
         return evaporated
 
-    def _step_meters(self, dt_s: float, dh_return: float) -> None:
+    def _delayed_target(self, hp_id: str, dead_time_s: float) -> float:
+        """The supply target commanded dead_time_s ago (the one acting now)."""
+        commanded = self.effective_setpoint(hp_id)
+        queue = self._targets.setdefault(hp_id, deque())
+        if not queue or queue[-1][1] != commanded:
+            queue.append((self.elapsed_s, commanded))
+        acting = self._acting.get(hp_id, commanded)
+        while queue and queue[0][0] <= self.elapsed_s - dead_time_s:
+            acting = queue.popleft()[1]
+        self._acting[hp_id] = acting
+        return acting
+
+    def _step_meters(self, dt_s: float, dh_return: float, direct_kw: float, direct_outlet: float) -> None:
         if not self.heat_meters:
             return
-        total = sum(hp.heat_output_kw for hp in self.heat_pumps.values())
-        if total > 0:
-            supply = sum(hp.heat_output_kw * hp.supply_temperature for hp in self.heat_pumps.values()) / total
+        total = self.delivered_kw
+        # Mixed supply of the branches that deliver: the heat pumps' condensers and the direct exchanger.
+        weights = [(hp.heat_output_kw, hp.supply_temperature) for hp in self.heat_pumps.values()]
+        weights.append((direct_kw, direct_outlet))
+        carried = sum(w for w, _ in weights)
+        if carried > 0:
+            supply = sum(w * t for w, t in weights) / carried
         elif self.heat_pumps:
             supply = sum(hp.supply_temperature for hp in self.heat_pumps.values()) / len(self.heat_pumps)
         else:
             supply = dh_return
         per_meter = total / len(self.heat_meters)  # parallel branches share the output evenly
-        for meter in self.heat_meters.values():
+        for meter_id, meter in self.heat_meters.items():
             # The true flow that carries this heat, then what the meter's sensors make of it.
             q_true = 0.0
             if per_meter > 0 and supply - dh_return > METER_MIN_DELTA_K:
@@ -274,7 +384,9 @@ class PlantModel:
             meter.flow_temperature_c = t_f
             meter.return_temperature_c = t_r
             meter.power_kw = power
-            meter.energy_gj += power * dt_s / 1e6  # kW·s = kJ
+            wrap = self._meter_cfg[meter_id].register_wrap_gj
+            # A finite register rolls over, as a real meter's does; billing must handle that.
+            meter.energy_gj = (meter.energy_gj + power * dt_s / 1e6) % wrap  # kW·s = kJ
             meter.volume_m3 += q * dt_s / 3600.0
 
     # --- commands from the protocol faces ----------------------------------------------------
@@ -313,8 +425,25 @@ class PlantModel:
         self._last_heartbeat_s[hp_id] = self.elapsed_s
 
     def set_fault(self, hp_id: str, fault: bool) -> None:
-        """Trip (True) or reset (False) a heat pump, for fault injection."""
-        self.heat_pumps[hp_id].fault = fault
+        """Trip (True) or reset (False) a heat pump, for fault injection and after a temperature trip."""
+        hp = self.heat_pumps[hp_id]
+        hp.fault = fault
+        if not fault:
+            hp.tripped_on_temperature = False
+
+    def preset_meter_register(self, meter_id: str, energy_gj: float) -> None:
+        """Set a meter's energy register (fault injection: bring it near its roll-over)."""
+        wrap = self._meter_cfg[meter_id].register_wrap_gj
+        if not 0 <= energy_gj < wrap:
+            raise ValueError(f"{meter_id} energy register must be in 0..{wrap} GJ (got {energy_gj})")
+        self.heat_meters[meter_id].energy_gj = energy_gj
+
+    def replace_meter(self, meter_id: str, serial: str) -> None:
+        """A meter exchanged in the field: new serial number, registers start again at zero."""
+        meter = self.heat_meters[meter_id]
+        meter.serial = serial
+        meter.energy_gj = 0.0
+        meter.volume_m3 = 0.0
 
 
 def _check_range(value: float, low: float, high: float, what: str) -> None:

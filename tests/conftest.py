@@ -61,6 +61,7 @@ def plant_config_file(tmp_path: Path, database: DatabaseConfig, mosquitto: Mosqu
     """The demo plant's config on free ports, pointing at the session's database and broker."""
     text = demo_config_text({"55432": database.port, "1883": mosquitto.port})
     text = text.replace('name = "heatrec"', f'name = "{database.name}"', 1)
+    text = text.replace("[storage]\n", f'[storage]\nspool_dir = "{tmp_path / "spool"}"\n', 1)
     monkeypatch.setenv("HEATREC_DB_PASSWORD", database.password or "")
     monkeypatch.setenv("HEATREC_MQTT_PASSWORD", mosquitto.password)
     path = tmp_path / "plant.toml"

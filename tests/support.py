@@ -8,7 +8,7 @@ from pathlib import Path
 
 from service.localservers import free_port
 
-DEMO_PORTS = ("8000", "55432", "4841", "5020", "1883")
+DEMO_PORTS = ("8000", "55432", "4840", "4841", "5020", "1883")
 
 
 def demo_config_text(ports: dict[str, int] | None = None) -> str:

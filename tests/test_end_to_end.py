@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from pathlib import Path
 
 import httpx
+from asyncua import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import Service, bind_api_socket
@@ -69,6 +71,29 @@ async def test_all_three_protocols_reach_database_and_api(plant_config_file: Pat
                     good = [p for p in points.values() if p["device"] == device and p["quality"] == "GOOD"]
                     assert good, f"no GOOD point from {device} ({protocols[device]}) in the API"
                     assert all(p["source_time"] and p["receive_time"] for p in good)
+
+                assert (await client.get("/api/v1/stream")).status_code == 401
+                seen: list[dict[str, object]] = []
+                subscribers = len(svc.bus.subscriptions)
+                async with client.stream("GET", "/api/v1/stream", params={"points": "hp1."},
+                                         headers={"Authorization": f"Bearer {token}"}) as stream:
+                    assert stream.headers["content-type"].startswith("text/event-stream")
+                    event = None
+                    async for line in stream.aiter_lines():
+                        if line.startswith("event: "):
+                            event = line.removeprefix("event: ")
+                        elif line.startswith("data: ") and event == "sample":
+                            seen.append(json.loads(line.removeprefix("data: ")))
+                            if len(seen) >= 3:
+                                break
+                assert all(str(e["point"]).startswith("hp1.") and e["quality"] == "GOOD" for e in seen)
+                await wait_until(lambda: len(svc.bus.subscriptions) == subscribers, 10, "stream subscription released")
+
+                # SCADA reads the same live values over OPC UA.
+                assert svc.scada is not None
+                async with Client(svc.scada.endpoint, timeout=10) as ua_client:
+                    dv = await ua_client.get_node(svc.scada.node_id("hp1.supply_temperature")).read_data_value()
+                    assert dv.StatusCode.is_good() and 30 < dv.Value.Value < 95
 
                 r = await client.get("/metrics")
                 assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
+from service.api.alarms import add_alarm_routes
 from service.api.auth_limiter import FailedAuthLimiter
 from service.api.state import ServiceState
+from service.api.stream import add_stream_routes
 from service.auth import Principal, Role, lookup_token
 
 
@@ -86,6 +90,36 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     return dep
 
 
+class ErrorOut(BaseModel):
+    """Every error response: a message that says what to do, and the status repeated."""
+
+    error: str
+    status: int
+    details: list[dict[str, str]] | None = None
+
+
+_ERRORS = {400: "malformed request body", 401: "missing, invalid or revoked token", 403: "role too low",
+           404: "unknown point, alarm or path", 409: "the action does not apply in the current state",
+           422: "invalid parameters or body", 429: "too many failed authentications"}
+
+
+def _document_errors(routes: Iterable[BaseRoute]) -> None:
+    """Declare the JSON error responses each route can give, so the OpenAPI tells the whole truth."""
+    for route in routes:
+        if not isinstance(route, APIRoute):
+            continue
+        secured = any(getattr(d.call, "__name__", "") == "dep" for d in route.dependant.dependencies)
+        codes = [400, 404, 422] if route.body_field else [404, 422]
+        if secured:
+            codes += [401, 403, 429]
+        if (route.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}:
+            codes.append(409)
+        if route.path in ("/api/v1/health",):
+            codes = []
+        for code in codes:
+            route.responses.setdefault(code, {"model": ErrorOut, "description": _ERRORS[code]})
+
+
 def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = None) -> FastAPI:
     """Build the API around the running service's state."""
     app = FastAPI(title="heatrec", version="0.1.0",
@@ -147,5 +181,12 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
                                     source_time=s.source_time if s else None,
                                     receive_time=s.receive_time if s else None))
         return PointList(points=out)
+
+    add_alarm_routes(app, require)
+    add_stream_routes(app, require)
+    from service.api.history import router as history_router  # here: history.py imports require from us
+    _document_errors(history_router.routes)
+    app.include_router(history_router)
+    _document_errors(app.routes)
 
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from prometheus_client import CollectorRegistry, Histogram
 
+from service.alarms.manager import AlarmManager
 from service.bus import SampleBus
 from service.config import HeatrecConfig
 
@@ -22,3 +23,4 @@ class ServiceState:
     health: Callable[[], dict[str, tuple[str, str]]] = field(default=lambda: {})
     registry: CollectorRegistry | None = None  # /metrics serves it when set
     latency: Histogram | None = None  # API request latency, observed by a middleware
+    alarms: AlarmManager | None = None

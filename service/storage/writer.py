@@ -1,10 +1,25 @@
-"""Batched sample writer: COPY into a staging table, then an idempotent insert into `samples`."""
+"""Batched sample writer: COPY into `samples`, falling back to an idempotent insert; spool when the database is away.
+
+Fast path: COPY a batch straight into the hypertable. The unique (point_key, time) index rejects a
+batch holding a reading that is already stored (a re-delivery, a replay); only then is the batch
+written again through a staging table with `INSERT … ON CONFLICT DO NOTHING`, so every reading is
+stored exactly once and the common case pays nothing for idempotency.
+
+Store-and-forward: with a spool, a batch the database does not take (error, or slower than
+`write_timeout_s`) and every batch after it go to the local spool until the database answers
+again; a replay task then feeds the spool back, oldest first, at the original timestamps, while
+live batches go straight to the database. Batches also go to the spool while the bus queue is more
+than `spool_above_queue` full, so a slow database never makes the bus drop samples.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -13,10 +28,16 @@ from service.bus import Subscription
 from service.config import StorageConfig
 from service.model import Sample
 from service.storage.points import register_point
+from service.storage.spool import Spool
 
 log = logging.getLogger(__name__)
 
 _STAGE = "samples_stage"
+_COLUMNS = ["time", "point_key", "value", "quality"]
+# What a database that is down, restarting or overloaded raises; anything else is a bug and propagates.
+DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_UNFINISHED: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncio.CancelledError)
+_Record = tuple[object, int, float | None, int]
 
 
 @dataclass
@@ -29,89 +50,252 @@ class WriterStats:
     write_errors: int = 0
     pending: int = 0
     connected: bool = False
+    fallback_batches: int = 0         # batches that met an existing reading and went the idempotent way
+    spooling: bool = False            # live batches are going to the spool (database down or behind)
 
 
 class SampleWriter:
     """Take samples from a bus subscription and write them in batches by size and age.
 
-    A batch that fails stays in memory and is retried (with capped backoff) before anything
-    newer, so order and content survive a database restart; the bus subscription's bound is
-    the backpressure limit.
+    Without a spool, a batch that fails stays in memory and is retried before anything newer (the
+    bus queue bound is then the backpressure limit). With a spool, it goes to disk instead.
     """
 
-    def __init__(self, pool: asyncpg.Pool, sub: Subscription, cfg: StorageConfig, keys: dict[str, int]) -> None:
+    def __init__(self, pool: asyncpg.Pool, sub: Subscription, cfg: StorageConfig, keys: dict[str, int],
+                 spool: Spool | None = None) -> None:
         self._pool, self._sub, self._cfg = pool, sub, cfg
         self._keys = dict(keys)
+        self.spool = spool
         self.stats = WriterStats()
         self._failing = False
 
+    # ---- the live path -------------------------------------------------------------------------
+
     async def run(self) -> None:
-        """Write until cancelled; on cancellation flush what is already taken, if the database answers."""
+        """Write until cancelled; on cancellation flush what is taken to the database or the spool."""
+        inflight: deque[tuple[list[Sample], asyncio.Task[int]]] = deque()
+        replayer = asyncio.create_task(self._replay_loop(), name="storage-replay") if self.spool else None
         batch: list[Sample] = []
         try:
             while True:
-                if not batch:
-                    batch.append(await self._sub.queue.get())
-                batch.extend(self._sub.drain(self._cfg.batch_size - len(batch)))
-                deadline = time.monotonic() + self._cfg.batch_max_age_s
-                while len(batch) < self._cfg.batch_size and time.monotonic() < deadline:
-                    try:
-                        batch.append(await asyncio.wait_for(self._sub.queue.get(),
-                                                            deadline - time.monotonic()))
-                    except TimeoutError:
-                        break
-                    batch.extend(self._sub.drain(self._cfg.batch_size - len(batch)))
+                if self._sub.queue.empty():
+                    while inflight:  # idle: settle what is in flight before blocking on the queue
+                        await self._settle(*inflight.popleft())
+                batch = []
+                await self._collect(batch)
                 self.stats.pending = len(batch) + self._sub.queue.qsize()
-                await self._write_with_retry(batch)
+                if self.spool is not None and (self._failing or self._backlogged()):
+                    while inflight:  # keep order: earlier batches settle (or spool) before this one
+                        await self._settle(*inflight.popleft())
+                    self._set_spooling(True)
+                    await self._to_spool(batch)
+                elif self.spool is None:
+                    await self._write_with_retry(batch)
+                else:
+                    self._set_spooling(False)
+                    # Pipelining: the next batch is collected and encoded while this one is in flight.
+                    inflight.append((batch, asyncio.create_task(self._write_timed(batch))))
+                    batch = []
+                    while len(inflight) >= self._cfg.max_in_flight:
+                        await self._settle(*inflight.popleft())
                 batch = []
         except asyncio.CancelledError:
-            batch.extend(self._sub.drain(10**9))
-            if batch:
-                try:
-                    await asyncio.shield(asyncio.wait_for(self.write(batch), 10))
-                except Exception as err:
-                    log.error("could not flush %d samples at shutdown: %s", len(batch), err)
+            if replayer is not None:
+                replayer.cancel()
+                await asyncio.gather(replayer, return_exceptions=True)
+            await asyncio.shield(self._flush_at_shutdown(inflight, batch + self._sub.drain(10**9)))
             raise
+
+    async def _collect(self, batch: list[Sample]) -> list[Sample]:
+        """Fill `batch` (owned by the caller, so a cancellation mid-wait loses nothing) by size and age."""
+        size, sub = self._cfg.batch_size, self._sub
+        batch.append(await sub.queue.get())
+        batch.extend(sub.drain(size - 1))
+        deadline = time.monotonic() + self._cfg.batch_max_age_s
+        while len(batch) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(sub.queue.get(), left))
+            except TimeoutError:
+                break
+            batch.extend(sub.drain(size - len(batch)))
+        return batch
+
+    def _backlogged(self) -> bool:
+        q = self._sub.queue
+        return q.qsize() > self._cfg.spool_above_queue * q.maxsize
+
+    def _set_spooling(self, on: bool) -> None:
+        if on and not self.stats.spooling:
+            log.warning("storage is spooling to %s (%s)", self.spool.dir if self.spool else "?",
+                        "database unreachable" if self._failing else "database behind, bus queue filling")
+        self.stats.spooling = on
+
+    async def _write_timed(self, batch: list[Sample]) -> int:
+        return await asyncio.wait_for(self.write(batch), self._cfg.write_timeout_s)
+
+    async def _settle(self, batch: list[Sample], task: asyncio.Task[int]) -> None:
+        try:
+            await asyncio.shield(task)  # a cancelled writer still lets the write finish (see _flush_at_shutdown)
+            self._recovered()
+        except DB_ERRORS as err:
+            self._failed(err, len(batch))
+            await self._to_spool(batch)
+
+    async def _to_spool(self, batch: list[Sample]) -> None:
+        """Append to the spool; if the disk fails too, hold the batch in memory and retry the database."""
+        assert self.spool is not None
+        try:
+            await self.spool.append(batch)
+        except OSError as err:
+            self.spool.stats.write_errors += 1
+            log.error("spool write failed (%s): holding %d samples in memory until the database takes them",
+                      err, len(batch))
+            await self._write_with_retry(batch)
+
+    def _failed(self, err: BaseException, n: int) -> None:
+        self.stats.write_errors += 1
+        self.stats.connected = False
+        if not self._failing:
+            where = "spooling to disk" if self.spool else "holding them in memory and retrying"
+            log.warning("database write of %d samples failed, %s: %s", n, where,
+                        f"{err.__class__.__name__}: {err}")
+            self._failing = True
+
+    def _recovered(self) -> None:
+        self.stats.connected = True
+        if self._failing:
+            held = self.spool.stats.samples if self.spool else 0
+            log.info("database writes recovered%s", f"; replaying {held} spooled samples" if held else "")
+            self._failing = False
 
     async def _write_with_retry(self, batch: list[Sample]) -> None:
         delay = 0.5
         while True:
             try:
-                await self.write(batch)
-                if self._failing:
-                    log.info("database writes recovered")
-                    self._failing = False
+                await self._write_timed(batch)
+                self._recovered()
                 return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-                self.stats.write_errors += 1
-                self.stats.connected = False
-                if not self._failing:
-                    log.warning("database write failed, holding %d samples and retrying: %s", len(batch), err)
-                    self._failing = True
+            except DB_ERRORS as err:
+                self._failed(err, len(batch))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    async def _flush_at_shutdown(self, inflight: deque[tuple[list[Sample], asyncio.Task[int]]],
+                                 rest: list[Sample]) -> None:
+        failed: list[Sample] = []
+        for b, task in inflight:
+            try:
+                await asyncio.wait_for(task, self._cfg.write_timeout_s)
+            except _UNFINISHED:
+                failed.extend(b)  # in order, ahead of what was never sent
+        rest = failed + rest
+        if not rest:
+            return
+        if not self._failing:
+            try:
+                await asyncio.wait_for(self.write(rest), min(10.0, self._cfg.write_timeout_s))
+                return
+            except DB_ERRORS as err:
+                log.warning("could not write %d samples at shutdown: %s", len(rest), err)
+        if self.spool is not None:
+            try:
+                await self.spool.append(rest)
+                log.info("spooled %d samples at shutdown; they are replayed on the next start", len(rest))
+            except OSError as err:
+                self.spool.stats.write_errors += 1
+                log.error("lost %d samples at shutdown: database unavailable and spool write failed: %s",
+                          len(rest), err)
+        else:
+            log.error("could not flush %d samples at shutdown: database unavailable and no spool", len(rest))
+
+    # ---- database writes -----------------------------------------------------------------------
+
+    async def _ensure_keys(self, conn: asyncpg.Connection, batch: list[Sample]) -> None:
+        """Register points not seen before (e.g. a driver's own status points)."""
+        keys = self._keys
+        for pid in {s.point for s in batch}.difference(keys):
+            keys[pid] = await register_point(conn, pid)
+
+    def _records(self, batch: list[Sample]) -> Iterator[_Record]:
+        # A generator, not a list: COPY encodes each tuple as it is made, so a batch never holds
+        # a second copy of itself in memory and the garbage collector has little to scan.
+        keys = self._keys
+        return ((s.source_time, keys[s.point], s.value, s.quality) for s in batch)
+
     async def write(self, batch: list[Sample]) -> int:
-        """Write one batch now; return the rows inserted (duplicates are skipped)."""
+        """Write one batch now; return the rows inserted (readings already stored are skipped)."""
         t0 = time.perf_counter()
         async with self._pool.acquire() as conn:
-            records = []
-            for s in batch:
-                key = self._keys.get(s.point)
-                if key is None:
-                    key = self._keys[s.point] = await register_point(conn, s.point)
-                records.append((s.source_time, key, s.value, int(s.quality)))
-            async with conn.transaction():
-                await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
-                                   "(LIKE samples INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                await conn.copy_records_to_table(_STAGE, records=records,
-                                                 columns=["time", "point_key", "value", "quality"])
-                # ON CONFLICT makes re-delivery idempotent: a reading (point, source time) is stored once.
-                status = await conn.execute(f"INSERT INTO samples SELECT * FROM {_STAGE} "
-                                            "ON CONFLICT (point_key, time) DO NOTHING")
-        inserted = int(status.rsplit(" ", 1)[1])
+            await self._ensure_keys(conn, batch)
+            try:
+                await conn.copy_records_to_table("samples", records=self._records(batch), columns=_COLUMNS)
+                inserted = len(batch)
+            except asyncpg.UniqueViolationError:
+                self.stats.fallback_batches += 1
+                inserted = await self._write_idempotent(conn, self._records(batch))
         self.stats.rows_written += inserted
         self.stats.batches += 1
         self.stats.last_batch_seconds = time.perf_counter() - t0
-        self.stats.connected = True
         return inserted
+
+    async def write_idempotent(self, batch: list[Sample]) -> int:
+        """Write a batch that may hold stored readings (a replay) the duplicate-safe way; return rows inserted."""
+        async with self._pool.acquire() as conn:
+            await self._ensure_keys(conn, batch)
+            inserted = await self._write_idempotent(conn, self._records(batch))
+        self.stats.rows_written += inserted
+        self.stats.batches += 1
+        return inserted
+
+    @staticmethod
+    async def _write_idempotent(conn: asyncpg.Connection, records: Iterator[_Record]) -> int:
+        async with conn.transaction():
+            await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
+                               "(LIKE samples INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            await conn.copy_records_to_table(_STAGE, records=records, columns=_COLUMNS)
+            # ON CONFLICT makes re-delivery idempotent: a reading (point, source time) is stored once.
+            status = await conn.execute(f"INSERT INTO samples SELECT * FROM {_STAGE} "
+                                        "ON CONFLICT (point_key, time) DO NOTHING")
+        return int(status.rsplit(" ", 1)[1])
+
+    # ---- replay --------------------------------------------------------------------------------
+
+    async def _replay_loop(self) -> None:
+        """Feed spooled batches back to the database, oldest first, whenever it answers."""
+        spool = self.spool
+        assert spool is not None
+        delay = 0.5
+        while True:
+            sealed = spool.sealed()
+            try:
+                if not sealed:
+                    if self._failing:
+                        await asyncio.wait_for(self._pool.fetchval("SELECT 1"), self._cfg.write_timeout_s)
+                        self._recovered()
+                        delay = 0.5
+                    elif spool.stats.samples and not self._backlogged() and await spool.seal_active():
+                        continue
+                    else:
+                        spool.changed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(spool.changed.wait(), 1.0)
+                    continue
+                if self._backlogged() and not self._failing:
+                    await asyncio.sleep(0.1)  # the database is behind: live data first, replay after
+                    continue
+                seq = sealed[0]
+                for end, samples in spool.read_segment(seq):
+                    # The fast path is safe here too: a record already stored makes COPY fail whole,
+                    # and the batch is then written the duplicate-safe way.
+                    await asyncio.wait_for(self.write(samples), self._cfg.write_timeout_s)
+                    spool.mark_replayed(seq, end, len(samples))
+                    self._recovered()
+                spool.remove(seq)
+                delay = 0.5
+            except DB_ERRORS as err:
+                self._failed(err, 0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._cfg.retry_max_s)

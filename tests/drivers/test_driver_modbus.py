@@ -98,8 +98,11 @@ async def test_values_and_quality_arrive(modbus_peer: ModbusPeer, sink: Recordin
     drv = ModbusDriver(device(modbus_peer.port, full_map(), max_gap_registers=16), sink)
     caplog.set_level(logging.INFO, logger="drivers.modbus")
     run_driver(drv)
-    await wait_for(lambda: all(sink.quality(f"hp.{p}") is Quality.GOOD for p in ("edge_low", "edge_high")),
-                   what="points around the refused range read after the split")
+    # Input registers and coils are read after the holding blocks of the same poll: wait for them too.
+    await wait_for(lambda: all(sink.quality(f"hp.{p}") is Quality.GOOD
+                               for p in ("edge_low", "edge_high", "supply", "power", "energy", "status", "cop",
+                                         "pump_on")),
+                   what="points around the refused range read after the split, and every other point")
     assert sink.value("hp.supply") == pytest.approx(21.5)
     assert sink.value("hp.power") == 812.5
     assert sink.value("hp.energy") == 0x12345678

@@ -41,12 +41,11 @@ def test_status_severity_maps_to_quality() -> None:
     assert quality_of(ua.StatusCode(ua.StatusCodes.BadCommunicationError)) is Quality.BAD
 
 
-def test_bad_node_and_security_fail_at_construction(sink: RecordingSink) -> None:
+def test_bad_node_and_half_security_are_refused(sink: RecordingSink) -> None:
     with pytest.raises(DriverError, match="bad node"):
         OpcUaDriver(device("opc.tcp://127.0.0.1:1", [{"id": "x", "node": "rubbish"}]), sink)
-    with pytest.raises(DriverError, match="security"):
-        OpcUaDriver(device("opc.tcp://127.0.0.1:1", [{"id": "x", "node": "i=85"}],
-                           security_policy="Basic256Sha256", security_mode="Sign"), sink)
+    with pytest.raises(ValueError, match="security_mode"):  # a policy without a mode is refused at load
+        device("opc.tcp://127.0.0.1:1", [{"id": "x", "node": "i=85"}], security_policy="Basic256Sha256")
 
 
 async def test_values_quality_and_timestamps_arrive(opcua_peer: OpcUaPeer, sink: RecordingSink,

@@ -104,3 +104,12 @@ def test_token_create_prints_once_and_stores_hash(database: DatabaseConfig, tmp_
     assert token not in r.stderr
     r2 = heatrec("token", "create", "-c", str(cfg), "--role", "superuser", "--name", "x")
     assert r2.returncode == 2 and "invalid choice" in r2.stderr
+
+    env = {"PW": database.password or ""}
+    listed = heatrec("token", "list", "-c", str(cfg), env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "alice" in listed.stdout and "operator" in listed.stdout and token not in listed.stdout
+    revoked = heatrec("token", "revoke", "-c", str(cfg), "alice", env=env)
+    assert revoked.returncode == 0 and "revoked 1 token" in revoked.stdout
+    again = heatrec("token", "revoke", "-c", str(cfg), "alice", env=env)
+    assert again.returncode == 2 and "no active token" in again.stderr

@@ -139,7 +139,7 @@ async def test_watchdog_fallback_shows_in_the_status_word(
 
 
 async def test_protocol_errors_name_the_mistake(client: AsyncModbusTcpClient) -> None:
-    rr = await client.read_input_registers(12, count=3, device_id=UNIT)  # past register 13
+    rr = await client.read_input_registers(14, count=3, device_id=UNIT)  # past register 15, the last
     assert rr.isError() and rr.exception_code == ILLEGAL_ADDRESS
     rr = await client.write_register(3, 1, device_id=UNIT)
     assert rr.isError() and rr.exception_code == ILLEGAL_ADDRESS

@@ -1,0 +1,147 @@
+"""Alarm evaluation: pure, on injected time, over the latest samples and the drivers' states."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from service.alarms.model import Alarm, AlarmEvent, AlarmState, Severity
+from service.config import AlarmsConfig, LimitAlarm
+from service.model import Quality, Sample
+
+S = AlarmState
+
+
+class AlarmError(Exception):
+    """An operator action that does not apply (unknown alarm, nothing to acknowledge)."""
+
+
+class AlarmEngine:
+    """Evaluates every alarm each cycle and applies ISA-18.2 state transitions."""
+
+    def __init__(self, cfg: AlarmsConfig, devices: list[str]) -> None:
+        self.cfg = cfg
+        self.alarms: dict[str, Alarm] = {}
+        self._rules: dict[str, LimitAlarm] = {}
+        for rule in cfg.limits:
+            for kind, limit in (("high", rule.high), ("low", rule.low)):
+                if limit is not None:
+                    text = rule.message or f"{rule.point} {'above' if kind == 'high' else 'below'} {limit}"
+                    self._add(Alarm(f"{rule.point}:{kind}", rule.point, kind, Severity(rule.severity), text), rule)
+            if rule.quality:
+                self._add(Alarm(f"{rule.point}:quality", rule.point, "quality", Severity(rule.severity),
+                                f"{rule.point} has no valid value (BAD or STALE)"), rule)
+        for dev in devices:
+            self._add(Alarm(f"device:{dev}:offline", dev, "offline", Severity(cfg.device_offline_severity),
+                            f"device {dev} is not connected"), None)
+
+    def _add(self, alarm: Alarm, rule: LimitAlarm | None) -> None:
+        self.alarms[alarm.id] = alarm
+        if rule is not None:
+            self._rules[alarm.id] = rule
+
+    # ------------------------------------------------------------------ conditions
+    def _condition(self, alarm: Alarm, latest: Mapping[str, Sample], devices: Mapping[str, str]) -> bool | None:
+        """Raw condition now: True, False, or None to keep the previous one (no usable value)."""
+        if alarm.kind == "offline":
+            state = devices.get(alarm.source)
+            return None if state is None else state != "connected"
+        sample = latest.get(alarm.source)
+        if alarm.kind == "quality":
+            return None if sample is None else sample.quality in (Quality.BAD, Quality.STALE)
+        if sample is None or sample.value is None or sample.quality != Quality.GOOD:
+            return None  # the quality alarm speaks for invalid values; hold the limit alarm as it was
+        alarm.value = sample.value
+        rule = self._rules[alarm.id]
+        v = sample.value
+        if alarm.kind == "high":
+            assert rule.high is not None
+            if v > rule.high:
+                return True
+            return False if v < rule.high - rule.deadband else None  # inside the deadband: no change
+        assert rule.low is not None
+        if v < rule.low:
+            return True
+        return False if v > rule.low + rule.deadband else None
+
+    def _delay(self, alarm: Alarm) -> float:
+        if alarm.kind == "offline":
+            return self.cfg.device_offline_delay_s
+        return self._rules[alarm.id].on_delay_s
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, latest: Mapping[str, Sample], devices: Mapping[str, str], now: datetime) -> list[AlarmEvent]:
+        """Update every alarm from the current values; return the state changes."""
+        events: list[AlarmEvent] = []
+        for alarm in self.alarms.values():
+            if alarm.state is S.SHELVED and alarm.shelved_until is not None and now >= alarm.shelved_until:
+                alarm.shelved_until = None
+                events.append(self._move(alarm, S.UNACK_ACTIVE if alarm.active else S.NORMAL, now, None,
+                                         "shelf expired"))
+            cond = self._condition(alarm, latest, devices)
+            if cond is None:
+                continue
+            if cond and not alarm.active:
+                alarm.pending_since = alarm.pending_since or now
+                if (now - alarm.pending_since).total_seconds() >= self._delay(alarm):
+                    alarm.active = True
+                    alarm.pending_since = None
+                    events += self._on_change(alarm, now)
+            elif not cond:
+                alarm.pending_since = None
+                if alarm.active:
+                    alarm.active = False
+                    events += self._on_change(alarm, now)
+        return events
+
+    def _on_change(self, alarm: Alarm, now: datetime) -> list[AlarmEvent]:
+        if alarm.state is S.SHELVED:
+            return []  # tracked in alarm.active; surfaces when the shelf expires
+        if alarm.active:  # from normal or returned-unacknowledged: a new occurrence needs a new ack
+            return [self._move(alarm, S.UNACK_ACTIVE, now, None, "condition active")]
+        new = S.RTN_UNACK if alarm.state is S.UNACK_ACTIVE else S.NORMAL
+        return [self._move(alarm, new, now, None, "condition cleared")]
+
+    def _move(self, alarm: Alarm, new: AlarmState, now: datetime, by: str | None, why: str) -> AlarmEvent:
+        old = alarm.state
+        alarm.state = new
+        alarm.since = now
+        if new in (S.UNACK_ACTIVE, S.NORMAL):
+            alarm.acked_by = None
+        return AlarmEvent(alarm.id, now, old, new, alarm.value, by, f"{alarm.message}: {why}")
+
+    # ------------------------------------------------------------------ operator actions
+    def get(self, alarm_id: str) -> Alarm:
+        """The alarm with this id, or AlarmError."""
+        try:
+            return self.alarms[alarm_id]
+        except KeyError:
+            raise AlarmError(f"no alarm '{alarm_id}'") from None
+
+    def acknowledge(self, alarm_id: str, by: str, now: datetime) -> AlarmEvent:
+        """Acknowledge: active → acked active; returned-to-normal → normal."""
+        alarm = self.get(alarm_id)
+        if alarm.state is S.UNACK_ACTIVE:
+            ev = self._move(alarm, S.ACKED_ACTIVE, now, by, f"acknowledged by {by}")
+        elif alarm.state is S.RTN_UNACK:
+            ev = self._move(alarm, S.NORMAL, now, by, f"acknowledged by {by}")
+        else:
+            raise AlarmError(f"alarm '{alarm_id}' is {alarm.state.value}: nothing to acknowledge")
+        alarm.acked_by = by
+        return ev
+
+    def shelve(self, alarm_id: str, by: str, duration_s: float, now: datetime) -> AlarmEvent:
+        """Hide an alarm for a while (it re-evaluates when the shelf expires)."""
+        alarm = self.get(alarm_id)
+        if duration_s <= 0:
+            raise AlarmError("shelve duration must be positive")
+        alarm.shelved_until = now + timedelta(seconds=duration_s)
+        return self._move(alarm, S.SHELVED, now, by, f"shelved by {by} for {duration_s:.0f} s")
+
+    def unshelve(self, alarm_id: str, by: str, now: datetime) -> AlarmEvent:
+        """Return a shelved alarm to service now."""
+        alarm = self.get(alarm_id)
+        if alarm.state is not S.SHELVED:
+            raise AlarmError(f"alarm '{alarm_id}' is not shelved")
+        alarm.shelved_until = None
+        return self._move(alarm, S.UNACK_ACTIVE if alarm.active else S.NORMAL, now, by, f"unshelved by {by}")

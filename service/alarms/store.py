@@ -1,0 +1,46 @@
+"""Alarm persistence: live state in `alarms`, every transition in `alarm_events`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import asyncpg
+
+from service.alarms.model import Alarm, AlarmEvent, AlarmState
+
+
+async def load_states(conn: asyncpg.Connection | asyncpg.Pool, alarms: dict[str, Alarm]) -> None:
+    """Restore states saved before a restart (acknowledged stays acknowledged, shelves keep expiring)."""
+    for r in await conn.fetch("SELECT id, state, active, value, since, shelved_until, acked_by FROM alarms"):
+        a = alarms.get(r["id"])
+        if a is None:
+            continue  # the rule was removed from the config
+        a.state, a.active, a.value = AlarmState(r["state"]), r["active"], r["value"]
+        a.since, a.shelved_until, a.acked_by = r["since"], r["shelved_until"], r["acked_by"]
+
+
+async def save(conn: asyncpg.Connection | asyncpg.Pool, alarms: Iterable[Alarm], events: list[AlarmEvent]) -> None:
+    """Upsert the given alarms' state and append the events."""
+    await conn.executemany(
+        """INSERT INTO alarms (id, source, kind, severity, message, state, active, value, since, shelved_until,
+                               acked_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+           ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, active = EXCLUDED.active, value = EXCLUDED.value,
+             since = EXCLUDED.since, shelved_until = EXCLUDED.shelved_until, acked_by = EXCLUDED.acked_by,
+             severity = EXCLUDED.severity, message = EXCLUDED.message""",
+        [(a.id, a.source, a.kind, a.severity.value, a.message, a.state.value, a.active, a.value, a.since,
+          a.shelved_until, a.acked_by) for a in alarms])
+    if events:
+        await conn.executemany(
+            "INSERT INTO alarm_events (time, alarm_id, old_state, new_state, value, by_user, message) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [(e.time, e.alarm_id, e.old.value, e.new.value, e.value, e.by, e.message) for e in events])
+
+
+async def recent_events(conn: asyncpg.Connection | asyncpg.Pool, limit: int, alarm_id: str | None = None
+                        ) -> list[asyncpg.Record]:
+    """Newest alarm events first."""
+    if alarm_id is None:
+        return list(await conn.fetch("SELECT * FROM alarm_events ORDER BY time DESC, seq DESC LIMIT $1", limit))
+    return list(await conn.fetch("SELECT * FROM alarm_events WHERE alarm_id = $1 ORDER BY time DESC, seq DESC LIMIT $2",
+                                 alarm_id, limit))

@@ -1,0 +1,1 @@
+"""SCADA-facing OPC UA server exposing the plant."""

@@ -1,0 +1,128 @@
+"""A small HTTP control endpoint on the simulator: inject and clear faults at run time, read the plant state.
+
+    GET    /faults          active faults
+    POST   /faults          {"device": "hp1", "kind": "trip", ...}  → 201 with the fault (and its id)
+    DELETE /faults/{id}     clear one fault;  DELETE /faults  clears all
+    GET    /state           elapsed time, outdoor temperature, demand and the energy ledger
+
+Plain asyncio rather than a web framework: four routes on loopback do not justify one more
+server stack in the simulator process, and it starts in microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from simulators.errors import SimulatorError
+from simulators.net import ensure_port_free
+from simulators.scenario import FaultSpec
+
+if TYPE_CHECKING:
+    from simulators.runner import Simulation
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+Handler = Callable[[str, bytes], Awaitable[tuple[int, Any]]]
+
+
+class ControlServer:
+    """Serves the control routes for one Simulation on host:port (port 0: any free port)."""
+
+    def __init__(self, sim: Simulation, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._sim = sim
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        """http://host:port of the endpoint."""
+        port = self._server.sockets[0].getsockname()[1] if self._server else self._port
+        return f"http://{self._host}:{port}"
+
+    async def __aenter__(self) -> ControlServer:
+        ensure_port_free(self._host, self._port, "simulator control endpoint")
+        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        log.info("simulator control endpoint at %s", self.url)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, body = await self._respond(reader)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            status, body = 400, {"error": "malformed HTTP request"}
+        data = json.dumps(body).encode()
+        reason = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  409: "Conflict"}.get(status, "Error")
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
+        request_line = (await reader.readline()).decode("latin-1").split()
+        if len(request_line) != 3:
+            raise ValueError("bad request line")
+        method, path = request_line[0], request_line[1]
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if length > MAX_BODY:
+            return 400, {"error": "request body too large"}
+        body = await reader.readexactly(length) if length else b""
+        return await self._route(method, path.rstrip("/"), body)
+
+    async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        sim = self._sim
+        if path == "/state" and method == "GET":
+            m = sim.model
+            return 200, {"elapsed_s": m.elapsed_s, "time": m.time.isoformat(),
+                         "outdoor_temperature": m.outdoor_temperature, "dh_demand_kw": m.dh_demand_kw,
+                         "it_load_scale": m.it_load_scale, "energy_kwh": dataclasses.asdict(m.ledger)}
+        if path == "/faults":
+            if method == "GET":
+                return 200, {"faults": [f.as_dict() for f in sim.faults.active()]}
+            if method == "DELETE":
+                return 200, {"cleared": [f.as_dict() for f in await sim.clear_faults()]}
+            if method == "POST":
+                try:
+                    spec = FaultSpec.model_validate_json(body)
+                except ValidationError as err:
+                    return 400, {"error": "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                    for e in err.errors())}
+                try:
+                    fault = await sim.inject(spec)
+                except SimulatorError as err:
+                    return 409, {"error": str(err)}
+                return 201, fault.as_dict()
+            return 405, {"error": f"{method} not allowed on /faults"}
+        if path.startswith("/faults/") and method == "DELETE":
+            tail = path.removeprefix("/faults/")
+            if not tail.isdigit():
+                return 400, {"error": "fault id must be an integer"}
+            cleared = await sim.clear_fault(int(tail))
+            if cleared is None:
+                return 404, {"error": f"no active fault {tail}"}
+            return 200, cleared.as_dict()
+        return 404, {"error": f"no route {method} {path}"}

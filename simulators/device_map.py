@@ -1,0 +1,211 @@
+"""The heatrec `[[devices]]` entries that read a simulated plant, and the archetype plant files built from them.
+
+The archetype configs in config/plants/ are generated here, so their device maps always match
+what the simulators serve (a test checks the files against `device_entries`). Regenerate with
+`.venv/bin/python -m simulators.device_map`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from service.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
+from simulators.cdu_opcua import CDU_VARIABLES
+
+PLANTS_DIR = Path(__file__).resolve().parent.parent / "config" / "plants"
+_UNITS = {"°C": "degC", "l/min": "L/min", "kW": "kW", "%": "%"}
+
+
+def cdu_device(c: SimCdu) -> dict[str, Any]:
+    """An OPC UA device with every CDU variable."""
+    points = []
+    for var in CDU_VARIABLES:
+        p: dict[str, Any] = {"id": var.name, "unit": _UNITS[var.unit.display]}
+        if var.writable:
+            p |= {"kind": "setpoint", "writable": True, "min": c.setpoint_min, "max": c.setpoint_max}
+        points.append(p | {"node": f"ns=2;s={c.id}.{var.name}"})
+    return {"id": c.id, "protocol": "opcua", "endpoint": c.endpoint, "poll_interval_s": 1.0, "points": points}
+
+
+def heat_pump_device(h: SimHeatPump) -> dict[str, Any]:
+    """A Modbus device with the heat pump register map of docs/simulators.md."""
+    def ir(pid: str, unit: str, address: int, typ: str, scale: float = 1.0, **extra: Any) -> dict[str, Any]:
+        p = {"id": pid, "unit": unit, **extra, "address": address, "function": "input", "type": typ}
+        return p | ({"scale": scale} if scale != 1.0 else {})
+
+    points = [
+        ir("supply_temperature", "degC", 0, "int16", 0.1),
+        ir("return_temperature", "degC", 1, "int16", 0.1),
+        ir("source_inlet_temperature", "degC", 2, "int16", 0.1),
+        ir("source_outlet_temperature", "degC", 3, "int16", 0.1),
+        ir("cop", "", 4, "uint16", 0.01),
+        ir("status", "", 5, "uint16", kind="status"),
+        ir("heat_output", "kW", 10, "float32"),
+        ir("electric_power", "kW", 12, "float32"),
+        ir("electric_energy", "kWh", 14, "uint32", 0.1, kind="counter"),
+        {"id": "supply_setpoint", "unit": "degC", "kind": "setpoint", "writable": True, "min": h.setpoint_min,
+         "max": h.setpoint_max, "address": 0, "function": "holding", "type": "int16", "scale": 0.1},
+        {"id": "sg_ready", "unit": "", "kind": "setpoint", "writable": True, "min": 0.0, "max": 3.0,
+         "address": 1, "function": "holding", "type": "uint16"},
+    ]
+    return {"id": h.id, "protocol": "modbus", "endpoint": h.endpoint, "unit_id": h.unit_id,
+            "poll_interval_s": 1.0, "points": points}
+
+
+def meter_device(m: SimHeatMeter, sim: SimulationConfig) -> dict[str, Any]:
+    """An MQTT device on the gateway's telegram, or a Modbus device on the meter's register map."""
+    if m.protocol == "modbus":
+        def reg(pid: str, unit: str, address: int, typ: str, scale: float = 1.0, **extra: Any) -> dict[str, Any]:
+            p = {"id": pid, "unit": unit, **extra, "address": address, "function": "input", "type": typ}
+            return p | ({"scale": scale} if scale != 1.0 else {})
+
+        points = [
+            reg("energy", "GJ", 0, "uint32", 0.001, kind="counter"),
+            reg("volume", "m3", 2, "uint32", 0.01, kind="counter"),
+            reg("power", "kW", 4, "float32"),
+            reg("flow", "m3/h", 6, "float32"),
+            reg("flow_temperature", "degC", 8, "int16", 0.01),
+            reg("return_temperature", "degC", 9, "int16", 0.01),
+            reg("serial", "", 10, "uint32", kind="status"),
+        ]
+        return {"id": m.id, "protocol": "modbus", "endpoint": m.endpoint, "unit_id": m.unit_id,
+                "poll_interval_s": 1.0, "points": points}
+    fields = [("energy", "GJ", "energy_gj", "counter"), ("volume", "m3", "volume_m3", "counter"),
+              ("power", "kW", "power_kw", None), ("flow", "m3/h", "flow_m3h", None),
+              ("flow_temperature", "degC", "flow_temperature_c", None),
+              ("return_temperature", "degC", "return_temperature_c", None)]
+    mqtt_points = []
+    for pid, unit, key, kind in fields:
+        p: dict[str, Any] = {"id": pid, "unit": unit}
+        if kind:
+            p["kind"] = kind
+        mqtt_points.append(p | {"topic": m.topic, "json_path": f"$.{key}", "timestamp_path": "$.time"})
+    dev: dict[str, Any] = {"id": m.id, "protocol": "mqtt", "endpoint": sim.mqtt_broker}
+    if sim.mqtt_username:
+        dev["username"] = sim.mqtt_username
+    return dev | {"points": mqtt_points}
+
+
+def device_entries(sim: SimulationConfig) -> list[dict[str, Any]]:
+    """Every `[[devices]]` entry that reads this simulated plant."""
+    return ([cdu_device(c) for c in sim.cdus] + [heat_pump_device(h) for h in sim.heat_pumps]
+            + [meter_device(m, sim) for m in sim.heat_meters])
+
+
+# --- the archetype plants ---------------------------------------------------------------------
+
+def _hp(i: int, port: int, **keys: Any) -> dict[str, Any]:
+    return {"id": f"hp{i}", "endpoint": f"127.0.0.1:{port}", **keys}
+
+
+ARCHETYPES: dict[str, dict[str, Any]] = {
+    "dlc-direct": {
+        "comment": "atNorth DEN01-like: 22.5 MW of direct-liquid-cooled IT at 50/60 °C. A direct heat exchanger "
+                   "passes up to 12 MW straight to district heating; three heat pumps boost the rest to 75 °C.",
+        "plant": "dlc-direct (atNorth DEN01-like)", "api_port": 8100, "db_port": 55532,
+        "simulation": {
+            "seed": 11, "outdoor_temperature": 2.0, "mqtt_broker": "mqtt://127.0.0.1:1983",
+            "dh_design_demand_kw": 30000.0, "direct_exchange_kw": 12000.0, "direct_exchange_approach_k": 3.0,
+            "pipe_loss_fraction": 0.01, "control_port": 8180,
+            "cdus": [{"id": f"cdu{i}", "endpoint": f"opc.tcp://127.0.0.1:{4940 + i}", "it_load_kw": 5625.0,
+                      "supply_temperature_setpoint": 50.0, "supply_temperature_allowable_max": 52.0,
+                      "setpoint_min": 40.0, "setpoint_max": 55.0} for i in range(1, 5)],
+            "heat_pumps": [_hp(i, 5119 + i, capacity_kw=4500.0, carnot_efficiency=0.55, supply_setpoint=75.0,
+                               time_constant_s=120.0, dead_time_s=30.0, min_load_fraction=0.2,
+                               trip_temperature=88.0) for i in range(1, 4)],
+            "heat_meters": [
+                {"id": "meter1", "serial": "72000001", "topic": "mbus/heatmeter/72000001"},
+                {"id": "meter2", "protocol": "modbus", "endpoint": "127.0.0.1:5130", "serial": "72000002"},
+            ],
+        },
+    },
+    "aircooled-heatpump": {
+        "comment": "Meta Odense-like: air-cooled halls give 27 °C cooling water; nine heat pumps lift it "
+                   "to 75 °C for a network returning at 35-40 °C.",
+        "plant": "aircooled-heatpump (Meta Odense-like)", "api_port": 8200, "db_port": 55632,
+        "simulation": {
+            "seed": 21, "outdoor_temperature": 0.0, "mqtt_broker": "mqtt://127.0.0.1:2083",
+            "dh_design_demand_kw": 25000.0, "pipe_loss_fraction": 0.01, "control_port": 8280,
+            "cdus": [{"id": f"loop{i}", "endpoint": f"opc.tcp://127.0.0.1:{5040 + i}", "it_load_kw": 5000.0,
+                      "supply_temperature_setpoint": 17.0, "supply_temperature_allowable_max": 20.0,
+                      "setpoint_min": 12.0, "setpoint_max": 22.0} for i in range(1, 4)],
+            "heat_pumps": [_hp(i, 5219 + i, capacity_kw=2400.0, carnot_efficiency=0.5, supply_setpoint=75.0,
+                               time_constant_s=90.0, dead_time_s=20.0, min_load_fraction=0.25,
+                               trip_temperature=85.0) for i in range(1, 10)],
+            "heat_meters": [{"id": "meter1", "serial": "73000001", "topic": "mbus/heatmeter/73000001"}],
+        },
+    },
+    "industrial": {
+        "comment": "Aalborg Portland-like: high-temperature industrial surplus heat (no CDU, no heat pump) "
+                   "exchanged directly into the network; dry coolers take what the network cannot.",
+        "plant": "industrial (Aalborg Portland-like)", "api_port": 8300, "db_port": 55732,
+        "simulation": {
+            "seed": 31, "outdoor_temperature": -2.0, "mqtt_broker": "mqtt://127.0.0.1:3083",
+            "dh_design_demand_kw": 60000.0, "surplus_heat_kw": 45000.0, "surplus_heat_temperature": 95.0,
+            "direct_exchange_kw": 50000.0, "direct_exchange_approach_k": 5.0, "pipe_loss_fraction": 0.02,
+            "control_port": 8380,
+            "heat_meters": [
+                {"id": "meter1", "protocol": "modbus", "endpoint": "127.0.0.1:5330", "serial": "74000001"},
+                {"id": "meter2", "serial": "74000002", "topic": "mbus/heatmeter/74000002"},
+            ],
+        },
+    },
+}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _table(lines: list[str], header: str, table: dict[str, Any]) -> None:
+    """One table: its scalar keys, then its arrays of tables (nested headers)."""
+    lines.append(header)
+    subs = {k: v for k, v in table.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    for k, v in table.items():
+        if k not in subs:
+            lines.append(f"{k} = {_toml_value(v)}")
+    name = header.strip("[]")
+    for k, items in subs.items():
+        for item in items:
+            lines.append("")
+            _table(lines, f"[[{name}.{k}]]", item)
+
+
+def render_archetype(name: str) -> str:
+    """The full heatrec config of one archetype plant."""
+    a = ARCHETYPES[name]
+    sim = SimulationConfig.model_validate(a["simulation"])
+    lines = [f"# {name}: {a['comment']}",
+             "# GENERATED by `.venv/bin/python -m simulators.device_map`; edit ARCHETYPES there, not here.",
+             f"# Run: heatrec simulate -c config/plants/{name}.toml  (see docs/simulators.md)", ""]
+    _table(lines, "[plant]", {"name": a["plant"]})
+    lines.append("")
+    _table(lines, "[database]", {"host": "127.0.0.1", "port": a["db_port"], "name": "heatrec", "user": "heatrec",
+                                 "password": "${HEATREC_DB_PASSWORD:-}"})
+    lines.append("")
+    _table(lines, "[api]", {"host": "127.0.0.1", "port": a["api_port"]})
+    for dev in device_entries(sim):
+        lines.append("")
+        _table(lines, "[[devices]]", dev)
+    lines.append("")
+    _table(lines, "[simulation]", a["simulation"])
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Write every archetype to config/plants/."""
+    PLANTS_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ARCHETYPES:
+        (PLANTS_DIR / f"{name}.toml").write_text(render_archetype(name), encoding="utf-8")
+        print(f"wrote config/plants/{name}.toml")
+
+
+if __name__ == "__main__":
+    main()

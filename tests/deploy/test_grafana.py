@@ -1,0 +1,145 @@
+"""Grafana provisioning: dashboards are well formed and every panel's SQL runs against the real schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import DatabaseConfig, parse_config
+from service.storage.database import connect_pool
+from service.storage.migrations import migrate
+from service.storage.points import sync_points
+from tests.support import demo_config_text
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+DS_UID = "heatrec-timescaledb"
+START = datetime(2026, 1, 1, tzinfo=UTC)
+END = START + timedelta(hours=2)
+
+
+def expand(sql: str, variables: dict[str, Any]) -> str:
+    """Expand Grafana's PostgreSQL macros and template variables the way Grafana does for raw SQL."""
+    iso = "'{}'".format
+    sql = re.sub(r"\$__timeFilter\(([^)]+)\)",
+                 lambda m: f"{m.group(1)} BETWEEN {iso(START.isoformat())} AND {iso(END.isoformat())}", sql)
+    sql = re.sub(r"\$__timeGroupAlias\(([^,]+),\s*([^)]+)\)",
+                 lambda m: f"time_bucket('{m.group(2).strip().strip(chr(39))}', {m.group(1)}) AS \"time\"", sql)
+    sql = sql.replace("$__interval", "1m")
+    for name in sorted(variables, key=len, reverse=True):
+        value = variables[name]
+        text = ",".join(f"'{v}'" for v in value) if isinstance(value, list) else str(value)
+        sql = sql.replace(f"${name}", text)
+    assert "$" not in sql, f"unexpanded macro or variable in: {sql}"
+    return sql
+
+
+def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in d["panels"] if p["type"] != "row"]
+
+
+def test_dashboards_are_well_formed() -> None:
+    assert {p.stem for p in DASHBOARDS} == {"plant-overview", "energy", "data-quality"}
+    uids = set()
+    for path in DASHBOARDS:
+        d = json.loads(path.read_text())
+        assert d["uid"] not in uids and len(d["uid"]) <= 40
+        uids.add(d["uid"])
+        assert isinstance(d["schemaVersion"], int) and d["title"] and d["panels"]
+        ids = [p["id"] for p in d["panels"]]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+        for p in panels(d):
+            assert set(p["gridPos"]) == {"h", "w", "x", "y"} and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+            assert p["datasource"]["uid"] == DS_UID
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == DS_UID and t["rawSql"].strip() and t["format"] in (
+                    "time_series", "table")
+        for v in d["templating"]["list"]:
+            assert v["datasource"]["uid"] == DS_UID and v["query"]
+    ds = (GRAFANA / "provisioning" / "datasources" / "heatrec.yaml").read_text()
+    assert f"uid: {DS_UID}" in ds and "timescaledb: true" in ds
+
+
+async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseConfig) -> None:
+    cfg = parse_config(_demo_devices())
+    pool = await connect_pool(database)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            keys = await sync_points(conn, cfg)
+            # Every 7th reading BAD, and the last one of every other point too (for the "not GOOD" panel).
+            rows = [(START + timedelta(seconds=30 * i), key, float(i), 2 if i % 7 == 0 or (i == 239 and key % 2) else 0)
+                    for key in keys.values() for i in range(240)]
+            await conn.copy_records_to_table("samples", records=rows, columns=["time", "point_key", "value", "quality"])
+            await conn.execute("INSERT INTO events (time, source, kind, message) VALUES ($1, 'driver:hp1', "
+                               "'disconnected', 'connection refused')", START + timedelta(minutes=5))
+            checked = 0
+            for path in DASHBOARDS:
+                d = json.loads(path.read_text())
+                variables: dict[str, Any] = {}
+                for v in d["templating"]["list"]:
+                    options = [r[0] for r in await conn.fetch(v["query"])]
+                    default = v["current"]["value"]
+                    for name in default if isinstance(default, list) else [default]:
+                        assert name in options, f"{path.name}: ${v['name']} default {name} is not offered"
+                    variables[v["name"]] = default
+                for p in panels(d):
+                    for t in p["targets"]:
+                        result = await conn.fetch(expand(t["rawSql"], variables))
+                        assert result, f"{path.name}: panel '{p['title']}' returned no rows on seeded data"
+                        if t["format"] == "time_series":
+                            assert "time" in result[0].keys() and "value" in result[0].keys()
+                        checked += 1
+            assert checked >= 10
+    finally:
+        await pool.close()
+
+
+def _demo_devices() -> dict[str, Any]:
+    import tomllib
+
+    return {"devices": tomllib.loads(demo_config_text())["devices"]}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_dashboard_json_is_canonical(path: Path) -> None:
+    # Provisioned dashboards are read-only in Grafana: the files are the source and stay reviewable.
+    assert path.read_text().endswith("\n") and json.loads(path.read_text())["editable"] is False
+
+
+def test_dashboards_match_grafana_schema() -> None:
+    """Each dashboard, as a TypeScript object literal typed `Dashboard` from @grafana/schema, compiles strictly.
+
+    Excess-property checks make a misspelt or unknown key an error, and every known key must have the right type.
+    The npm packages are installed once into var/grafana-schema (pinned in deploy/grafana/schema-check).
+    """
+    import shutil
+    import subprocess
+
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("node/npm not installed")
+    cache = ROOT / "var" / "grafana-schema"
+    spec = GRAFANA / "schema-check" / "package.json"
+    if not (cache / "node_modules" / "@grafana" / "schema").exists() or \
+            (cache / "package.json").read_text() != spec.read_text():
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copy(spec, cache / "package.json")
+        r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=cache,
+                           capture_output=True, text=True, timeout=300, check=False)
+        assert r.returncode == 0, f"npm install failed: {r.stderr[-2000:]}"
+    for path in DASHBOARDS:
+        src = cache / f"check_{path.stem.replace('-', '_')}.ts"
+        src.write_text("import type { Dashboard } from '@grafana/schema';\n"
+                       f"const dashboard: Dashboard = {path.read_text()};\nexport default dashboard;\n")
+    tsc = cache / "node_modules" / "typescript" / "bin" / "tsc"
+    r = subprocess.run(["node", str(tsc), "--noEmit", "--strict", "--moduleResolution", "node", "--skipLibCheck",
+                        *[f"check_{p.stem.replace('-', '_')}.ts" for p in DASHBOARDS]],
+                       cwd=cache, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, f"dashboards do not match @grafana/schema:\n{r.stdout}{r.stderr}"
