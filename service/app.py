@@ -28,6 +28,7 @@ from service.storage.points import sync_points
 from service.storage.retention import enable_rollups, run_retention
 from service.storage.spool import Spool, spool_path
 from service.storage.writer import SampleWriter
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,8 @@ class Service:
                 log.info("stopping")
                 server.should_exit = True
                 await api_task
-                for t in driver_tasks:
-                    t.cancel()
-                await asyncio.gather(*driver_tasks, return_exceptions=True)
+                # Retrying cancels: a library's wait_for can swallow one and leave a driver polling.
+                await asyncio.gather(*(cancel_and_wait(t) for t in driver_tasks), return_exceptions=True)
                 alarm_task.cancel()
                 retention_task.cancel()
                 writer_task.cancel()

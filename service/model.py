@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 
 class Quality(enum.IntEnum):
@@ -16,9 +16,12 @@ class Quality(enum.IntEnum):
     STALE = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One reading of one point: value, quality, and when the source and we saw it."""
+class Sample(NamedTuple):
+    """One reading of one point: value, quality, and when the source and we saw it.
+
+    A NamedTuple rather than a frozen dataclass: just as immutable, and about four times cheaper
+    to create, which matters at tens of thousands of samples per second (bench/bench_modbus.py).
+    """
 
     point: str
     value: float | None

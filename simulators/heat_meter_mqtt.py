@@ -14,6 +14,7 @@ from typing import Any
 import aiomqtt
 
 from service.config import SimHeatMeter
+from service.tasks import cancel_and_wait
 from simulators.faults import FaultBoard
 from simulators.net import split_mqtt_url
 from simulators.plant import HeatMeterState, PlantModel
@@ -75,14 +76,7 @@ class MeterGateway:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                # Our own cancel; re-raise only if whoever awaits us is being cancelled too.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            await cancel_and_wait(self._task)
             self._task = None
         self.connected = False
 

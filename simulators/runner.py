@@ -14,6 +14,7 @@ from pymodbus.constants import ExcCodes
 
 from service.clock import Clock, RealClock
 from service.config import SimulationConfig
+from service.tasks import cancel_and_wait
 from simulators.cdu_opcua import CduOpcUaServer
 from simulators.errors import SimulatorError
 from simulators.faults import Fault, FaultBoard
@@ -286,14 +287,8 @@ class Simulation:
     async def _stop_ticker(self) -> None:
         if self._ticker is None:
             return
-        self._ticker.cancel()
-        try:
-            await self._ticker
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        self._ticker = None
+        ticker, self._ticker = self._ticker, None
+        await cancel_and_wait(ticker)
 
     def _check_ports(self) -> None:
         listeners = [(c.id, *split_opcua_endpoint(c.endpoint, c.id)) for c in self.cfg.cdus]

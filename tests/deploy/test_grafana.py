@@ -123,8 +123,7 @@ def test_dashboards_match_grafana_schema() -> None:
     import subprocess
 
     npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.skip("node/npm not installed")
+    assert npm is not None and shutil.which("node") is not None, "node and npm are missing: run 'make setup'"
     cache = ROOT / "var" / "grafana-schema"
     spec = GRAFANA / "schema-check" / "package.json"
     if not (cache / "node_modules" / "@grafana" / "schema").exists() or \
