@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -243,6 +243,17 @@ class Driver(ABC, Generic[DeviceT]):
         if self._stale:
             self._stale.difference_update(p.id for p, _ in values)
         self.stats.samples += len(values)
+
+    async def _poll_forever(self, poll_once: Callable[[], Awaitable[None]]) -> None:
+        """Poll at a fixed rate; a poll that overran skips the missed slots rather than bursting."""
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
+        while True:
+            await poll_once()
+            raise_if_cancelled()
+            self._mark_healthy()
+            next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
+            await asyncio.sleep(next_poll - loop.time())
 
     def _mark_healthy(self) -> None:
         """Called once data flows on a connection: resets the backoff, logs recovery once."""

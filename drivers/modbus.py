@@ -259,15 +259,7 @@ class ModbusDriver(Driver[ModbusDevice]):
         link.release()
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_poll = loop.time()
-        while True:
-            await self._poll_once()
-            raise_if_cancelled()
-            self._mark_healthy()
-            # Fixed rate; a poll that overran skips the missed slots rather than bursting.
-            next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
-            await asyncio.sleep(next_poll - loop.time())
+        await self._poll_forever(self._poll_once)
 
     # ------------------------------------------------------------------ polling
 

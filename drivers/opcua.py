@@ -257,14 +257,7 @@ class OpcUaDriver(Driver[OpcUaDevice]):
     async def _serve(self) -> None:
         if not self._polling:
             return await self._serve_subscription()
-        loop = asyncio.get_running_loop()
-        next_poll = loop.time()
-        while True:
-            await self._poll_once()
-            raise_if_cancelled()
-            self._mark_healthy()
-            next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
-            await asyncio.sleep(next_poll - loop.time())
+        await self._poll_forever(self._poll_once)
 
     # ------------------------------------------------------------------ polling
 

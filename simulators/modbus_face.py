@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from types import TracebackType
 
 from pymodbus.constants import ExcCodes
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 Blocks = tuple[list[SimData], list[SimData], list[SimData], list[SimData]]
 
 
-class ModbusFace:
+class ModbusFace(ABC):
     """A Modbus TCP server for one unit id; subclasses answer requests in `_serve`."""
 
     HOLDING_COUNT = 1
@@ -113,9 +114,10 @@ class ModbusFace:
             return ExcCodes(failing.code)
         return self._serve(function_code, address, registers, set_values)
 
+    @abstractmethod
     def _serve(self, function_code: int, address: int, registers: list[int],
                set_values: list[int] | list[bool] | None) -> ExcCodes | None:
-        raise NotImplementedError
+        """Answer one request from the device's own registers (each face defines its map)."""
 
 
 async def _no_such_unit(function_code: int, start_address: int, address: int, count: int,
