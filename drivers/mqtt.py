@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
 import re
 import ssl
-from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-import aiomqtt
+from paho.mqtt.client import topic_matches_sub
 
 from drivers.backoff import Backoff
 from drivers.base import Driver, raise_if_cancelled
-from drivers.errors import DriverConnectionError, DriverTimeout, MalformedPayload
+from drivers.errors import DriverConnectionError, MalformedPayload
+from drivers.mqtt_link import PahoLink
 from service.bus import SampleSink
 from service.config import MqttDevice, MqttPoint, PointBase
 from service.model import utcnow
-
-T = TypeVar("T")
 
 KEEPALIVE_S = 30  # a silently dead broker is noticed after about 1.5 keepalives
 MATCH_CACHE_SIZE = 10_000  # distinct topics whose matching points are remembered
@@ -31,6 +29,7 @@ _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]")
 _EPOCH_MS_THRESHOLD = 1e11  # larger epoch numbers are milliseconds (1e11 s is in the year 5138)
 
 Path = tuple[str | int, ...]
+_JSON = json.JSONDecoder()
 
 
 def compile_path(path: str) -> Path:
@@ -61,7 +60,7 @@ def extract(doc: Any, path: Path) -> Any:
     return node
 
 
-def parse_json(payload: bytes) -> Any:
+def parse_json(payload: bytes | bytearray) -> Any:
     """Payload bytes -> JSON document; MalformedPayload for anything else."""
     try:
         return json.loads(payload)
@@ -78,7 +77,7 @@ def to_number(value: Any) -> float:
     raise MalformedPayload(f"{json.dumps(value)[:40]} is not a finite number")
 
 
-def parse_plain(payload: bytes) -> float:
+def parse_plain(payload: bytes | bytearray) -> float:
     """A plain-text numeric payload such as b"21.5" -> 21.5."""
     try:
         value = float(payload.decode("utf-8").strip())
@@ -118,8 +117,53 @@ def _payload_bytes(payload: Any) -> bytes:
     return str(payload).encode("utf-8")
 
 
+@dataclass(slots=True)
+class Route:
+    """How one point is fed: the subscription filter it needs and, for {point} topics, the level naming it."""
+
+    point: MqttPoint
+    filter: str  # the topic as subscribed: {device} filled in, {point} as '+'
+    level: int | None  # index of the {point} level, None for a plain topic
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a topic's messages feed, worked out once per topic."""
+
+    steps: list[tuple[MqttPoint, Path | None, Path | None]]  # point, value path, timestamp path
+    json: bool  # whether the payload must be parsed as JSON
+    unrouted: str | None  # the {point} level's text when no declared point has it
+
+
+@dataclass(slots=True)
+class Telegram:
+    """One message decoded on the network thread, waiting to be published on the event loop."""
+
+    topic: str
+    received: datetime
+    values: list[tuple[datetime, list[tuple[PointBase, float]]]]  # by source time: usually one
+    problem: str | None = None  # why some point got no value from it
+    unrouted: str | None = None  # the {point} level's text when no declared point has it
+
+
+def routes_for(device: MqttDevice) -> list[Route]:
+    """One route per point; {device} becomes the device id and {point} a single-level wildcard."""
+    routes = []
+    for p in device.points:
+        levels = [device.id if lv == "{device}" else lv for lv in p.topic.split("/")]
+        level = levels.index("{point}") if "{point}" in levels else None
+        if level is not None:
+            levels[level] = "+"
+        routes.append(Route(p, "/".join(levels), level))
+    return routes
+
+
 class MqttDriver(Driver[MqttDevice]):
-    """Subscribes to every distinct topic of its points; each message updates the points it matches."""
+    """Subscribes to every distinct topic filter of its points; each message updates the points it matches.
+
+    The connection runs on paho-mqtt's network thread (drivers.mqtt_link): messages are decoded there
+    and published on the event loop in batches, in arrival order.
+    """
 
     protocol = "mqtt"
 
@@ -129,10 +173,12 @@ class MqttDriver(Driver[MqttDevice]):
             p.id: (compile_path(p.json_path) if p.json_path else None,
                    compile_path(p.timestamp_path) if p.timestamp_path else None)
             for p in device.points}
-        self.topics: list[str] = list(dict.fromkeys(p.topic for p in device.points))
-        self._client: aiomqtt.Client | None = None
+        self._routes = routes_for(device)
+        self.topics: list[str] = list(dict.fromkeys(r.filter for r in self._routes))
+        self._link: PahoLink[Telegram] | None = None
         self._malformed_topics: set[str] = set()  # topics whose malformed payloads were logged
-        self._matches: dict[str, list[MqttPoint]] = {}  # topic -> points it feeds
+        self._unrouted_topics: set[str] = set()  # topics without a declared point that were logged
+        self._plans: dict[str, Plan] = {}  # topic -> how to decode it; network thread only
 
     # ------------------------------------------------------------------ lifecycle hooks
 
@@ -144,33 +190,22 @@ class MqttDriver(Driver[MqttDevice]):
         # A persistent session needs an id the broker recognises after a reconnect (and a restart of
         # heatrec); without a configured client_id every connect is a fresh session.
         persistent = self.device.client_id is not None and not self.device.clean_session
-        client = aiomqtt.Client(url.hostname or "", url.port or 1883,
-                                username=self.device.username, password=self.device.password,
-                                identifier=self.device.client_id, timeout=self.device.timeout_s,
-                                keepalive=KEEPALIVE_S, tls_context=tls, clean_session=not persistent,
-                                queue_type=self._inline_queue())
-        entered = False
-
-        def abandon() -> None:
-            # aiomqtt leaves paho's socket open when CONNACK never comes (or our timeout comes first);
-            # without this every retry against a mute broker leaks a socket. There is no public API
-            # for it: paho's disconnect() only queues a DISCONNECT, which does not close it here.
-            if not entered:
-                with contextlib.suppress(Exception):
-                    client._client._sock_close()  # unregisters from the loop, then closes
-
-        stack.callback(abandon)
-        await self._mqtt(stack.enter_async_context(client), f"connect to {self.device.endpoint}")
-        entered = True
-        stack.callback(setattr, self, "_client", None)
+        link: PahoLink[Telegram] = PahoLink(
+            name=self.device_id, host=url.hostname or "", port=url.port or 1883, client_id=self.device.client_id,
+            persistent=persistent, username=self.device.username, password=self.device.password, tls=tls,
+            keepalive=KEEPALIVE_S, timeout_s=self.device.timeout_s, decode=self._decode, deliver=self._deliver)
+        stack.push_async_callback(link.close)
+        await link.open()
+        raise_if_cancelled()
         # A new session starts with no subscriptions: every reconnect subscribes afresh.
-        for topic in self.topics:
-            request = client.subscribe(topic, qos=self.device.qos, timeout=self.device.timeout_s)
-            granted = await self._mqtt(request, f"subscribe to {topic}")
-            # MQTT 3.1.1 grants QoS 0-2 or 0x80 for failure; v5 reason codes >= 0x80 are failures too.
-            if any((code if isinstance(code, int) else code.value) >= 0x80 for code in granted):
-                raise DriverConnectionError(f"the broker refused the subscription to '{topic}'")
-        self._client = client
+        granted = await link.subscribe(self.topics, self.device.qos)
+        raise_if_cancelled()
+        # MQTT 3.1.1 grants QoS 0-2 or 0x80 for failure.
+        refused = [t for t, code in zip(self.topics, granted, strict=False) if code >= 0x80]
+        if refused or len(granted) != len(self.topics):
+            raise DriverConnectionError(f"the broker refused the subscription to '{(refused or self.topics)[0]}'")
+        self._link = link
+        stack.callback(setattr, self, "_link", None)
 
     def _tls_context(self) -> ssl.SSLContext:
         """Verify the broker against tls_ca_file (or the system CAs); present a client certificate if set."""
@@ -187,82 +222,77 @@ class MqttDriver(Driver[MqttDevice]):
                                             f"tls_key_file '{self.device.tls_key_file}': {err}") from err
         return tls
 
-    def _inline_queue(self) -> type[asyncio.Queue[aiomqtt.Message]]:
-        """A queue class for aiomqtt whose put handles the message on the spot.
-
-        aiomqtt's message iterator costs a task and an asyncio.wait per message, which halves the
-        throughput of a busy broker feed; decoding is synchronous and quick, so messages are decoded
-        as paho hands them over and nothing is ever queued.
-        """
-        driver = self
-
-        class InlineQueue(asyncio.Queue[aiomqtt.Message]):
-            def put_nowait(self, item: aiomqtt.Message) -> None:
-                try:
-                    driver._handle_message(str(item.topic), item.payload)
-                except Exception:  # a bug in decoding must not break paho's network loop
-                    driver._log.exception("%s: cannot handle a message on %s", driver.device_id, item.topic)
-
-        return InlineQueue
-
     async def _serve(self) -> None:
-        client = self._client
-        if client is None:
+        link = self._link
+        if link is None:
             raise DriverConnectionError("not connected")
         self._mark_healthy()  # subscribed: silence from here on is the publishers', caught as STALE
-        try:
-            # Messages are handled as they arrive (_inline_queue): this only waits for a disconnect.
-            async for message in client.messages:
-                raise_if_cancelled()
-                self._handle_message(str(message.topic), message.payload)
-        except aiomqtt.MqttError as err:
-            raise DriverConnectionError(f"connection to the broker lost: {err}") from err
-
-    async def _mqtt(self, request: Awaitable[T], what: str) -> T:
-        """Await one aiomqtt call within the device timeout; translate its errors into ours."""
-        try:
-            async with asyncio.timeout(self.device.timeout_s):
-                result = await request
-                raise_if_cancelled()
-                return result
-        except TimeoutError as err:
-            raise DriverTimeout(f"{what}: no answer within {self.device.timeout_s} s") from err
-        except aiomqtt.MqttError as err:
-            raise DriverConnectionError(f"{what}: {err}") from err
-        except OSError as err:
-            raise DriverConnectionError(f"{what}: {err}") from err
+        await link.wait_lost()
 
     # ------------------------------------------------------------------ messages
 
     def _handle_message(self, topic: str, payload: Any) -> None:
-        """Decode one message into samples for every point whose topic (or wildcard) matches."""
-        matched = self._matches.get(topic)
-        if matched is None:
-            if len(self._matches) >= MATCH_CACHE_SIZE:  # wildcards can bring endless distinct topics
-                self._matches.clear()
-            matched = self._matches[topic] = [p for p in self.device.points
-                                              if aiomqtt.Topic(topic).matches(p.topic)]
-        if not matched:
-            return
-        self.stats.reads += 1
+        """Decode one message and publish its samples at once (the two halves of the network path)."""
+        telegram = self._decode(topic, _payload_bytes(payload))
+        if telegram is not None:
+            self._deliver([telegram])
+
+    def _route(self, topic: str) -> Plan:
+        """How to decode a topic's messages: the points it feeds (or the {point} text no point has)."""
+        plan = self._plans.get(topic)
+        if plan is not None:
+            return plan
+        if len(self._plans) >= MATCH_CACHE_SIZE:  # wildcards can bring endless distinct topics
+            self._plans.clear()
+        levels = topic.split("/")
+        points: list[MqttPoint] = []
+        unrouted: str | None = None
+        for r in self._routes:
+            if not topic_matches_sub(r.filter, topic):
+                continue
+            if r.level is None or levels[r.level] == r.point.key:
+                points.append(r.point)
+            else:
+                unrouted = levels[r.level]
+        steps = [(p, *self._paths[p.id]) for p in points]
+        plan = self._plans[topic] = Plan(steps, any(v is not None or t is not None for _, v, t in steps),
+                                         None if points else unrouted)
+        return plan
+
+    def _decode(self, topic: str, data: bytes | bytearray) -> Telegram | None:
+        """Network thread: one message -> values for every point it feeds (nothing shared is touched)."""
+        plan = self._route(topic)
         received = utcnow()
-        data = _payload_bytes(payload)
+        if not plan.steps:
+            return Telegram(topic, received, [], unrouted=plan.unrouted) if plan.unrouted is not None else None
         doc: Any = None
         doc_error: MalformedPayload | None = None
-        if any(p.json_path or p.timestamp_path for p in matched):
+        if plan.json:
             try:
-                doc = parse_json(data)
-            except MalformedPayload as err:
-                doc_error = err
-        decoded: dict[datetime, list[tuple[PointBase, float]]] = {}  # by source time: usually one
+                doc = _JSON.decode(data.decode("utf-8")) if type(data) is bytes else parse_json(data)
+            except (ValueError, UnicodeDecodeError) as err:
+                doc_error = MalformedPayload(f"not JSON: {err}")
+        decoded: dict[datetime, list[tuple[PointBase, float]]] = {}
         times: dict[Path, datetime] = {}  # points of one telegram usually share its timestamp path
         problem: str | None = None
-        for p in matched:
-            value_path, time_path = self._paths[p.id]
+        isfinite = math.isfinite
+        for p, value_path, time_path in plan.steps:
             try:
                 if doc_error is not None and (value_path is not None or time_path is not None):
                     raise doc_error
-                value = to_number(extract(doc, value_path)) if value_path is not None else parse_plain(data)
+                if value_path is None:
+                    value = parse_plain(data)
+                else:
+                    # Fast path for the usual case (the key is there, the value a finite number); the
+                    # careful extract() runs only to find the words for what is wrong.
+                    try:
+                        node = doc
+                        for step in value_path:
+                            node = node[step]
+                    except (KeyError, IndexError, TypeError):
+                        node = extract(doc, value_path)
+                    kind = type(node)
+                    value = float(node) if (kind is float or kind is int) and isfinite(node) else to_number(node)
                 if time_path is None:
                     source = received
                 elif time_path in times:
@@ -272,19 +302,42 @@ class MqttDriver(Driver[MqttDevice]):
             except MalformedPayload as err:
                 problem = problem or f"point {p.id}: {err}"
                 continue
-            decoded.setdefault(source, []).append((p, value))
-        if problem is not None:
-            # No sample for a value we cannot read: the point turns STALE if this goes on.
-            self.stats.malformed_messages += 1
-            if topic not in self._malformed_topics:
-                self._malformed_topics.add(topic)
-                self._log.warning("%s: malformed payload on %s (%s); ignoring such messages on this topic "
-                                  "until a good one arrives", self.device_id, topic, problem)
-        elif topic in self._malformed_topics:
-            self._malformed_topics.discard(topic)
-            self._log.info("%s: payloads on %s are well-formed again", self.device_id, topic)
-        for source, values in decoded.items():
-            self._publish_good(values, source, received)
+            found = decoded.get(source)
+            if found is None:
+                decoded[source] = [(p, value)]
+            else:
+                found.append((p, value))
+        return Telegram(topic, received, list(decoded.items()), problem)
+
+    def _deliver(self, batch: list[Telegram]) -> None:
+        """Event loop: count, log and publish decoded messages in arrival order."""
+        for t in batch:
+            if t.unrouted is not None:
+                self._log_unrouted(t)
+                continue
+            self.stats.reads += 1
+            topic = t.topic
+            if t.problem is not None:
+                # No sample for a value we cannot read: the point turns STALE if this goes on.
+                self.stats.malformed_messages += 1
+                if topic not in self._malformed_topics:
+                    self._malformed_topics.add(topic)
+                    self._log.warning("%s: malformed payload on %s (%s); ignoring such messages on this topic "
+                                      "until a good one arrives", self.device_id, topic, t.problem)
+            elif topic in self._malformed_topics:
+                self._malformed_topics.discard(topic)
+                self._log.info("%s: payloads on %s are well-formed again", self.device_id, topic)
+            for source, values in t.values:
+                self._publish_good(values, source, t.received)
+
+    def _log_unrouted(self, t: Telegram) -> None:
+        if t.topic in self._unrouted_topics:
+            return
+        if len(self._unrouted_topics) >= MATCH_CACHE_SIZE:
+            self._unrouted_topics.clear()
+        self._unrouted_topics.add(t.topic)
+        self._log.warning("%s: no declared point has the key '%s' (topic %s); such messages are ignored",
+                          self.device_id, t.unrouted, t.topic)
 
     def _stale_after(self, point: PointBase) -> float | None:
         return point.stale_after_s or DEFAULT_STALE_AFTER_S

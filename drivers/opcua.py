@@ -26,7 +26,12 @@ from service.model import Quality, utcnow
 T = TypeVar("T")
 _Change = tuple[ua.NodeId, ua.DataValue] | ua.StatusChangeNotification
 
-MAX_NODES_PER_READ = 500  # below the MaxNodesPerRead of the servers we know; larger maps take more reads
+# Below the MaxNodesPerRead of the servers we know; larger maps take more reads. Also the number of
+# browse paths per TranslateBrowsePathsToNodeIds request.
+MAX_NODES_PER_READ = 500
+_WHOLE_PATH = 0xFFFFFFFF  # RemainingPathIndex of a target the whole path led to
+_ROOT = ua.NodeId(ua.Int32(ua.ObjectIds.RootFolder))  # where browse paths start
+_HIERARCHICAL = ua.NodeId(ua.Int32(ua.ObjectIds.HierarchicalReferences))  # Organizes, HasComponent, ...
 
 # Answers meaning "no subscription from this server", after which the driver polls instead.
 _NO_SUBSCRIPTION = frozenset({
@@ -83,6 +88,17 @@ def parse_node(text: str) -> tuple[str | None, str]:
     return None, text
 
 
+def parse_browse_path(text: str) -> list[ua.QualifiedName]:
+    """`0:Objects/2:Plant/2:cdu1` -> the browse names to follow from the Root node."""
+    names = []
+    for element in text.split("/"):
+        index, sep, name = element.partition(":")
+        if not sep or not index.isdigit() or not name:
+            raise ValueError(f"element '{element}' is not index:BrowseName")
+        names.append(ua.QualifiedName(name, int(index)))
+    return names
+
+
 def quality_of(status: ua.StatusCode | None) -> Quality:
     """OPC UA status severity -> sample quality."""
     if status is None or status.is_good():
@@ -127,11 +143,17 @@ class OpcUaDriver(Driver[OpcUaDevice]):
     def __init__(self, device: OpcUaDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
         super().__init__(device, sink, backoff=backoff)
         self._parsed: dict[str, tuple[str | None, str]] = {}
+        self._paths: dict[str, list[ua.QualifiedName]] = {}  # point id -> browse names, for browse_path points
+        self._browse_paths = {p.id: p.browse_path for p in device.points if p.browse_path is not None}
         for p in device.points:
             try:
-                self._parsed[p.id] = parse_node(p.node)
+                if p.node is not None:
+                    self._parsed[p.id] = parse_node(p.node)
+                else:
+                    self._paths[p.id] = parse_browse_path(p.browse_path or "")
             except Exception as err:
-                raise DriverError(f"device '{device.id}' point '{p.id}': bad node '{p.node}': {err}") from err
+                key = "node" if p.node is not None else "browse_path"
+                raise DriverError(f"device '{device.id}' point '{p.id}': bad {key} '{p.address}': {err}") from err
         self._client: Client | None = None
         self._node_ids: dict[str, ua.NodeId] = {}  # point id -> resolved node, on the current connection
         self._variant_types: dict[str, ua.VariantType] = {}  # learned from reads, used to type writes
@@ -198,6 +220,8 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         """Map every point to a NodeId on this server instance (namespace indexes can change on restart)."""
         namespaces: list[str] | None = None
         for p in self.device.points:
+            if p.id not in self._parsed:
+                continue
             uri, rest = self._parsed[p.id]
             if uri is None:
                 self._node_ids[p.id] = ua.NodeId.from_string(rest)
@@ -210,6 +234,33 @@ class OpcUaDriver(Driver[OpcUaDevice]):
                 self._unresolved_logged.add(p.id)
                 self._log.warning("%s: point %s: the server has no namespace '%s'; the point is BAD",
                                   self.device_id, p.id, uri)
+        if self._paths:
+            await self._resolve_browse_paths(client)
+
+    async def _resolve_browse_paths(self, client: Client) -> None:
+        """Translate every browse path to the NodeId it leads to on this server instance."""
+        ids = list(self._paths)
+        for i in range(0, len(ids), MAX_NODES_PER_READ):
+            chunk = ids[i:i + MAX_NODES_PER_READ]
+            # asyncua annotates booleans with its ua.Boolean marker class, which cannot be instantiated.
+            requests = [ua.BrowsePath(StartingNode=_ROOT, RelativePath=ua.RelativePath(
+                Elements=[ua.RelativePathElement(ReferenceTypeId=_HIERARCHICAL, IsInverse=False,  # type: ignore[arg-type]
+                                                 IncludeSubtypes=True, TargetName=name)  # type: ignore[arg-type]
+                          for name in self._paths[pid]])) for pid in chunk]
+            results = await self._ua(client.uaclient.translate_browsepaths_to_nodeids(requests),
+                                     "translate browse paths")
+            if len(results) != len(chunk):
+                raise DriverError(f"asked for {len(chunk)} browse paths, the server translated {len(results)}")
+            for pid, result in zip(chunk, results, strict=True):
+                targets = [t.TargetId for t in result.Targets or [] if t.RemainingPathIndex == _WHOLE_PATH]
+                if result.StatusCode.is_good() and targets:
+                    target = targets[0]  # an ExpandedNodeId: keep the plain NodeId the session uses
+                    self._node_ids[pid] = ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
+                    self._unresolved_logged.discard(pid)
+                elif pid not in self._unresolved_logged:
+                    self._unresolved_logged.add(pid)
+                    self._log.warning("%s: point %s: browse path %s does not lead to a node (%s); the point is BAD",
+                                      self.device_id, pid, self._browse_paths[pid], result.StatusCode.name)
 
     async def _subscribe(self, client: Client) -> None:
         """Create the subscription and its monitored items; fall back to polling if the server refuses."""
@@ -252,7 +303,7 @@ class OpcUaDriver(Driver[OpcUaDevice]):
             if p.id not in self._unresolved_logged:
                 self._unresolved_logged.add(p.id)
                 self._log.warning("%s: point %s: the server refuses to monitor %s (%s); the point is BAD",
-                                  self.device_id, p.id, p.node, reason)
+                                  self.device_id, p.id, p.address, reason)
 
     async def _serve(self) -> None:
         if not self._polling:
@@ -382,7 +433,7 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         client = self._require_client()
         node_id = self._node_ids.get(point.id)
         if node_id is None:
-            raise DriverError(f"node '{getattr(point, 'node', '?')}' is not resolved on this server")
+            raise DriverError(f"node '{getattr(point, 'address', '?')}' is not resolved on this server")
         vtype = self._variant_types.get(point.id)
         if vtype is None:  # not read yet: the write must carry the node's own type
             dv = await self._read_one(node_id)

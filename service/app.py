@@ -13,12 +13,15 @@ import uvicorn
 from fastapi import FastAPI
 
 from drivers import create_driver
-from drivers.base import Driver
+from drivers.base import Driver, WriteResult
 from service.alarms.manager import AlarmManager
+from service.alarms.mqtt_publisher import AlarmPublisher
 from service.api.app import create_app
 from service.api.state import ServiceState
+from service.audit import AuditLog
 from service.bus import SampleBus
 from service.config import ApiConfig, HeatrecConfig
+from service.control.loop import ControlLoop
 from service.localservers.errors import LocalServerError
 from service.metrics import build_registry
 from service.scada.server import ScadaServer
@@ -70,7 +73,9 @@ class Service:
         self.drivers: list[Driver] = []
         self.writer: SampleWriter | None = None
         self.alarms: AlarmManager | None = None
+        self.alarm_publisher: AlarmPublisher | None = None  # [alarms.mqtt]
         self.scada: ScadaServer | None = None
+        self.control: ControlLoop | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.api_port: int | None = None
@@ -90,6 +95,13 @@ class Service:
                 sp = self.writer.spool.stats
                 detail = f"{sp.samples} samples ({sp.bytes} bytes) held, {sp.dropped_samples} dropped when full"
                 out["spool"] = ("degraded" if sp.dropped_samples or st.spooling else "ok", detail)
+        if self.alarm_publisher is not None:
+            pub = self.alarm_publisher
+            out["alarms_mqtt"] = ("ok", f"connected to {pub.cfg.url}") if pub.stats.connected else (
+                "degraded", f"broker {pub.cfg.url} unavailable: {pub.queue_depth} changes queued, "
+                            f"{pub.stats.dropped} dropped")
+        if self.control is not None:
+            out["control"] = self.control.health()
         for d in self.drivers:
             state = str(d.state.value)
             out[f"driver:{d.device_id}"] = ("ok" if state == "connected" else "degraded", state)
@@ -120,17 +132,35 @@ class Service:
             self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, pool,
                                        lambda: {d.device_id: str(d.state.value) for d in self.drivers})
             await self.alarms.start()
+            if cfg.alarms.mqtt is not None:
+                alarms = self.alarms
+                self.alarm_publisher = AlarmPublisher(cfg.alarms.mqtt, lambda: alarms.engine.alarms.values())
+                alarms.observe(self.alarm_publisher.offer)
+            audit = AuditLog(pool)
+            if cfg.control is not None:
+                # The arbiter's only way to the devices: each driver's guarded write (envelope, read-back).
+                by_device = {d.device_id: d for d in self.drivers}
+
+                async def write(point_id: str, value: float) -> WriteResult:
+                    return await by_device[point_id.split(".", 1)[0]].write(point_id, value)
+
+                self.control = ControlLoop(cfg.control, self.bus, write, audit=audit.record)
             if cfg.scada is not None:
-                self.scada = ScadaServer(cfg.scada, cfg, self.bus)
+                self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control)
                 await self.scada.start()
             registry, latency = build_registry(self)
-            app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms))
+            app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms,
+                                            control=self.control))
             server = _ApiServer(api_server_config(app, cfg.api))
             async with asyncio.TaskGroup() as tg:
                 writer_task = tg.create_task(self.writer.run(), name="storage-writer")
                 retention_task = tg.create_task(run_retention(pool, cfg.storage), name="storage-retention")
                 driver_tasks = [tg.create_task(d.run(), name=f"driver-{d.device_id}") for d in self.drivers]
                 alarm_task = tg.create_task(self.alarms.run(), name="alarms")
+                publisher_task = tg.create_task(self.alarm_publisher.run(), name="alarm-mqtt") \
+                    if self.alarm_publisher is not None else None
+                control_task = tg.create_task(self.control.run(), name="control") \
+                    if self.control is not None else None
                 api_task = tg.create_task(server.serve(sockets=[sock]), name="api")
                 while not server.started and not api_task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
                     await asyncio.sleep(0.01)
@@ -141,9 +171,13 @@ class Service:
                 log.info("stopping")
                 server.should_exit = True
                 await api_task
+                if control_task is not None:  # before the drivers: no write may race their shutdown
+                    await cancel_and_wait(control_task)
                 # Retrying cancels: a library's wait_for can swallow one and leave a driver polling.
                 await asyncio.gather(*(cancel_and_wait(t) for t in driver_tasks), return_exceptions=True)
                 alarm_task.cancel()
+                if publisher_task is not None:
+                    await cancel_and_wait(publisher_task)
                 retention_task.cancel()
                 writer_task.cancel()
             spool.close()

@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -57,15 +56,15 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
-async def read_audit(pool: asyncpg.Pool, *, limit: int, before: int | None = None, target: str | None = None,
-                     since: datetime | None = None) -> list[dict[str, Any]]:
+async def read_audit(pool: asyncpg.Pool, *, limit: int, before: int | None = None,
+                     target: str | None = None) -> list[dict[str, Any]]:
     """Newest first; `before` is the seq cursor of the previous page."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT seq, time, principal, role, action, target, requested, applied, outcome, detail "
             "FROM audit_log WHERE ($1::bigint IS NULL OR seq < $1) AND ($2::text IS NULL OR target = $2) "
-            "AND ($3::timestamptz IS NULL OR time >= $3) ORDER BY seq DESC LIMIT $4",
-            before, target, since, limit)
+            "ORDER BY seq DESC LIMIT $3",
+            before, target, limit)
     out = []
     for r in rows:
         d = dict(r)

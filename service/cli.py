@@ -156,6 +156,41 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settle(args: argparse.Namespace) -> int:
+    """Settle every supply contract for a month from the database (computed, not closed)."""
+    import json
+
+    from service.accounting.engine import AccountingError, settle_month
+    from service.accounting.rules import RuleError
+
+    cfg = load_config(args.config)
+    try:
+        settlements = _with_database(args.config, lambda conn: settle_month(conn, cfg, args.period,
+                                                                            args.contract or None))
+    except (AccountingError, RuleError) as err:
+        print(f"heatrec: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        docs = [s.as_dict() for s in settlements]
+        # A meter shared by two contracts counts once in the plant's total.
+        per_meter = {m: round(gj, 6) for s in settlements for m, gj in s.energy_gj.items()}
+        energy = {**per_meter, "total": round(sum(per_meter.values()), 6)}
+        print(json.dumps({"period": args.period, "energy_gj": energy, "settlements": docs}, indent=2))
+        return 0
+    print(f"{'contract':<16} {'meter':<10} {'GJ':>14} {'est.%':>6} {'charge DKK':>12} {'payer':<9} "
+          f"{'DKK/GJ':>9} {'amount DKK':>14}")
+    for s in settlements:
+        price = s.allowed_price_dkk_per_gj
+        print(f"{s.contract_id:<16} {'(all)':<10} {s.delivered_gj:>14.3f} {100 * s.estimated_share:>6.1f} "
+              f"{s.charge_dkk:>12.2f} {s.charge_payer:<9} {'-' if price is None else f'{price:.2f}':>9} "
+              f"{s.amount_dkk:>14.2f}{'  provisional' if s.provisional else ''}")
+        for meter, gj in s.energy_gj.items():
+            print(f"{'':<16} {meter:<10} {gj:>14.3f}")
+        if s.flags:
+            print(f"{'':<16} flags: {', '.join(s.flags)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole demo plant."""
     from service.demo import run_demo
@@ -235,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
     tr.add_argument("ident", metavar="ID|NAME", help="token id (from 'token list') or name")
     tr.set_defaults(func=cmd_token_revoke)
+
+    st = sub.add_parser("settle", help="settle the supply contracts for a month (heat accounting)",
+                        description=cmd_settle.__doc__)
+    st.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
+    st.add_argument("--period", required=True, metavar="YYYY-MM", help="the month, in the plant's time zone")
+    st.add_argument("--contract", action="append", metavar="ID", help="only this contract (repeatable)")
+    st.add_argument("--json", action="store_true", help="print JSON (energy_gj per meter and total)")
+    st.set_defaults(func=cmd_settle)
 
     pr = sub.add_parser("probe", help="read every point once and print it (commissioning; no database)",
                         description=cmd_probe.__doc__)

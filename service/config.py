@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 ID_PATTERN = r"^[a-z][a-z0-9_]*$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -50,9 +50,37 @@ class PointBase(_Strict):
 
 
 class OpcUaPoint(PointBase):
-    """A point read from an OPC UA node."""
+    """A point read from an OPC UA node, named by NodeId or by browse path."""
 
-    node: str = Field(min_length=1, description="NodeId string, e.g. ns=2;s=cdu1.supply_temperature")
+    node: str | None = Field(default=None, min_length=1,
+                             description="NodeId string, e.g. ns=2;s=cdu1.supply_temperature")
+    browse_path: str | None = Field(default=None, min_length=1,
+                                    description="path of index:BrowseName elements from the Root node, "
+                                                "e.g. 0:Objects/2:Plant/2:cdu1/2:supply_temperature")
+
+    @field_validator("browse_path")
+    @classmethod
+    def _browse_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        if info.data.get("node") is not None:
+            raise ValueError("give either node or browse_path, not both")
+        for element in v.split("/"):
+            index, sep, name = element.partition(":")
+            if not sep or not index.isdigit() or not name:
+                raise ValueError(f"'{v}': element '{element}' is not index:BrowseName, e.g. 2:cdu1")
+        return v
+
+    @model_validator(mode="after")
+    def _addressed(self) -> OpcUaPoint:
+        if self.node is None and self.browse_path is None:
+            raise ValueError("a point needs node or browse_path")
+        return self
+
+    @property
+    def address(self) -> str:
+        """The node id or browse path, whichever is configured, for messages."""
+        return self.node or self.browse_path or ""
 
 
 class ModbusPoint(PointBase):
@@ -91,7 +119,9 @@ class ModbusPoint(PointBase):
 class MqttPoint(PointBase):
     """A point taken from an MQTT topic: JSON with a path, or a plain numeric payload."""
 
-    topic: str = Field(min_length=1)
+    topic: str = Field(min_length=1, description="topic filter; + and # wildcards, {device} and {point} levels")
+    topic_key: str | None = Field(default=None, min_length=1,
+                                  description="text of the {point} level naming this point (default: its id)")
     json_path: str | None = Field(default=None, description="$.a.b into a JSON payload; omit for plain numbers")
     timestamp_path: str | None = Field(default=None, description="$.path of an ISO 8601 or epoch source time")
 
@@ -101,6 +131,40 @@ class MqttPoint(PointBase):
         if v is not None and not _JSON_PATH.match(v):
             raise ValueError(f"'{v}' is not a JSON path like $.a.b or $.a[0]")
         return v
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        levels = v.split("/")
+        for i, level in enumerate(levels):
+            if level in ("+", "{point}", "{device}"):
+                continue
+            if level == "#":
+                if i != len(levels) - 1:
+                    raise ValueError(f"'{v}': '#' is only allowed as the last level")
+                continue
+            if any(c in level for c in "+#{}"):
+                raise ValueError(f"'{v}': wildcards and placeholders ({{point}}, {{device}}) must fill a whole level")
+        if levels.count("{point}") > 1:
+            raise ValueError(f"'{v}': at most one {{point}} level")
+        return v
+
+    @field_validator("topic_key")
+    @classmethod
+    def _topic_key(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        if any(c in v for c in "/+#"):
+            raise ValueError(f"'{v}' is not a topic level (no '/', '+' or '#')")
+        topic = info.data.get("topic")  # absent when the topic itself was invalid
+        if topic is not None and "{point}" not in topic.split("/"):
+            raise ValueError(f"topic_key needs a {{point}} level in topic '{topic}'")
+        return v
+
+    @property
+    def key(self) -> str:
+        """The text of the topic's {point} level that addresses this point."""
+        return self.topic_key or self.id
 
 
 class DeviceBase(_Strict):
@@ -298,6 +362,9 @@ class ApiConfig(_Strict):
     port: int = Field(default=8000, gt=0, lt=65536)
     tls_cert_file: str | None = Field(default=None, description="PEM certificate (chain): serve HTTPS")
     tls_key_file: str | None = Field(default=None, description="PEM private key of tls_cert_file")
+    token_cache_s: float = Field(default=2.0, ge=0, le=60,
+                                 description="a valid token is trusted this long without asking the database; "
+                                             "a revoked token works at most this long (0: check every request)")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiConfig:
@@ -381,6 +448,9 @@ class SimulationConfig(_Strict):
     pipe_loss_fraction: float = Field(default=0.005, ge=0, lt=0.5,
                                       description="share of the recovered heat lost before the meters")
     surplus_heat_kw: float = Field(default=0.0, ge=0, description="an industrial surplus-heat source (no CDU)")
+    dry_cooler_capacity_kw: float | None = Field(
+        default=None, ge=0, description="heat the dry coolers can reject; none = unlimited. Heat that neither "
+                                        "recovery nor dry coolers take raises the CDU supply temperature")
     surplus_heat_temperature: float = Field(default=90.0, gt=0, lt=150, description="its temperature, °C")
     control_port: int | None = Field(default=None, ge=0, lt=65536,
                                      description="HTTP fault-injection endpoint on 127.0.0.1; none = off")
@@ -445,6 +515,49 @@ class LimitAlarm(_Strict):
         return self
 
 
+class AlarmsMqttConfig(_Strict):
+    """Publish every alarm state change as retained JSON to an MQTT broker (SCADA, HMIs)."""
+
+    url: str = Field(description="mqtt://host[:port] or mqtts://host[:port] of the broker")
+    topic_prefix: str = Field(default="heatrec/alarms", description="alarms go to PREFIX/ALARM_ID")
+    username: str | None = None
+    password: str | None = Field(default=None, description="use ${VAR} to keep it out of the file")
+    client_id: str | None = Field(default=None, description="MQTT client id; the broker picks one if unset")
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = Field(default=True, description="retained: a client that subscribes later gets the current state")
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000,
+                            description="changes held while the broker is away; the oldest are dropped beyond it")
+    tls_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// (system CAs if unset)")
+    tls_cert_file: str | None = Field(default=None, description="client certificate (PEM) for mqtts://")
+    tls_key_file: str | None = Field(default=None, description="private key (PEM) of tls_cert_file")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        try:
+            u.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError(f"'{v}' has an invalid port") from None
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname or u.path not in ("", "/"):
+            raise ValueError(f"'{v}' is not a broker URL like mqtt://host:1883 or mqtts://host:8883")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#\0"):
+            raise ValueError(f"'{v}' is not a topic prefix like heatrec/alarms (no wildcards, no leading or "
+                             "trailing '/')")
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> AlarmsMqttConfig:
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file needs tls_cert_file")
+        return self
+
+
 class AlarmsConfig(_Strict):
     """Alarm rules; every device also gets an offline alarm."""
 
@@ -452,6 +565,288 @@ class AlarmsConfig(_Strict):
     device_offline_severity: Literal["low", "medium", "high", "critical"] = "high"
     evaluate_interval_s: float = Field(default=1.0, gt=0, le=60)
     limits: list[LimitAlarm] = Field(default_factory=list)
+    mqtt: AlarmsMqttConfig | None = Field(default=None, description="also publish alarm changes over MQTT")
+
+
+_POINT_REF = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
+
+
+class AccountingMeter(_Strict):
+    """A billing heat meter: its register point, the points that cross-check it, and its class data."""
+
+    id: str = Field(pattern=ID_PATTERN, description="meter id used in settlements and the API")
+    energy_point: str = Field(pattern=_POINT_REF, description="the meter's energy register (GJ, kind counter)")
+    flow_point: str | None = Field(default=None, pattern=_POINT_REF, description="volume flow, m3/h")
+    flow_temperature_point: str | None = Field(default=None, pattern=_POINT_REF, description="degC")
+    return_temperature_point: str | None = Field(default=None, pattern=_POINT_REF, description="degC")
+    serial: str = Field(default="", description="serial number of the meter installed at commissioning")
+    mid_class: Literal[1, 2, 3] = Field(default=2, description="MID / EN 1434 accuracy class")
+    qp_m3h: float = Field(gt=0, description="permanent flow rate qp of the flow sensor")
+    qi_m3h: float = Field(gt=0, description="lowest flow rate qi; flows below it are flagged")
+    delta_theta_min_k: Literal[3, 5, 10] = Field(default=3, description="smallest temperature difference Δθmin")
+    register_wrap_gj: float | None = Field(default=None, gt=0,
+                                           description="the register rolls over to 0 here; none = never")
+    max_power_kw: float = Field(gt=0, description="no real step is faster than this; larger steps are faults")
+    gap_s: float = Field(default=900.0, gt=0, description="readings further apart than this make a gap")
+
+    @model_validator(mode="after")
+    def _flows(self) -> AccountingMeter:
+        if self.qi_m3h >= self.qp_m3h:
+            raise ValueError(f"qi_m3h ({self.qi_m3h}) must be below qp_m3h ({self.qp_m3h})")
+        return self
+
+
+class AccountingHeatPump(_Strict):
+    """A heat pump's electricity register, for the 3 x electricity deduction, COP and PUE."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    electricity_point: str = Field(pattern=_POINT_REF, description="electricity register, kWh, kind counter")
+    register_wrap_kwh: float | None = Field(default=None, gt=0, description="roll-over of the register")
+    max_power_kw: float = Field(gt=0, description="largest plausible electric power; larger steps are faults")
+    gap_s: float = Field(default=900.0, gt=0, description="readings further apart than this make a gap")
+
+
+class SupplyContract(_Strict):
+    """A surplus-heat supply contract: who sells to whom through which meters, and its price terms."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    meters: list[str] = Field(min_length=1, description="accounting meter ids summed for this contract")
+    supplier: str = Field(min_length=1, description="the surplus-heat supplier (the data centre)")
+    utility: str = Field(min_length=1, description="the district-heating utility that buys")
+    rule_set: str = Field(default="dk_surplus_heat", pattern=ID_PATTERN,
+                          description="file stem of the rule set in rules_dir")
+    capacity_mw: float = Field(gt=0, description="supply capacity (suppliers under 0.25 MW are cap-exempt)")
+    agreed_price_dkk_per_gj: float = Field(ge=0, description="price agreed in the contract; 0 for free supply")
+    substitution_price_dkk_per_gj: float | None = Field(default=None, ge=0,
+                                                        description="the utility's own alternative heat price")
+    cost_based_price_dkk_per_gj: float | None = Field(default=None, ge=0,
+                                                      description="the supplier's cost-based price")
+    utility_cost_dkk_per_gj: float = Field(default=0.0, ge=0,
+                                           description="the utility's own cost of using the heat, per GJ "
+                                                       "(counts against the price cap)")
+    efo_member: bool = Field(default=False, description="supplier is in the energy-efficiency scheme (EFO)")
+    free_supply: bool = Field(default=False, description="heat given away free: the utility pays the charge")
+    electricity_based_process: bool = Field(default=False,
+                                            description="the surplus heat comes from an electricity-based "
+                                                        "process (a data centre)")
+    heat_pump_lifted: bool = Field(default=False, description="the heat is lifted by electric heat pumps")
+    heat_pumps: list[str] = Field(default_factory=list, description="accounting heat pump ids to deduct")
+
+
+class Co2Factor(_Strict):
+    """Avoided CO2 per kWh of heat in a year; years between are interpolated linearly."""
+
+    year: int = Field(ge=1990, le=2100)
+    kg_per_kwh: float = Field(ge=0)
+    source: str = Field(min_length=1)
+
+
+_BR18_DH = [Co2Factor(year=2023, kg_per_kwh=0.105, source="BR18 annex 2 table 8, district heating 2023"),
+            Co2Factor(year=2025, kg_per_kwh=0.0878, source="BR18 annex 2 table 8, district heating 2025"),
+            Co2Factor(year=2030, kg_per_kwh=0.0713, source="BR18 annex 2 table 8, district heating 2030")]
+
+
+class AccountingConfig(_Strict):
+    """Billing-grade heat accounting: meters, heat pumps, contracts, KPI factors."""
+
+    rules_dir: str = Field(default="config/rules", description="directory of the dated rule sets (TOML)")
+    interval_s: int = Field(default=3600, ge=60, le=86400, description="default interval of /api/v1/energy")
+    homes_mwh_per_home: float = Field(default=14.0, gt=0, description="heat use of one home per year (MWh)")
+    co2_factors: list[Co2Factor] = Field(default_factory=lambda: list(_BR18_DH), min_length=1)
+    it_energy_point: str | None = Field(default=None, pattern=_POINT_REF,
+                                        description="IT electricity register (kWh) for ERF, PUE, heat share")
+    facility_energy_point: str | None = Field(default=None, pattern=_POINT_REF,
+                                              description="whole data-centre electricity register (kWh)")
+    meters: list[AccountingMeter] = Field(default_factory=list)
+    heat_pumps: list[AccountingHeatPump] = Field(default_factory=list)
+    contracts: list[SupplyContract] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> AccountingConfig:
+        for what, items in (("meters", self.meters), ("heat_pumps", self.heat_pumps),
+                            ("contracts", self.contracts)):
+            ids = [i.id for i in items]
+            dup = {i for i in ids if ids.count(i) > 1}
+            if dup:
+                raise ValueError(f"accounting.{what}: id '{sorted(dup)[0]}' appears twice")
+        meters, pumps = {m.id for m in self.meters}, {h.id for h in self.heat_pumps}
+        for c in self.contracts:
+            for m in c.meters:
+                if m not in meters:
+                    raise ValueError(f"contract '{c.id}': no accounting meter '{m}'")
+            for h in c.heat_pumps:
+                if h not in pumps:
+                    raise ValueError(f"contract '{c.id}': no accounting heat pump '{h}'")
+        return self
+
+    def point_refs(self) -> list[tuple[str, str]]:
+        """(where, point id) of every point the section names, for checking against the devices."""
+        out: list[tuple[str, str]] = []
+        for m in self.meters:
+            for key in ("energy_point", "flow_point", "flow_temperature_point", "return_temperature_point"):
+                if getattr(m, key):
+                    out.append((f"accounting.meters.{m.id}.{key}", getattr(m, key)))
+        out += [(f"accounting.heat_pumps.{h.id}.electricity_point", h.electricity_point) for h in self.heat_pumps]
+        for key in ("it_energy_point", "facility_energy_point"):
+            if getattr(self, key):
+                out.append((f"accounting.{key}", getattr(self, key)))
+        return out
+
+
+class ControlCurvePoint(_Strict):
+    """One breakpoint of the outdoor compensation curve."""
+
+    outdoor: float = Field(description="outdoor temperature, °C")
+    supply: float = Field(description="network supply temperature target at that outdoor temperature, °C")
+
+
+class ControlPid(_Strict):
+    """PID gains; output and setpoint in °C."""
+
+    kp: float = Field(default=1.0, ge=0, description="proportional gain, K of setpoint per K of error")
+    ti_s: float | None = Field(default=60.0, gt=0, description="integral time; none = no integral action")
+    td_s: float = Field(default=0.0, ge=0, description="derivative time (on the measurement); 0 = none")
+    derivative_filter: float = Field(default=8.0, gt=0, description="N: the derivative is filtered with Td/N")
+    tracking_time_s: float | None = Field(default=None, gt=0,
+                                          description="anti-windup back-calculation time; none = sqrt(Ti·Td) or Ti")
+
+
+class ControlHeatPump(_Strict):
+    """One heat pump the loop setpoints (all points are full point ids, device.point)."""
+
+    id: str = Field(pattern=ID_PATTERN, description="name in status, staging and audit")
+    setpoint: str = Field(pattern=_POINT_REF, description="writable supply setpoint point, °C")
+    supply_temperature: str | None = Field(default=None, pattern=_POINT_REF, description="its own supply, °C")
+    sg_ready: str | None = Field(default=None, pattern=_POINT_REF,
+                                 description="writable SG-Ready point: staging writes 0 (run) or 1 (blocked)")
+    heartbeat: str | None = Field(default=None, pattern=_POINT_REF,
+                                  description="writable heartbeat point, written every cycle to keep the "
+                                              "device's watchdog from falling back to its local setpoint")
+    status: str | None = Field(default=None, pattern=_POINT_REF,
+                               description="status word; bit 1 (fault) makes the pump unavailable to staging")
+    heat_output: str | None = Field(default=None, pattern=_POINT_REF, description="condenser heat, kW")
+    capacity_kw: float = Field(default=1000.0, gt=0, description="nominal heat output for staging decisions")
+
+
+class ControlCdu(_Strict):
+    """A CDU whose secondary supply temperature must stay at or below its allowable maximum."""
+
+    supply_temperature: str = Field(pattern=_POINT_REF, description="secondary supply temperature point, °C")
+    allowable_max: str | None = Field(default=None, pattern=_POINT_REF,
+                                      description="point holding the allowable maximum, °C")
+    allowable_max_value: float | None = Field(default=None, description="fixed allowable maximum when no point")
+
+    @model_validator(mode="after")
+    def _limit(self) -> ControlCdu:
+        if self.allowable_max is None and self.allowable_max_value is None:
+            raise ValueError("set allowable_max (a point) or allowable_max_value (°C)")
+        return self
+
+
+class ControlStaging(_Strict):
+    """Lead/lag staging of several heat pumps through their SG-Ready points."""
+
+    min_run_s: float = Field(default=600.0, ge=0, description="a started pump runs at least this long")
+    min_stop_s: float = Field(default=300.0, ge=0, description="a stopped pump stays off at least this long")
+    stage_up_delay_s: float = Field(default=120.0, ge=0, description="need for one more pump must last this long")
+    stage_down_delay_s: float = Field(default=600.0, ge=0, description="surplus of one pump must last this long")
+    stage_up_load: float = Field(default=0.9, gt=0, le=1,
+                                 description="stage up when the running pumps give more than this share of capacity")
+    stage_down_load: float = Field(default=0.4, ge=0, lt=1,
+                                   description="stage down when one pump fewer would run below this share")
+    direct_source_temperature: str | None = Field(
+        default=None, pattern=_POINT_REF,
+        description="source temperature point; when it minus direct_approach_k reaches the target, the direct "
+                    "exchanger alone holds the supply and the heat pumps are staged off")
+    direct_approach_k: float = Field(default=3.0, ge=0, description="direct exchanger approach, K")
+    direct_margin_k: float = Field(default=1.0, ge=0, description="hysteresis of the direct/boost decision, K")
+
+
+class ControlConfig(_Strict):
+    """The supply-temperature loop: target, PID with feedforward, CDU limit, staging, safe state."""
+
+    period_s: float = Field(default=1.0, gt=0, le=60, description="fixed cycle period")
+    initial_mode: Literal["auto", "manual", "off"] = Field(default="auto", description="mode at start-up")
+    supply_temperature: str = Field(pattern=_POINT_REF, description="controlled variable: network supply, °C")
+    outdoor_temperature: str | None = Field(default=None, pattern=_POINT_REF,
+                                            description="outdoor temperature point the curve reads")
+    target: Literal["curve", "fixed"] = Field(default="curve", description="where the target comes from")
+    fixed_target: float | None = Field(default=None, description="target when target = fixed, °C")
+    curve: list[ControlCurvePoint] = Field(
+        default_factory=lambda: [ControlCurvePoint(outdoor=-12.0, supply=80.0),
+                                 ControlCurvePoint(outdoor=15.0, supply=65.0)],
+        description="outdoor compensation breakpoints, outdoor ascending; flat outside")
+    target_min: float = Field(default=50.0, description="lowest target (curve, fixed or override), °C")
+    target_max: float = Field(default=85.0, description="highest target, °C")
+    target_ramp_k_per_min: float = Field(default=3.0, gt=0, description="the target in force moves at most this fast")
+    pid: ControlPid = ControlPid()
+    feedforward: bool = Field(default=True, description="add the feedforward terms below to the PID output")
+    feedforward_lead_s: float = Field(default=0.0, ge=0,
+                                      description="target-rate lead: adds lead·d(target)/dt to cover the plant lag")
+    feedforward_heat: list[str] = Field(default_factory=list, description="points summed as recovered heat, kW")
+    feedforward_heat_gain: float = Field(default=0.0, description="K of setpoint per MW of recovered heat")
+    feedforward_heat_reference_kw: float = Field(default=0.0, description="recovered heat at which that term is 0")
+    feedforward_outdoor_gain: float = Field(default=0.0, description="K of setpoint per K of outdoor temperature")
+    feedforward_outdoor_reference: float = Field(default=0.0, description="outdoor temperature where it is 0")
+    heat_pumps: list[ControlHeatPump] = Field(min_length=1)
+    setpoint_min: float = Field(default=40.0, description="lowest heat-pump setpoint the loop writes, °C")
+    setpoint_max: float = Field(default=85.0, description="highest heat-pump setpoint the loop writes, °C")
+    setpoint_rate_k_per_s: float = Field(default=0.5, gt=0, description="largest setpoint change per second")
+    deadband_k: float = Field(default=0.05, ge=0, description="smaller setpoint changes wait for the refresh")
+    refresh_s: float = Field(default=10.0, gt=0, description="unchanged setpoints are written again this often")
+    safe_setpoint: float | None = Field(
+        default=None, description="written to every heat pump in the safe state; none = stop writing and let "
+                                  "each heat pump's watchdog fall back to its local setpoint")
+    cdus: list[ControlCdu] = Field(default_factory=list)
+    cdu_margin_k: float = Field(default=0.5, ge=0, description="the CDU limit controller holds this below the max")
+    cdu_pid: ControlPid = ControlPid(kp=4.0, ti_s=30.0, td_s=90.0)
+    stale_after_s: float = Field(default=5.0, gt=0, description="an input older than this is stale")
+    frozen_after_s: float | None = Field(
+        default=300.0, gt=0, description="the supply temperature unchanged this long counts as a frozen sensor")
+    staging: ControlStaging = ControlStaging()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlConfig:
+        if self.target_min > self.target_max:
+            raise ValueError(f"target_min ({self.target_min}) is above target_max ({self.target_max})")
+        if self.setpoint_min > self.setpoint_max:
+            raise ValueError(f"setpoint_min ({self.setpoint_min}) is above setpoint_max ({self.setpoint_max})")
+        if self.target == "fixed" and self.fixed_target is None:
+            raise ValueError("target = 'fixed' needs fixed_target")
+        if self.target == "curve":
+            if len(self.curve) < 2:
+                raise ValueError("curve needs at least two breakpoints")
+            if self.outdoor_temperature is None:
+                raise ValueError("target = 'curve' needs outdoor_temperature (a point)")
+        outs = [p.outdoor for p in self.curve]
+        if any(b <= a for a, b in zip(outs, outs[1:], strict=False)):
+            raise ValueError("curve breakpoints must have strictly ascending outdoor temperatures")
+        if self.safe_setpoint is not None and not self.setpoint_min <= self.safe_setpoint <= self.setpoint_max:
+            raise ValueError(f"safe_setpoint ({self.safe_setpoint}) is outside setpoint_min..setpoint_max")
+        ids = [h.id for h in self.heat_pumps]
+        if len(set(ids)) != len(ids):
+            raise ValueError("heat_pumps ids must be unique")
+        return self
+
+    def point_refs(self) -> list[tuple[str, str, bool]]:
+        """(field path, point id, must be writable) for every point the loop reads or writes."""
+        refs: list[tuple[str, str, bool]] = [("control.supply_temperature", self.supply_temperature, False)]
+        if self.outdoor_temperature:
+            refs.append(("control.outdoor_temperature", self.outdoor_temperature, False))
+        refs += [(f"control.feedforward_heat[{i}]", p, False) for i, p in enumerate(self.feedforward_heat)]
+        for i, hp in enumerate(self.heat_pumps):
+            for name in ("setpoint", "supply_temperature", "sg_ready", "heartbeat", "status", "heat_output"):
+                point = getattr(hp, name)
+                if point is not None:
+                    refs.append((f"control.heat_pumps[{i}].{name}", point, name in ("setpoint", "sg_ready",
+                                                                                      "heartbeat")))
+        for i, cdu in enumerate(self.cdus):
+            refs.append((f"control.cdus[{i}].supply_temperature", cdu.supply_temperature, False))
+            if cdu.allowable_max:
+                refs.append((f"control.cdus[{i}].allowable_max", cdu.allowable_max, False))
+        if self.staging.direct_source_temperature:
+            refs.append(("control.staging.direct_source_temperature", self.staging.direct_source_temperature, False))
+        return refs
 
 
 class HeatrecConfig(_Strict):
@@ -465,6 +860,27 @@ class HeatrecConfig(_Strict):
     simulation: SimulationConfig | None = None
     alarms: AlarmsConfig = AlarmsConfig()
     scada: ScadaConfig | None = None
+    accounting: AccountingConfig | None = None
+    control: ControlConfig | None = None
+
+    @model_validator(mode="after")
+    def _control_refs(self) -> HeatrecConfig:
+        if self.control is None:
+            return self
+        points = {f"{d.id}.{p.id}": p for d in self.devices for p in d.points}
+        for where, ref, writable in self.control.point_refs():
+            point = points.get(ref)
+            if point is None:
+                raise ValueError(f"{where}: no point '{ref}' among the devices")
+            if writable and not point.writable:
+                raise ValueError(f"{where}: point '{ref}' is not writable (set writable = true on it)")
+        for i, hp in enumerate(self.control.heat_pumps):
+            sp = points[hp.setpoint]
+            low, high = self.control.setpoint_min, self.control.setpoint_max
+            if (sp.min is not None and low < sp.min) or (sp.max is not None and high > sp.max):
+                raise ValueError(f"control.heat_pumps[{i}].setpoint: control.setpoint_min..setpoint_max "
+                                 f"({low}..{high}) exceeds the point's envelope ({sp.min}..{sp.max})")
+        return self
 
     @model_validator(mode="after")
     def _unique_devices(self) -> HeatrecConfig:
@@ -477,6 +893,9 @@ class HeatrecConfig(_Strict):
         for i, rule in enumerate(self.alarms.limits):
             if rule.point not in known:
                 raise ValueError(f"alarms.limits[{i}].point: no point '{rule.point}' among the devices")
+        for where, point in self.accounting.point_refs() if self.accounting else []:
+            if point not in known:
+                raise ValueError(f"{where}: no point '{point}' among the devices")
         return self
 
     def point_ids(self) -> list[str]:

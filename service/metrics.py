@@ -15,6 +15,16 @@ if TYPE_CHECKING:
     from service.app import Service
 
 _DRIVER_STATES = ("connecting", "connected", "backing_off", "stopped")
+_DRIVER_HELP = {
+    "reads": "Successful reads (polled requests, or received MQTT messages)",
+    "read_errors": "Reads answered with an error, or values that could not be decoded",
+    "malformed_messages": "MQTT payloads that yielded no value",
+    "failures": "Connections that failed or were lost",
+    "reconnects": "Connections re-established after a failure",
+    "samples": "Samples handed to the sample bus",
+    "writes": "Successful writes to the device",
+    "write_failures": "Writes the device refused or that failed",
+}
 
 
 class ServiceCollector(Collector):
@@ -53,10 +63,30 @@ class ServiceCollector(Collector):
                 state.add_metric([d.device_id, s], 1.0 if s == current else 0.0)
             for f in dataclasses.fields(d.stats):
                 fam = counters.setdefault(f.name, CounterMetricFamily(
-                    f"heatrec_driver_{f.name}", f"Driver counter {f.name.replace('_', ' ')}", labels=["device"]))
+                    f"heatrec_driver_{f.name}", _DRIVER_HELP.get(f.name, f"Driver counter {f.name.replace('_', ' ')}"),
+                    labels=["device"]))
                 fam.add_metric([d.device_id], getattr(d.stats, f.name))
         yield state
         yield from counters.values()
+
+        if svc.alarms is not None:
+            active = GaugeMetricFamily("heatrec_alarms", "Alarms by state and severity", labels=["state", "severity"])
+            for (st_name, sev), n in sorted(Counter((a.state.value, a.severity.value)
+                                                    for a in svc.alarms.engine.alarms.values()).items()):
+                active.add_metric([st_name, sev], n)
+            yield active
+        if svc.alarm_publisher is not None:
+            ps = svc.alarm_publisher.stats
+            yield GaugeMetricFamily("heatrec_alarm_mqtt_connected", "1 while connected to the alarm MQTT broker",
+                                    value=1.0 if ps.connected else 0.0)
+            yield CounterMetricFamily("heatrec_alarm_mqtt_published", "Alarm messages the broker accepted",
+                                      value=ps.published)
+            yield CounterMetricFamily("heatrec_alarm_mqtt_dropped", "Alarm changes dropped because the queue was "
+                                      "full while the broker was unavailable", value=ps.dropped)
+            yield CounterMetricFamily("heatrec_alarm_mqtt_connects", "Connections made to the alarm MQTT broker",
+                                      value=ps.connects)
+            yield GaugeMetricFamily("heatrec_alarm_mqtt_queue_depth", "Alarm changes waiting to be published",
+                                    value=svc.alarm_publisher.queue_depth)
 
         if svc.writer is not None:
             st = svc.writer.stats

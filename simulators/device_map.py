@@ -41,6 +41,7 @@ def heat_pump_device(h: SimHeatPump) -> dict[str, Any]:
         ir("source_outlet_temperature", "degC", 3, "int16", 0.1),
         ir("cop", "", 4, "uint16", 0.01),
         ir("status", "", 5, "uint16", kind="status"),
+        ir("outdoor_temperature", "degC", 6, "int16", 0.1),
         ir("heat_output", "kW", 10, "float32"),
         ir("electric_power", "kW", 12, "float32"),
         ir("electric_energy", "kWh", 14, "uint32", 0.1, kind="counter"),
@@ -48,6 +49,8 @@ def heat_pump_device(h: SimHeatPump) -> dict[str, Any]:
          "max": h.setpoint_max, "address": 0, "function": "holding", "type": "int16", "scale": 0.1},
         {"id": "sg_ready", "unit": "", "kind": "setpoint", "writable": True, "min": 0.0, "max": 3.0,
          "address": 1, "function": "holding", "type": "uint16"},
+        {"id": "heartbeat", "unit": "", "kind": "setpoint", "writable": True, "min": 0.0, "max": 65535.0,
+         "address": 2, "function": "holding", "type": "uint16"},
     ]
     return {"id": h.id, "protocol": "modbus", "endpoint": h.endpoint, "unit_id": h.unit_id,
             "poll_interval_s": 1.0, "points": points}
@@ -99,6 +102,22 @@ def _hp(i: int, port: int, **keys: Any) -> dict[str, Any]:
     return {"id": f"hp{i}", "endpoint": f"127.0.0.1:{port}", **keys}
 
 
+def _control(n_pumps: int, capacity_kw: float, cdus: list[str], curve: list[tuple[float, float]],
+             lead_s: float, **keys: Any) -> dict[str, Any]:
+    """A [control] section: the meter's flow temperature on the curve, every pump staged by SG-Ready."""
+    return {
+        "supply_temperature": "meter1.flow_temperature", "outdoor_temperature": "hp1.outdoor_temperature",
+        "feedforward_lead_s": lead_s, **keys,
+        "curve": [{"outdoor": o, "supply": t} for o, t in curve],
+        "heat_pumps": [{"id": f"hp{i}", "setpoint": f"hp{i}.supply_setpoint", "sg_ready": f"hp{i}.sg_ready",
+                        "heartbeat": f"hp{i}.heartbeat", "status": f"hp{i}.status",
+                        "heat_output": f"hp{i}.heat_output", "capacity_kw": capacity_kw}
+                       for i in range(1, n_pumps + 1)],
+        "cdus": [{"supply_temperature": f"{c}.secondary_supply_temperature",
+                  "allowable_max": f"{c}.supply_temperature_allowable_max"} for c in cdus],
+    }
+
+
 ARCHETYPES: dict[str, dict[str, Any]] = {
     "dlc-direct": {
         "comment": "atNorth DEN01-like: 22.5 MW of direct-liquid-cooled IT at 50/60 °C. A direct heat exchanger "
@@ -119,6 +138,11 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
                 {"id": "meter2", "protocol": "modbus", "endpoint": "127.0.0.1:5130", "serial": "72000002"},
             ],
         },
+        # The exchanger's 55 °C water mixes with the boosted water: a 4th-generation curve the pumps can hold.
+        "control": _control(3, 4500.0, [f"cdu{i}" for i in range(1, 5)], [(-12.0, 66.0), (15.0, 56.0)], 150.0,
+                            target_min=55.0, target_max=75.0, safe_setpoint=75.0,
+                            staging={"direct_source_temperature": "cdu1.secondary_return_temperature",
+                                     "direct_approach_k": 5.0}),
     },
     "aircooled-heatpump": {
         "comment": "Meta Odense-like: air-cooled halls give 27 °C cooling water; nine heat pumps lift it "
@@ -135,6 +159,8 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
                                trip_temperature=85.0) for i in range(1, 10)],
             "heat_meters": [{"id": "meter1", "serial": "73000001", "topic": "mbus/heatmeter/73000001"}],
         },
+        "control": _control(9, 2400.0, [f"loop{i}" for i in range(1, 4)], [(-12.0, 80.0), (15.0, 65.0)], 110.0,
+                            target_min=60.0, target_max=80.0, safe_setpoint=75.0),
     },
     "industrial": {
         "comment": "Aalborg Portland-like: high-temperature industrial surplus heat (no CDU, no heat pump) "
@@ -154,6 +180,11 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
 }
 
 
+def _toml_list(v: Any) -> str:
+    """A scalar, or a list of scalars."""
+    return "[" + ", ".join(_toml_value(x) for x in v) + "]" if isinstance(v, list) else _toml_value(v)
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -165,13 +196,17 @@ def _toml_value(v: Any) -> str:
 
 
 def _table(lines: list[str], header: str, table: dict[str, Any]) -> None:
-    """One table: its scalar keys, then its arrays of tables (nested headers)."""
+    """One table: its scalar keys, then its sub-tables and arrays of tables (nested headers)."""
     lines.append(header)
     subs = {k: v for k, v in table.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
     for k, v in table.items():
-        if k not in subs:
-            lines.append(f"{k} = {_toml_value(v)}")
+        if k not in subs and k not in tables:
+            lines.append(f"{k} = {_toml_list(v)}")
     name = header.strip("[]")
+    for k, sub in tables.items():
+        lines.append("")
+        _table(lines, f"[{name}.{k}]", sub)
     for k, items in subs.items():
         for item in items:
             lines.append("")
@@ -194,6 +229,9 @@ def render_archetype(name: str) -> str:
     for dev in device_entries(sim):
         lines.append("")
         _table(lines, "[[devices]]", dev)
+    if "control" in a:
+        lines.append("")
+        _table(lines, "[control]", a["control"])
     lines.append("")
     _table(lines, "[simulation]", a["simulation"])
     return "\n".join(lines) + "\n"

@@ -21,10 +21,11 @@ IR_SOURCE_INLET_TEMPERATURE = 2
 IR_SOURCE_OUTLET_TEMPERATURE = 3
 IR_COP = 4
 IR_STATUS = 5
+IR_OUTDOOR_TEMPERATURE = 6  # the pump's outdoor sensor (its weather-compensation input)
 IR_HEAT_OUTPUT = 10  # float32, 10-11
 IR_ELECTRIC_POWER = 12  # float32, 12-13
 IR_ELECTRIC_ENERGY = 14  # uint32, 14-15, 0.1 kWh: the pump's electricity meter
-INPUT_REGISTER_COUNT = 16  # 6-9 are reserved and read 0, so one block read of 0-15 works
+INPUT_REGISTER_COUNT = 16  # 7-9 are reserved and read 0, so one block read of 0-15 works
 
 # Holding registers (functions 3, 6, 16, 23), 0-based.
 HR_SUPPLY_SETPOINT = 0
@@ -63,7 +64,7 @@ def float32_registers(value: float) -> list[int]:
     return [high, low]
 
 
-def input_registers(hp: HeatPumpState) -> list[int]:
+def input_registers(hp: HeatPumpState, outdoor_temperature: float = 0.0) -> list[int]:
     """The whole input register image of one heat pump."""
     regs = [0] * INPUT_REGISTER_COUNT
     regs[IR_SUPPLY_TEMPERATURE] = int16_register(hp.supply_temperature, 0.1)
@@ -72,6 +73,7 @@ def input_registers(hp: HeatPumpState) -> list[int]:
     regs[IR_SOURCE_OUTLET_TEMPERATURE] = int16_register(hp.source_outlet_temperature, 0.1)
     regs[IR_COP] = uint16_register(hp.cop, 0.01)
     regs[IR_STATUS] = hp.status_word
+    regs[IR_OUTDOOR_TEMPERATURE] = int16_register(outdoor_temperature, 0.1)
     regs[IR_HEAT_OUTPUT:IR_HEAT_OUTPUT + 2] = float32_registers(hp.heat_output_kw)
     regs[IR_ELECTRIC_POWER:IR_ELECTRIC_POWER + 2] = float32_registers(hp.electric_power_kw)
     regs[IR_ELECTRIC_ENERGY:IR_ELECTRIC_ENERGY + 2] = uint32_registers(hp.electric_energy_kwh, 0.1)
@@ -104,7 +106,7 @@ class HeatPumpModbusServer(ModbusFace):
     def update(self) -> None:
         """Refresh the register images from the model (called every tick), as the faults let it."""
         hp = self._faults.view(self.cfg.id, self._model.heat_pumps[self.cfg.id])
-        self._input = input_registers(hp)
+        self._input = input_registers(hp, self._model.outdoor_temperature)
         self._holding = holding_registers(self._model.heat_pumps[self.cfg.id])
 
     def _serve(self, function_code: int, address: int, registers: list[int],

@@ -118,10 +118,12 @@ class EnergyLedger:
     dry_cooler: float = 0.0
     losses: float = 0.0
     delivered: float = 0.0
+    unremoved: float = 0.0  # heat neither recovered nor rejected: it warms the CDU loop
 
     def imbalance(self) -> float:
-        """IT heat minus (delivered - work + dry coolers + losses), kWh; zero when the books close."""
-        return self.it_heat - (self.delivered - self.compressor_work + self.dry_cooler + self.losses)
+        """IT heat minus (delivered - work + dry coolers + losses + unremoved), kWh; zero when the books close."""
+        return self.it_heat - (self.delivered - self.compressor_work + self.dry_cooler + self.losses
+                               + self.unremoved)
 
 
 def carnot_cop(t_hot_c: float, t_cold_c: float, eta: float) -> float:
@@ -163,11 +165,13 @@ class PlantModel:
         self.time = clock.now()
         self.outdoor_temperature = cfg.outdoor_temperature
         self.dry_cooler_kw = 0.0
+        self.unremoved_kw = 0.0  # heat the primary side could not take (dry coolers at capacity)
         self.direct_exchange_kw = 0.0
         self.losses_kw = 0.0
         self.delivered_kw = 0.0
         self.dh_demand_kw = dh_demand_kw(cfg, cfg.outdoor_temperature)
         self.it_load_scale = 1.0  # scenarios scale every CDU's IT load with this
+        self._last_heat_kw = 0.0
         self.ledger = EnergyLedger()
         # Dead time: each heat pump's commanded targets (elapsed_s, °C); the oldest due one acts.
         self._targets: dict[str, deque[tuple[float, float]]] = {}
@@ -229,8 +233,11 @@ class PlantModel:
                                            max(room, 0.0))
         condensed = sum(hp.heat_output_kw for hp in self.heat_pumps.values())
         work = sum(hp.electric_power_kw for hp in self.heat_pumps.values())
-        # IT cooling has priority: whatever recovery does not take goes to dry coolers.
-        self.dry_cooler_kw = max(heat_kw - direct - evaporated, 0.0)
+        # IT cooling has priority: whatever recovery does not take goes to dry coolers, up to their capacity.
+        rejected = max(heat_kw - direct - evaporated, 0.0)
+        cap = self.cfg.dry_cooler_capacity_kw
+        self.dry_cooler_kw = rejected if cap is None else min(rejected, cap)
+        self.unremoved_kw = rejected - self.dry_cooler_kw
         self.direct_exchange_kw = direct
         self.losses_kw = (direct + condensed) * self.cfg.pipe_loss_fraction
         self.delivered_kw = direct + condensed - self.losses_kw
@@ -242,6 +249,7 @@ class PlantModel:
         led.compressor_work += work * hours
         led.dry_cooler += self.dry_cooler_kw * hours
         led.losses += self.losses_kw * hours
+        led.unremoved += self.unremoved_kw * hours
         led.delivered += self.delivered_kw * hours
         self._step_meters(dt_s, dh_return, direct, direct_outlet)
 
@@ -274,13 +282,17 @@ class PlantModel:
             load = max(cfg.it_load_kw * self.it_load_scale * swing * (1.0 + self._rng.gauss(0.0, CDU_LOAD_NOISE)), 0.0)
             cdu.it_load_kw = load
             cdu.heat_removed_kw = load  # direct liquid cooling: the IT heat leaves through the loop
-            cdu.supply_temperature = first_order(cdu.supply_temperature, cdu.supply_temperature_setpoint,
-                                                 dt_s, CDU_TIME_CONSTANT_S)
             nominal_flow = cfg.it_load_kw / (CP_WATER * CDU_DESIGN_DELTA_K)  # kg/s
             full_speed_flow = nominal_flow / (CDU_NOMINAL_PUMP_PERCENT / 100)
             needed = load / (CP_WATER * CDU_DESIGN_DELTA_K)
             pump = min(max(100.0 * needed / full_speed_flow, CDU_MIN_PUMP_PERCENT), 100.0)
             m = full_speed_flow * pump / 100.0
+            # Heat the primary side could not take (previous step, shared by load) warms the supply:
+            # the CDU's valve is wide open and its supply rises by the untaken heat over the loop's m·cp.
+            share = load / heat_total if (heat_total := self._last_heat_kw) > 0 else 0.0
+            rise = self.unremoved_kw * share / (m * CP_WATER) if m > 0 else 0.0
+            cdu.supply_temperature = first_order(cdu.supply_temperature, cdu.supply_temperature_setpoint + rise,
+                                                 dt_s, CDU_TIME_CONSTANT_S)
             cdu.pump_speed_percent = pump
             cdu.flow_liters_per_minute = m / CDU_LOOP_DENSITY * 1000.0 * 60.0
             cdu.return_temperature = cdu.supply_temperature + load / (m * CP_WATER)
@@ -290,16 +302,20 @@ class PlantModel:
             total_m += m
             weighted_return += m * cdu.return_temperature
         mixed_return = weighted_return / total_m if total_m > 0 else 0.0
+        self._last_heat_kw = total_q
         return total_q, total_m, mixed_return
 
     def _step_heat_pumps(self, dt_s: float, heat_kw: float, mass_flow: float, source_inlet: float,
                          dh_return: float, demand_room_kw: float) -> float:
         """Returns the heat taken from the source loop by all heat pumps (kW)."""
-        total_capacity = sum(c.capacity_kw for c in self._hp_cfg.values())
+        # Source heat and network demand are shared among the pumps that can run: a tripped or
+        # blocked pump's share goes to the others (the source loop's valves route it there).
+        able = {i for i, hp in self.heat_pumps.items() if not hp.fault and hp.sg_ready != SgReady.BLOCKED}
+        total_capacity = sum(c.capacity_kw for i, c in self._hp_cfg.items() if i in able)
         evaporated = 0.0
         for hp_id, hp in self.heat_pumps.items():
             cfg = self._hp_cfg[hp_id]
-            share = cfg.capacity_kw / total_capacity
+            share = cfg.capacity_kw / total_capacity if hp_id in able else 0.0
             last = self._last_heartbeat_s.get(hp_id)
             if hp.watchdog_armed and last is not None and self.elapsed_s - last > cfg.watchdog_timeout_s:
                 hp.watchdog_fallback = True

@@ -56,11 +56,16 @@ apt_install() {
 
 # 1. Debian packages --------------------------------------------------------------------
 DEBS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR}
-      mosquitto mosquitto-clients cmake make gcc libssl-dev xz-utils ca-certificates python3-venv)
+      mosquitto mosquitto-clients cmake make gcc libssl-dev xz-utils ca-certificates python3-venv
+      prometheus wrk)  # promtool lints /metrics in the tests (the daemon is never started); wrk loads bench_api
 # Node.js and npm type-check the Grafana dashboards in the tests; any node on PATH will do.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || DEBS+=(nodejs npm)
 mapfile -t NEED < <(missing_debs "${DEBS[@]}")
 if [ "${#NEED[@]}" -gt 0 ]; then apt_install "${NEED[@]}"; else say "Debian packages present"; fi
+# The prometheus package enables its daemon for the next boot; nothing here wants a server on :9090.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    as_root systemctl disable prometheus >/dev/null 2>&1 || true
+fi
 
 # 2. TimescaleDB from trixie's source package --------------------------------------------
 if [ -f "${EXTDIR}/timescaledb.control" ] && ls "${PKGLIBDIR}"/timescaledb*.so >/dev/null 2>&1; then

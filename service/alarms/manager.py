@@ -11,7 +11,7 @@ import asyncpg
 
 from service.alarms import store
 from service.alarms.engine import AlarmEngine
-from service.alarms.model import AlarmEvent, AlarmState
+from service.alarms.model import Alarm, AlarmEvent, AlarmState
 from service.bus import SampleBus
 from service.config import AlarmsConfig
 from service.model import utcnow
@@ -28,6 +28,11 @@ class AlarmManager:
         self._cfg, self._bus, self._pool, self._states, self._now = cfg, bus, pool, device_states, now
         self._lock = asyncio.Lock()  # one writer of alarm rows at a time: events stay in order
         self._listeners: list[asyncio.Queue[dict[str, object]]] = []
+        self._observers: list[Callable[[AlarmEvent, Alarm], None]] = []
+
+    def observe(self, callback: Callable[[AlarmEvent, Alarm], None]) -> None:
+        """Call `callback(event, alarm)` on every change; it must return at once (e.g. only queue)."""
+        self._observers.append(callback)
 
     def listen(self, maxsize: int = 1000) -> asyncio.Queue[dict[str, object]]:
         """A queue that receives every alarm event as a JSON-ready dict (live streams)."""
@@ -48,6 +53,11 @@ class AlarmManager:
             for q in self._listeners:
                 if not q.full():  # a slow listener misses events; it never blocks alarm handling
                     q.put_nowait(item)
+            for observe in self._observers:
+                try:
+                    observe(ev, self.engine.alarms[ev.alarm_id])
+                except Exception:  # an observer's bug must not stop alarm handling
+                    log.exception("alarm observer %r failed", observe)
 
     async def start(self) -> None:
         """Restore saved states and write the full alarm list."""

@@ -37,10 +37,24 @@ async def save(conn: asyncpg.Connection | asyncpg.Pool, alarms: Iterable[Alarm],
             [(e.time, e.alarm_id, e.old.value, e.new.value, e.value, e.by, e.message) for e in events])
 
 
-async def recent_events(conn: asyncpg.Connection | asyncpg.Pool, limit: int, alarm_id: str | None = None
-                        ) -> list[asyncpg.Record]:
-    """Newest alarm events first."""
-    if alarm_id is None:
-        return list(await conn.fetch("SELECT * FROM alarm_events ORDER BY time DESC, seq DESC LIMIT $1", limit))
-    return list(await conn.fetch("SELECT * FROM alarm_events WHERE alarm_id = $1 ORDER BY time DESC, seq DESC LIMIT $2",
-                                 alarm_id, limit))
+class UnknownCursor(LookupError):
+    """The event a page cursor names does not exist (never did, or was deleted)."""
+
+
+async def recent_events(conn: asyncpg.Connection | asyncpg.Pool, limit: int, alarm_id: str | None = None,
+                        after_seq: int | None = None) -> list[asyncpg.Record]:
+    """Newest alarm events first; with `after_seq`, those that sort after that event (the next page)."""
+    where: list[str] = []
+    args: list[object] = []
+    if alarm_id is not None:
+        args.append(alarm_id)
+        where.append(f"alarm_id = ${len(args)}")
+    if after_seq is not None:
+        anchor = await conn.fetchrow("SELECT time, seq FROM alarm_events WHERE seq = $1", after_seq)
+        if anchor is None:
+            raise UnknownCursor(after_seq)
+        args += [anchor["time"], anchor["seq"]]
+        where.append(f"(time, seq) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    sql = "SELECT * FROM alarm_events" + (" WHERE " + " AND ".join(where) if where else "")
+    return list(await conn.fetch(sql + f" ORDER BY time DESC, seq DESC LIMIT ${len(args)}", *args))

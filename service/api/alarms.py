@@ -8,19 +8,29 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from service.alarms.engine import AlarmError
 from service.alarms.manager import AlarmManager
 from service.alarms.model import Alarm, AlarmEvent
-from service.alarms.store import recent_events
+from service.alarms.store import UnknownCursor, recent_events
+from service.api.paging import CURSOR_HELP, LIMIT_HELP, MAX_LIMIT, Page, page_links
 from service.auth import Principal, Role
 
+_ALARM_EXAMPLE: JsonDict = {
+    "id": "hp1.supply_temperature:high", "source": "hp1.supply_temperature", "kind": "high", "severity": "high",
+    "message": "hp1.supply_temperature above 90.0", "state": "unack_active", "active": True, "needs_ack": True,
+    "value": 93.2, "since": "2026-03-01T12:00:00Z", "shelved_until": None, "acked_by": None}
+_EVENT_EXAMPLE: JsonDict = {
+    "time": "2026-03-01T12:05:00Z", "alarm_id": "hp1.supply_temperature:high", "old_state": "unack_active",
+    "new_state": "acked_active", "value": 93.2, "by": "operator-anna", "message": "acknowledged"}
 StateFilter = Literal["normal", "unack_active", "acked_active", "rtn_unack", "shelved"]
 
 
 class AlarmOut(BaseModel):
     """One alarm's live state."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [_ALARM_EXAMPLE]})
     id: str
     source: str
     kind: str
@@ -42,15 +52,19 @@ class AlarmOut(BaseModel):
                    shelved_until=a.shelved_until, acked_by=a.acked_by)
 
 
-class AlarmList(BaseModel):
-    """Alarms matching the filter."""
+class AlarmList(Page):
+    """Alarms matching the filter, by id; `next` links the following page when `limit` cut the list."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"next_cursor": "hp1.supply_temperature:high",
+         "next": "/api/v1/alarms?limit=1&cursor=hp1.supply_temperature%3Ahigh", "alarms": [_ALARM_EXAMPLE]}]})
     alarms: list[AlarmOut]
 
 
 class EventOut(BaseModel):
     """One alarm state change."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [_EVENT_EXAMPLE]})
     time: datetime
     alarm_id: str
     old_state: str
@@ -66,16 +80,18 @@ class EventOut(BaseModel):
                    by=e.by, message=e.message)
 
 
-class EventList(BaseModel):
-    """Newest events first."""
+class EventList(Page):
+    """Newest events first; `next` links the older events when there are more."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"next_cursor": "4711", "next": "/api/v1/alarms/events?limit=1&cursor=4711", "events": [_EVENT_EXAMPLE]}]})
     events: list[EventOut]
 
 
 class ShelveIn(BaseModel):
     """How long to shelve an alarm."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"duration_s": 3600}]})
     duration_s: float = Field(gt=0, le=7 * 86400, description="seconds, at most a week",
                               json_schema_extra={"examples": [3600]})
 
@@ -94,23 +110,39 @@ def add_alarm_routes(app: FastAPI, require: Callable[[Role], Callable[[Request],
     Manager = Annotated[AlarmManager, Depends(manager)]
 
     @app.get("/api/v1/alarms", response_model=AlarmList, tags=["alarms"])
-    async def list_alarms(_: Viewer, m: Manager, state: StateFilter | None = None,
-                          active: bool | None = None, needs_ack: bool | None = None) -> AlarmList:
-        """Alarms, optionally filtered by state, active condition or pending acknowledgement (viewer)."""
-        out = [a for a in m.engine.alarms.values()
-               if (state is None or a.state.value == state) and (active is None or a.active == active)
-               and (needs_ack is None or a.needs_ack == needs_ack)]
-        return AlarmList(alarms=[AlarmOut.of(a) for a in sorted(out, key=lambda a: a.id)])
+    async def list_alarms(_: Viewer, m: Manager, request: Request, state: StateFilter | None = None,
+                          active: bool | None = None, needs_ack: bool | None = None,
+                          limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=LIMIT_HELP)] = MAX_LIMIT,
+                          cursor: Annotated[str | None, Query(max_length=256, description=CURSOR_HELP)] = None,
+                          ) -> AlarmList:
+        """Alarms by id, optionally filtered by state, active condition or pending acknowledgement (viewer)."""
+        # The cursor is the last id returned: ids are unique and sorted, so any string is a valid position.
+        out = sorted((a for a in m.engine.alarms.values()
+                      if (state is None or a.state.value == state) and (active is None or a.active == active)
+                      and (needs_ack is None or a.needs_ack == needs_ack) and (cursor is None or a.id > cursor)),
+                     key=lambda a: a.id)
+        page = out[:limit]
+        more = page[-1].id if len(out) > limit else None
+        return AlarmList(alarms=[AlarmOut.of(a) for a in page], **page_links(request, more))
 
     @app.get("/api/v1/alarms/events", response_model=EventList, tags=["alarms"])
     async def alarm_events(_: Viewer, m: Manager, request: Request,
-                           limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                           alarm_id: str | None = None) -> EventList:
-        """Recent alarm state changes, newest first (viewer)."""
-        rows = await recent_events(request.app.state.heatrec.pool, limit, alarm_id)
+                           limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=LIMIT_HELP)] = 100,
+                           alarm_id: str | None = None,
+                           cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$",
+                                                               description=CURSOR_HELP)] = None) -> EventList:
+        """Alarm state changes, newest first, `limit` per page (viewer); 404 for a cursor to a deleted event."""
+        try:
+            # One row more than asked tells whether another page follows.
+            rows = await recent_events(request.app.state.heatrec.pool, limit + 1, alarm_id,
+                                       int(cursor) if cursor else None)
+        except UnknownCursor:
+            raise HTTPException(404, f"cursor {cursor} names no alarm event: start again without a cursor") from None
+        more = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return EventList(events=[EventOut(time=r["time"], alarm_id=r["alarm_id"], old_state=r["old_state"],
                                           new_state=r["new_state"], value=r["value"], by=r["by_user"],
-                                          message=r["message"]) for r in rows])
+                                          message=r["message"]) for r in rows[:limit]],
+                         **page_links(request, more))
 
     async def act(action: Callable[[], Awaitable[AlarmEvent]]) -> EventOut:
         try:

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+from pydantic.config import JsonDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
+from service.api.accounting import add_accounting_routes
 from service.api.alarms import add_alarm_routes
 from service.api.auth_limiter import FailedAuthLimiter
+from service.api.control import add_control_routes
+from service.api.latency import LatencyMiddleware
+from service.api.points_view import PointsView
 from service.api.state import ServiceState
 from service.api.stream import add_stream_routes
+from service.api.token_cache import TokenCache
 from service.auth import Principal, Role, lookup_token
 
 
 class ComponentHealth(BaseModel):
     """State of one part of the service."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "degraded", "detail": "backing_off"}]})
     status: str
     detail: str = ""
 
@@ -32,14 +38,24 @@ class ComponentHealth(BaseModel):
 class Health(BaseModel):
     """Overall health: ok when every component is ok, else degraded."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "degraded", "plant": "DC1 heat recovery",
+        "components": {"database": {"status": "ok", "detail": "120344 rows written"},
+                       "driver:hp1": {"status": "degraded", "detail": "backing_off"}}}]})
     status: str
     plant: str
     components: dict[str, ComponentHealth]
 
 
+_POINT_EXAMPLE: JsonDict = {
+    "id": "hp1.supply_temperature", "device": "hp1", "unit": "degC", "kind": "measurement", "writable": False,
+    "value": 71.5, "quality": "GOOD", "source_time": "2026-03-01T12:00:00Z", "receive_time": "2026-03-01T12:00:00.042Z"}
+
+
 class PointOut(BaseModel):
     """A point with its latest sample."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [_POINT_EXAMPLE]})
     id: str
     device: str
     unit: str
@@ -54,6 +70,7 @@ class PointOut(BaseModel):
 class PointList(BaseModel):
     """All points of the plant."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"points": [_POINT_EXAMPLE]}]})
     points: list[PointOut]
 
 
@@ -78,7 +95,8 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
             raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>' "
                                      "(create one with 'heatrec token create')",
                                 headers={"WWW-Authenticate": "Bearer"})
-        principal = await lookup_token(state.pool, token.strip())
+        cache: TokenCache = request.app.state.token_cache
+        principal = await cache.principal(token.strip(), lambda t: lookup_token(state.pool, t))
         if principal is None:
             limiter.failed(client)
             raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
@@ -93,6 +111,11 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
 class ErrorOut(BaseModel):
     """Every error response: a message that says what to do, and the status repeated."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": "missing bearer token: send 'Authorization: Bearer <token>' (create one with 'heatrec token "
+                  "create')", "status": 401},
+        {"error": "invalid request: query.limit: Input should be less than or equal to 1000", "status": 422,
+         "details": [{"field": "query.limit", "message": "Input should be less than or equal to 1000"}]}]})
     error: str
     status: int
     details: list[dict[str, str]] | None = None
@@ -126,24 +149,22 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
                   description="Telemetry, control and heat accounting for heat-recovery plants.")
     app.state.heatrec = state
     app.state.auth_limiter = auth_limiter or FailedAuthLimiter()
+    app.state.token_cache = TokenCache(state.config.api.token_cache_s)
 
     if state.latency is not None:
-        latency = state.latency
-
-        @app.middleware("http")
-        async def observe_latency(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            t0 = time.perf_counter()
-            response = await call_next(request)
-            # The route template, not the raw path, keeps label cardinality bounded.
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            latency.labels(request.method, route, str(response.status_code)).observe(time.perf_counter() - t0)
-            return response
+        app.add_middleware(LatencyMiddleware, histogram=state.latency)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         resp = _error(exc.status_code, str(exc.detail))
         if exc.headers:
             resp.headers.update(exc.headers)
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; a path with GET and PUT has both.
+            allowed = {m for r in request.app.router.routes if isinstance(r, APIRoute)
+                       and r.path_regex.match(request.url.path) for m in (r.methods or ())}
+            if allowed:
+                resp.headers["Allow"] = ", ".join(sorted(allowed))
         return resp
 
     @app.exception_handler(RequestValidationError)
@@ -159,7 +180,10 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
         overall = "ok" if all(c.status == "ok" for c in comps.values()) else "degraded"
         return Health(status=overall, plant=state.config.plant.name, components=comps)
 
-    @app.get("/metrics", tags=["status"], response_class=Response)
+    @app.get("/metrics", tags=["status"], response_class=Response, responses={200: {"content": {
+        "text/plain": {"example": "# HELP heatrec_samples_published_total Samples published on the sample bus\n"
+                                  "# TYPE heatrec_samples_published_total counter\n"
+                                  "heatrec_samples_published_total 18231.0\n"}}}})
     async def metrics() -> Response:
         """Prometheus text exposition: drivers, bus, storage, API latency (no authentication)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -168,21 +192,21 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
             raise HTTPException(404, "metrics are not enabled")
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
+    points_view = PointsView(state.config, state.bus)
+
     @app.get("/api/v1/points", response_model=PointList, tags=["points"])
-    async def points(_: Annotated[Principal, Depends(require("viewer"))]) -> PointList:
-        """Every configured point with its latest value, quality and timestamps (viewer)."""
-        out = []
-        for device in state.config.devices:
-            for p in device.points:
-                pid = f"{device.id}.{p.id}"
-                s = state.bus.latest.get(pid)
-                out.append(PointOut(id=pid, device=device.id, unit=p.unit, kind=p.kind, writable=p.writable,
-                                    value=s.value if s else None, quality=s.quality.name if s else None,
-                                    source_time=s.source_time if s else None,
-                                    receive_time=s.receive_time if s else None))
-        return PointList(points=out)
+    async def points(_: Annotated[Principal, Depends(require("viewer"))],
+                     device: Annotated[str | None, Query(description="only this device's points")] = None,
+                     ) -> Response:
+        """Every configured point with its latest value, quality and timestamps (viewer); 404 unknown device."""
+        if device is not None and device not in points_view.devices():
+            raise HTTPException(404, f"no device '{device}': GET /api/v1/points lists every device's points")
+        # Pre-encoded (see PointsView): this is the most frequent request; the JSON is exactly a PointList.
+        return Response(points_view.json(device), media_type="application/json")
 
     add_alarm_routes(app, require)
+    add_control_routes(app, require)
+    add_accounting_routes(app, require)
     add_stream_routes(app, require)
     from service.api.history import router as history_router  # here: history.py imports require from us
     _document_errors(history_router.routes)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from service.api.app import ErrorOut, require
 from service.auth import Principal
@@ -28,6 +28,8 @@ STEP_PATTERN = r"^\s*(?:0*[1-9]\d{0,8}(?:\.\d+)?|0*\.\d*[1-9]\d*|0*[0-9]\.\d*[1-
 class HistoryBucket(BaseModel):
     """One bucket: start time, aggregated value, readings in it."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"time": "2026-03-01T12:00:00Z", "value": 70.4,
+                                                               "count": 12}]})
     time: datetime
     value: float | None
     count: int
@@ -36,6 +38,11 @@ class HistoryBucket(BaseModel):
 class HistoryOut(BaseModel):
     """A point's history over [start, end) in buckets of `step_s` seconds."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "point": "hp1.supply_temperature", "agg": "avg", "start": "2026-03-01T12:00:00Z",
+        "end": "2026-03-01T12:02:00Z", "step_s": 60.0,
+        "buckets": [{"time": "2026-03-01T12:00:00Z", "value": 70.4, "count": 12},
+                    {"time": "2026-03-01T12:01:00Z", "value": 70.9, "count": 12}]}]})
     point: str
     agg: str
     start: datetime

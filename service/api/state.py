@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from service.alarms.manager import AlarmManager
 from service.bus import SampleBus
 from service.config import HeatrecConfig
+from service.control.loop import ControlLoop
 
 
 @dataclass
@@ -24,3 +25,4 @@ class ServiceState:
     registry: CollectorRegistry | None = None  # /metrics serves it when set
     latency: Histogram | None = None  # API request latency, observed by a middleware
     alarms: AlarmManager | None = None
+    control: ControlLoop | None = None  # [control] configured

@@ -2,7 +2,7 @@
 
 Reads are open to anonymous sessions when allowed; writes need an authenticated operator. The
 plant variables themselves are read-only: setpoint writes go through the control arbiter, which
-exposes its own writable nodes.
+exposes its own writable nodes under Plant/Control (service/scada/control_nodes.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import socket
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from asyncua import Node, Server, ua
@@ -25,7 +25,11 @@ from service.bus import SampleBus, Subscription
 from service.config import HeatrecConfig, ScadaConfig
 from service.localservers.errors import LocalServerError
 from service.model import Quality, Sample
+from service.scada.control_nodes import ControlNodes
 from service.scada.units import eu_information
+
+if TYPE_CHECKING:
+    from service.control.loop import ControlLoop
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +108,10 @@ class _Users:
 class ScadaServer:
     """The plant as an OPC UA address space, fed from the sample bus."""
 
-    def __init__(self, cfg: ScadaConfig, plant: HeatrecConfig, bus: SampleBus, base_dir: Path = Path(".")) -> None:
+    def __init__(self, cfg: ScadaConfig, plant: HeatrecConfig, bus: SampleBus, base_dir: Path = Path("."),
+                 control: ControlLoop | None = None) -> None:
         self.cfg, self._plant, self._bus = cfg, plant, bus
+        self.control_nodes = ControlNodes(control) if control is not None else None
         self._cert_dir = base_dir / cfg.certificate_dir
         self._server: Server | None = None
         self._nodes: dict[str, Node] = {}
@@ -167,6 +173,8 @@ class ScadaServer:
                     ua.Variant(0.0, ua.VariantType.Double),
                     StatusCode=_status(ua.StatusCodes.BadWaitingForInitialData)))
                 self._nodes[pid] = var
+        if self.control_nodes is not None:
+            await self.control_nodes.build(server, plant, ns)
         try:
             await server.start()
         except OSError as err:
@@ -179,6 +187,8 @@ class ScadaServer:
             await self._apply(s)
         self._sub = self._bus.subscribe("scada", maxsize=100_000)
         self._task = asyncio.create_task(self._follow(self._sub), name="scada-updates")
+        if self.control_nodes is not None:
+            self.control_nodes.start()
         log.info("SCADA OPC UA server at %s (%d points; policies %s)", self.endpoint, len(self._nodes),
                  ", ".join(self.cfg.security_policies))
 
@@ -204,6 +214,8 @@ class ScadaServer:
 
     async def stop(self) -> None:
         """Close the endpoint and stop following the bus."""
+        if self.control_nodes is not None:
+            await self.control_nodes.stop()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

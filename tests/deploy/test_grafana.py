@@ -45,7 +45,7 @@ def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_dashboards_are_well_formed() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"plant-overview", "energy", "data-quality"}
+    assert {p.stem for p in DASHBOARDS} == {"plant-overview", "energy", "data-quality", "settlements"}
     uids = set()
     for path in DASHBOARDS:
         d = json.loads(path.read_text())
@@ -79,6 +79,7 @@ async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseCo
             await conn.copy_records_to_table("samples", records=rows, columns=["time", "point_key", "value", "quality"])
             await conn.execute("INSERT INTO events (time, source, kind, message) VALUES ($1, 'driver:hp1', "
                                "'disconnected', 'connection refused')", START + timedelta(minutes=5))
+            await _seed_accounting(conn)
             checked = 0
             for path in DASHBOARDS:
                 d = json.loads(path.read_text())
@@ -99,6 +100,21 @@ async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseCo
             assert checked >= 10
     finally:
         await pool.close()
+
+
+async def _seed_accounting(conn: Any) -> None:
+    """A closed settlement with a correction, a manual reading and a meter exchange (settlements dashboard)."""
+    for version, reason in ((1, ""), (2, "meter read on site")):
+        await conn.execute(
+            "INSERT INTO settlements (contract_id, period, version, period_start, period_end, delivered_gj, "
+            "estimated_gj, charge_dkk, charge_payer, amount_dkk, allowed_price, provisional, document, reason, "
+            "closed_by) VALUES ('demo_supply', '2026-01', $1, $2, $3, 2600, 26, 0, 'none', 234000, 90, false, "
+            "'{}', $4, 'operator')", version, START, START + timedelta(days=31), reason)
+    await conn.execute("INSERT INTO manual_readings (meter_id, time, value_gj, entered_by, note) "
+                       "VALUES ('meter1', $1, 1234.5, 'operator', 'read on site')", START + timedelta(minutes=30))
+    await conn.execute("INSERT INTO meter_replacements (meter_id, time, old_serial, new_serial, old_final_gj, "
+                       "entered_by) VALUES ('meter1', $1, '71234567', '80000001', 1300, 'operator')",
+                       START + timedelta(minutes=60))
 
 
 def _demo_devices() -> dict[str, Any]:

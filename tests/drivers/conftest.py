@@ -289,10 +289,11 @@ class OpcUaPeer:
     NS_URI = "urn:heatrec:test"
     SOURCE_TIME = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
-    def __init__(self, port: int, extra_namespaces: int = 0) -> None:
+    def __init__(self, port: int, extra_namespaces: int = 0, fillers: int = 0) -> None:
         self.port = port
         self.endpoint = f"opc.tcp://127.0.0.1:{port}"
         self.extra_namespaces = extra_namespaces
+        self.fillers = fillers
         self.ns = -1
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"opcua-peer-{port}", daemon=True)
@@ -328,6 +329,15 @@ class OpcUaPeer:
             node = await dev.add_variable(f"ns={self.ns};s=dev.{name}", name, ua.Variant(value, vtype))
             await node.set_writable()
             self._nodes[name] = node
+        # Objects/Plant/cdu1/supply with numeric ids the server assigns: `fillers` objects created first
+        # shift them, as a rebuilt address space would, while the browse path stays the same.
+        for i in range(self.fillers):
+            await server.nodes.objects.add_object(self.ns, f"filler{i}")
+        plant = await server.nodes.objects.add_object(self.ns, "Plant")
+        cdu = await plant.add_object(self.ns, "cdu1")
+        supply = await cdu.add_variable(self.ns, "supply", ua.Variant(40.0, ua.VariantType.Double))
+        await supply.set_writable()
+        self._nodes["supply"] = supply
         await self._set("temperature", 21.5, ua.VariantType.Double, None, self.SOURCE_TIME)
         double = ua.VariantType.Double
         await self._set("sensor_fault", 0.0, double, ua.StatusCodes.BadSensorFailure, None)
@@ -354,6 +364,10 @@ class OpcUaPeer:
         """The variable's node id with the namespace index."""
         return f"ns={self.ns};s=dev.{name}"
 
+    def node_id(self, name: str) -> ua.NodeId:
+        """The NodeId the server gave a variable."""
+        return self._nodes[name].nodeid  # type: ignore[no-any-return]
+
     def nsu_node(self, name: str) -> str:
         """The variable's node id with the namespace URI (survives index changes)."""
         return f"nsu={self.NS_URI};s=dev.{name}"
@@ -372,11 +386,11 @@ class OpcUaPeer:
 
 @pytest.fixture
 def new_opcua_peer() -> Iterator[Callable[..., OpcUaPeer]]:
-    """`new_opcua_peer(port, extra_namespaces=0)`: an OPC UA peer, not started; stopped at teardown."""
+    """`new_opcua_peer(port, extra_namespaces=0, fillers=0)`: an OPC UA peer, not started; stopped at teardown."""
     peers: list[OpcUaPeer] = []
 
-    def make(port: int, extra_namespaces: int = 0) -> OpcUaPeer:
-        peer = OpcUaPeer(port, extra_namespaces)
+    def make(port: int, extra_namespaces: int = 0, fillers: int = 0) -> OpcUaPeer:
+        peer = OpcUaPeer(port, extra_namespaces, fillers)
         peers.append(peer)
         return peer
 

@@ -45,7 +45,7 @@ def decode_int16(reg: int, scale: float) -> float:
 
 
 async def test_input_registers_carry_the_model_state(model: PlantModel, client: AsyncModbusTcpClient) -> None:
-    rr = await client.read_input_registers(0, count=14, device_id=UNIT)  # one block read incl. reserved 6-9
+    rr = await client.read_input_registers(0, count=14, device_id=UNIT)  # one block read incl. reserved 7-9
     assert not rr.isError()
     regs = rr.registers
     hp = model.heat_pumps["hp1"]
@@ -55,7 +55,8 @@ async def test_input_registers_carry_the_model_state(model: PlantModel, client: 
     assert decode_int16(regs[3], 0.1) == pytest.approx(hp.source_outlet_temperature, abs=0.05)
     assert regs[4] * 0.01 == pytest.approx(hp.cop, abs=0.005)
     assert regs[5] == 0b001  # running, no fault, no fallback
-    assert regs[6:10] == [0, 0, 0, 0]
+    assert decode_int16(regs[6], 0.1) == pytest.approx(model.outdoor_temperature, abs=0.05)
+    assert regs[7:10] == [0, 0, 0]
     heat = client.convert_from_registers(regs[10:12], DT.FLOAT32, word_order="big")
     power = client.convert_from_registers(regs[12:14], DT.FLOAT32, word_order="big")
     assert heat == pytest.approx(hp.heat_output_kw, rel=1e-6)

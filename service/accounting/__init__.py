@@ -1,0 +1,1 @@
+"""Billing-grade heat accounting: register energy, Danish surplus-heat rules, settlements, KPIs."""

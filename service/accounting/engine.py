@@ -1,0 +1,237 @@
+"""Accounting computed from the database: meter energy per interval, settlements per contract and month."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from service.accounting.metering import DRIFT, PowerSample, check_interval, integrate_gj
+from service.accounting.registers import (
+    ESTIMATED,
+    RegisterSpec,
+    Step,
+    Tally,
+    register_steps,
+    tally,
+    uncovered,
+)
+from service.accounting.rules import RuleSet, load_rules, split_period
+from service.accounting.settlement import GJ_PER_KWH, Settlement, settle_segment
+from service.accounting.store import (
+    fetch_manual,
+    fetch_power,
+    fetch_register,
+    fetch_replacements,
+    sql_register_totals,
+)
+from service.config import AccountingConfig, AccountingHeatPump, AccountingMeter, HeatrecConfig
+
+_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+INCOMPLETE = "incomplete"  # part of the range has neither register nor sensor data
+
+
+class AccountingError(Exception):
+    """Bad input to an accounting computation; the message says what to fix."""
+
+
+def month_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[start, end) of a YYYY-MM month in the plant's local time."""
+    m = _PERIOD.match(period)
+    if not m:
+        raise AccountingError(f"period '{period}' is not YYYY-MM")
+    year, month = int(m.group(1)), int(m.group(2))
+    if not 1990 <= year <= 2100:
+        raise AccountingError(f"period '{period}': year out of range 1990..2100")
+    # In UTC: arithmetic on datetimes sharing a ZoneInfo is wall-clock arithmetic, wrong across DST.
+    start = datetime(year, month, 1, tzinfo=tz).astimezone(UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz).astimezone(UTC)
+    return start, end
+
+
+def meter_spec(m: AccountingMeter) -> RegisterSpec:
+    """Counting parameters of a heat meter's GJ register."""
+    return RegisterSpec(max_rate_per_s=m.max_power_kw / 1e6, gap_s=m.gap_s, wrap=m.register_wrap_gj,
+                        resolution=1e-6)
+
+
+def heat_pump_spec(h: AccountingHeatPump) -> RegisterSpec:
+    """Counting parameters of a heat pump's kWh electricity register (0.1 kWh resolution)."""
+    return RegisterSpec(max_rate_per_s=h.max_power_kw / 3600.0, gap_s=h.gap_s, wrap=h.register_wrap_kwh,
+                        resolution=0.1)
+
+
+def margin_for(gap_s: float) -> timedelta:
+    # Look this far beyond the range for the readings that frame it (and confirm faults at its edges).
+    return timedelta(seconds=max(gap_s * 4, 86400.0))
+
+
+@dataclass
+class MeterData:
+    """Everything needed to account one meter over a range."""
+
+    steps: list[Step]
+    power: list[PowerSample] = field(default_factory=list)
+
+
+async def load_meter(conn: asyncpg.Connection, m: AccountingMeter, start: datetime, end: datetime) -> MeterData:
+    """Register steps (with manual readings and recorded replacements) and sensor samples of a meter."""
+    margin = margin_for(m.gap_s)
+    readings = await fetch_register(conn, m.energy_point, start, end, margin)
+    readings += await fetch_manual(conn, m.id, start, end, margin)
+    reps = await fetch_replacements(conn, m.id, start, end, margin)
+    power: list[PowerSample] = []
+    if m.flow_point and m.flow_temperature_point and m.return_temperature_point:
+        power = await fetch_power(conn, m.flow_point, m.flow_temperature_point, m.return_temperature_point,
+                                  start - timedelta(seconds=m.gap_s), end)
+    return MeterData(register_steps(readings, meter_spec(m), reps), power)
+
+
+def meter_tally(m: AccountingMeter, data: MeterData, start: datetime, end: datetime) -> Tally:
+    """Energy of [start, end): register steps, plus integrated power where no register covers the time."""
+    t = tally(data.steps, start, end)
+    for lo, hi in uncovered(data.steps, start, end):
+        if data.power and data.power[0].time <= hi:
+            est = integrate_gj(data.power, lo, hi, m.gap_s)
+            t.energy += est
+            t.estimated += est
+            t.flags.add(ESTIMATED)
+        else:
+            t.flags.add(INCOMPLETE)
+    return t
+
+
+async def meter_energy(conn: asyncpg.Connection, m: AccountingMeter, start: datetime, end: datetime) -> Tally:
+    """Energy of a meter in [start, end): SQL for the clean case, the full logic otherwise."""
+    margin = margin_for(m.gap_s)
+    fast = (await sql_register_totals(conn, [(m.energy_point, meter_spec(m))], start, end, margin)).get(
+        m.energy_point)
+    clean = (fast is not None and fast.anomalies == 0 and fast.first is not None and fast.last is not None
+             and fast.first <= start and fast.last >= end)
+    if clean and fast is not None:
+        extra = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM manual_readings WHERE meter_id = $1 AND time >= $2 AND time <= $3) "
+            "+ (SELECT count(*) FROM meter_replacements WHERE meter_id = $1 AND time >= $2 AND time <= $3)",
+            m.id, start - margin, end + margin)
+        if extra == 0:
+            return Tally(energy=fast.energy, covered_s=(end - start).total_seconds())
+    return meter_tally(m, await load_meter(conn, m, start, end), start, end)
+
+
+async def heat_pump_gj(conn: asyncpg.Connection, h: AccountingHeatPump, start: datetime, end: datetime) -> float:
+    """Electricity of a heat pump in [start, end), GJ."""
+    spec = heat_pump_spec(h)
+    readings = await fetch_register(conn, h.electricity_point, start, end, margin_for(h.gap_s))
+    return tally(register_steps(readings, spec), start, end).energy * GJ_PER_KWH
+
+
+async def settle(conn: asyncpg.Connection, cfg: HeatrecConfig, contract_id: str, start: datetime,
+                 end: datetime, label: str, rules: RuleSet | None = None) -> Settlement:
+    """Settle one contract over [start, end): split at rule changes, meter energy and charge per segment."""
+    acc = _acc(cfg)
+    contract = next((c for c in acc.contracts if c.id == contract_id), None)
+    if contract is None:
+        raise AccountingError(f"no contract '{contract_id}' in [accounting]")
+    rules = rules or load_rules(acc.rules_dir, contract.rule_set)
+    tz = ZoneInfo(cfg.plant.timezone)
+    meters = {m.id: m for m in acc.meters}
+    pumps = {h.id: h for h in acc.heat_pumps}
+    per_meter = {mid: 0.0 for mid in contract.meters}
+    flags: set[str] = set()
+    results = []
+    for seg in split_period(rules, start, end, tz):
+        delivered = estimated = 0.0
+        for mid in contract.meters:
+            t = await meter_energy(conn, meters[mid], seg.start, seg.end)
+            per_meter[mid] += t.energy
+            delivered += t.energy
+            estimated += t.estimated
+            flags |= t.flags
+        hp = 0.0
+        for hid in contract.heat_pumps:
+            hp += await heat_pump_gj(conn, pumps[hid], seg.start, seg.end)
+        results.append(settle_segment(contract, rules, seg, delivered, estimated, hp))
+    return Settlement(contract_id=contract.id, period=label, start=start, end=end, energy_gj=per_meter,
+                      segments=tuple(results), flags=tuple(sorted(flags)), supplier=contract.supplier,
+                      utility=contract.utility, rule_set=rules.name)
+
+
+async def settle_month(conn: asyncpg.Connection, cfg: HeatrecConfig, period: str,
+                       contracts: Sequence[str] | None = None) -> list[Settlement]:
+    """Every (or the named) contract's settlement of a YYYY-MM month."""
+    acc = _acc(cfg)
+    start, end = month_bounds(period, ZoneInfo(cfg.plant.timezone))
+    ids = list(contracts) if contracts else [c.id for c in acc.contracts]
+    return [await settle(conn, cfg, cid, start, end, period) for cid in ids]
+
+
+def _acc(cfg: HeatrecConfig) -> AccountingConfig:
+    if cfg.accounting is None:
+        raise AccountingError("the config has no [accounting] section (docs/CONFIG.md)")
+    return cfg.accounting
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One meter's energy in one interval, with its flags and cross-check."""
+
+    meter: str
+    start: datetime
+    end: datetime
+    energy_gj: float
+    estimated_gj: float
+    integrated_gj: float | None
+    drift_percent: float | None
+    envelope_percent: float | None
+    flags: tuple[str, ...]
+
+    @property
+    def estimated(self) -> bool:
+        """Some of the energy is estimated."""
+        return self.estimated_gj > 0 or ESTIMATED in self.flags
+
+    @property
+    def manual(self) -> bool:
+        """A manual reading contributed."""
+        return "manual" in self.flags
+
+
+def _floor(t: datetime, step_s: int) -> datetime:
+    ts = t.timestamp()
+    return datetime.fromtimestamp(ts - ts % step_s, UTC)
+
+
+async def meter_intervals(conn: asyncpg.Connection, m: AccountingMeter, start: datetime, end: datetime,
+                          step_s: int) -> list[Interval]:
+    """Per-interval energy of a meter over [start, end), intervals aligned to multiples of step_s (UTC)."""
+    data = await load_meter(conn, m, start, end)
+    out = []
+    t = _floor(start, step_s)
+    while t < end:
+        lo, hi = max(t, start), min(t + timedelta(seconds=step_s), end)
+        t += timedelta(seconds=step_s)
+        if hi <= lo:
+            continue
+        tl = meter_tally(m, data, lo, hi)
+        flags = set(tl.flags)
+        integrated = drift = envelope = None
+        if data.power:
+            chk = check_interval(tl.energy, data.power, lo, hi, qp=m.qp_m3h, qi=m.qi_m3h,
+                                 delta_theta_min=m.delta_theta_min_k, mid_class=m.mid_class, max_hold_s=m.gap_s)
+            integrated, drift, envelope = chk.integrated_gj, chk.drift_percent, chk.envelope_percent
+            flags |= chk.flags
+            if tl.estimated > 0:
+                flags.discard(DRIFT)  # an estimate cannot drift from itself
+        out.append(Interval(m.id, lo, hi, tl.energy, tl.estimated, integrated, drift, envelope,
+                            tuple(sorted(flags))))
+    return out
+
+
+def year_bounds(year: int, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[start, end) of a calendar year in local time."""
+    return (datetime.combine(date(year, 1, 1), datetime.min.time(), tzinfo=tz).astimezone(UTC),
+            datetime.combine(date(year + 1, 1, 1), datetime.min.time(), tzinfo=tz).astimezone(UTC))

@@ -1,0 +1,1 @@
+"""Supply-temperature control: weather-compensated target, PID with feedforward, one arbiter, safe states."""

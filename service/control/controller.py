@@ -1,0 +1,323 @@
+"""The pure control core: one `step(image, dt)` per cycle, no IO; ControlLoop and the closed-loop tests drive it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from service.config import ControlConfig, ControlPid
+from service.control.arbiter import Arbiter, Cap, Decision, Envelope, Priority, Request
+from service.control.curve import CompensationCurve, ramp
+from service.control.model import Mode, ProcessImage, Reading, TargetSource
+from service.control.pid import Pid, PidGains
+from service.control.staging import PumpStage, Staging, StagingInputs
+
+SG_RUN, SG_BLOCKED = 0.0, 1.0
+FAULT_BIT = 1 << 1  # heat-pump status word: bit 1 = fault/trip
+TARGET_RATE_FILTER_S = 10.0
+
+
+def gains(p: ControlPid) -> PidGains:
+    """Config → PID gains."""
+    return PidGains(p.kp, p.ti_s, p.td_s, p.derivative_filter, p.tracking_time_s)
+
+
+@dataclass
+class StepResult:
+    """What one cycle decided: the writes and everything the status shows."""
+
+    writes: dict[str, float]
+    mode: Mode
+    target: float | None
+    target_requested: float | None
+    target_source: TargetSource
+    measured: float | None
+    outdoor: float | None
+    constraint: str | None
+    safe_state: bool
+    safe_state_reason: str | None
+    setpoints: dict[str, float | None]
+    running: list[str]
+    cdu_headroom_k: float | None
+    strategy: str = "boost"
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+
+class Controller:
+    """Target, PID with feedforward, CDU limit (min-select override), staging, safe state and the arbiter."""
+
+    def __init__(self, cfg: ControlConfig) -> None:
+        self.cfg = cfg
+        self.mode: Mode = cfg.initial_mode
+        self.override: float | None = None
+        self.manual_setpoint: float | None = None
+        self.curve = CompensationCurve([(p.outdoor, p.supply) for p in cfg.curve], cfg.target_min, cfg.target_max)
+        self.pid = Pid(gains(cfg.pid))
+        envelopes: dict[str, Envelope] = {}
+        for hp in cfg.heat_pumps:
+            envelopes[hp.setpoint] = Envelope(cfg.setpoint_min, cfg.setpoint_max, cfg.setpoint_rate_k_per_s)
+            if hp.sg_ready:
+                envelopes[hp.sg_ready] = Envelope(0.0, 3.0)
+            if hp.heartbeat:
+                envelopes[hp.heartbeat] = Envelope(0.0, 65535.0)
+        self.arbiter = Arbiter(envelopes)
+        st = cfg.staging
+        self.staging = Staging([PumpStage(h.id, h.capacity_kw) for h in cfg.heat_pumps], st.min_run_s,
+                               st.min_stop_s, st.stage_up_delay_s, st.stage_down_delay_s, st.stage_up_load,
+                               st.stage_down_load)
+        self._staged = any(h.sg_ready for h in cfg.heat_pumps)
+        self._target: float | None = None
+        self._output: float | None = None
+        self._lim_reset: float | None = None  # external-reset state of the CDU limit controller
+        self._frozen_value: float | None = None
+        self._frozen_since = 0.0
+        self._beat = 0
+        self._direct = False
+        self._target_rate = 0.0
+        self._seen_inputs = False
+        self._cap_active = False
+        self._last_headroom: float | None = None
+        self._headroom_d = 0.0
+        self.last: StepResult | None = None
+
+    # --- operator side (validated by ControlLoop.request) ---------------------------------------
+
+    def set_mode(self, mode: Mode) -> None:
+        """Change mode; entering manual holds the present output (bumpless)."""
+        if mode == "manual" and self.manual_setpoint is None:
+            self.manual_setpoint = self._output
+        self.mode = mode
+
+    # --- the cycle ------------------------------------------------------------------------------
+
+    def _frozen_check(self, r: Reading, now: float) -> Reading:
+        if self.cfg.frozen_after_s is None or r.value is None:
+            return r
+        if r.value != self._frozen_value:
+            self._frozen_value, self._frozen_since = r.value, now
+        elif now - self._frozen_since >= self.cfg.frozen_after_s:
+            return Reading(None, "frozen")
+        return r
+
+    def _raw_target(self, outdoor: Reading) -> tuple[float | None, TargetSource]:
+        cfg = self.cfg
+        if self.override is not None:
+            return self.override, "override"
+        if cfg.target == "fixed" and cfg.fixed_target is not None:
+            return min(max(cfg.fixed_target, cfg.target_min), cfg.target_max), "fixed"
+        return (self.curve(outdoor.value) if outdoor.value is not None else None), "curve"
+
+    def _cdu(self, image: ProcessImage) -> tuple[float | None, str | None]:
+        """Smallest headroom (allowable max - supply) over the CDUs, or the first unusable input."""
+        headroom: float | None = None
+        for cdu in self.cfg.cdus:
+            sup = image.get(cdu.supply_temperature)
+            if sup.value is None:
+                return None, f"{sup.problem}:{cdu.supply_temperature}"
+            limit = cdu.allowable_max_value
+            if cdu.allowable_max is not None:
+                lim = image.get(cdu.allowable_max)
+                if lim.value is None and limit is None:
+                    return None, f"{lim.problem}:{cdu.allowable_max}"
+                limit = lim.value if lim.value is not None else limit
+            assert limit is not None  # the config requires a point or a value
+            room = limit - sup.value
+            headroom = room if headroom is None else min(headroom, room)
+        return headroom, None
+
+    def step(self, image: ProcessImage, dt: float) -> StepResult:
+        """One cycle on a frozen image; returns the writes the arbiter let through."""
+        cfg, now = self.cfg, image.now_s
+        pv_r = self._frozen_check(image.get(cfg.supply_temperature), now)
+        pv = pv_r.value
+        outdoor = image.get(cfg.outdoor_temperature) if cfg.outdoor_temperature else Reading(None, "missing")
+        raw, source = self._raw_target(outdoor)
+        note: str | None = None
+        if raw is None:
+            raw = self._target  # outdoor input lost: hold the last target rather than guess
+            note = f"target_held:outdoor_{outdoor.problem}" if raw is not None else None
+        if raw is not None:
+            # At start-up the target ramps from the measured supply, so taking over is bumpless too.
+            start = self._target if self._target is not None else (pv if pv is not None else raw)
+            self._target = ramp(start, raw, cfg.target_ramp_k_per_min / 60.0 * dt)
+        prev_target = self.last.target if self.last else self._target
+        target = self._target
+        ff = self._feedforward(image, target, prev_target, dt)
+        headroom, cdu_problem = self._cdu(image)
+        if headroom is None:
+            self._last_headroom, self._headroom_d = None, 0.0
+
+        safe_reason: str | None = None
+        if self.mode != "off":
+            if cdu_problem is not None:
+                safe_reason = cdu_problem
+            elif self.mode == "auto" and pv is None:
+                safe_reason = f"{pv_r.problem}:{cfg.supply_temperature}"
+            elif self.mode == "auto" and target is None:
+                safe_reason = f"{outdoor.problem}:{cfg.outdoor_temperature}"
+        if self._output is None:
+            self._output = pv if pv is not None else (target if target is not None else cfg.setpoint_min)
+            self._output = min(max(self._output, cfg.setpoint_min), cfg.setpoint_max)
+            self.pid.reset_to(self._output, pv, target, ff)
+
+        requests: list[Request] = []
+        caps: list[Cap] = []
+        constraint: str | None = note
+        running = [h.id for h in cfg.heat_pumps]
+        if safe_reason is not None:
+            constraint = f"safe_state:{safe_reason.split(':', 1)[0]}_input"
+            self.staging.force_all_on(now)
+            # Until the inputs were usable once (start-up), nothing is written: the pumps keep what they have.
+            if cfg.safe_setpoint is not None and self._seen_inputs:
+                requests += self._pump_requests(cfg.safe_setpoint, Priority.SAFETY, "safe_state", running)
+            else:
+                for hp in cfg.heat_pumps:  # released: the device's watchdog takes over; rates restart later
+                    self.arbiter.forget(hp.setpoint)
+                requests += self._release_requests()
+            held = cfg.safe_setpoint if cfg.safe_setpoint is not None else (pv if pv is not None else self._output)
+            self._output = held
+            self.pid.reset_to(held, pv, target, ff)
+            self._lim_reset = held
+            self._cap_active = False
+        elif self.mode == "off":
+            constraint = "off"
+            for hp in cfg.heat_pumps:
+                self.arbiter.forget(hp.setpoint)
+            requests += self._release_requests()
+            held = pv if pv is not None else self._output
+            self.pid.reset_to(held, pv, target, ff)
+            self._output = self._lim_reset = held
+            self._cap_active = False
+        else:
+            proposed: float
+            if self.mode == "auto" and target is not None and pv is not None:
+                proposed = self.pid.update(target, pv, dt, ff)
+                prio = Priority.AUTOMATIC
+            else:
+                proposed = self.manual_setpoint if self.manual_setpoint is not None else self._output
+                prio = Priority.OPERATOR
+            if headroom is not None:
+                # IT cooling first: a PI with external reset (the applied output) caps the setpoint;
+                # min-select with the main loop, so neither winds up while the other is in charge.
+                if self._lim_reset is None:
+                    self._lim_reset = self._output
+                g = cfg.cdu_pid
+                if self._cap_active:  # integrate only while the limit is in charge ...
+                    self._lim_reset += (self._output - self._lim_reset) * min(dt / (g.ti_s or 1e9), 1.0)
+                else:  # ... otherwise sit on the output, so a fast-moving main loop never meets a stale cap
+                    self._lim_reset = self._output
+                # Derivative on the headroom: a shrinking headroom lowers the cap before the margin is gone,
+                # because the heat pump answers a setpoint change slower than the CDU loop warms.
+                if self._last_headroom is not None and dt > 0 and g.td_s > 0:
+                    d_raw = g.td_s * (headroom - self._last_headroom) / dt
+                    tf = g.td_s / g.derivative_filter
+                    self._headroom_d += (d_raw - self._headroom_d) * dt / (tf + dt)
+                limit = self._lim_reset + g.kp * (headroom - cfg.cdu_margin_k + min(self._headroom_d, 0.0))
+                # A cap above where the rate clamp can go this cycle cannot bind: leave it out (and out of status).
+                if limit < self._output + cfg.setpoint_rate_k_per_s * dt:
+                    caps += [Cap(h.setpoint, limit, "cdu_limit") for h in cfg.heat_pumps]
+            running = self._stage(image, now, target, proposed, headroom)
+            requests += self._pump_requests(proposed, prio, self.mode, running)
+        if safe_reason is None:
+            self._seen_inputs = True
+        if safe_reason is None or (cfg.safe_setpoint is not None and self._seen_inputs):
+            if self.mode != "off":
+                self._beat = (self._beat + 1) % 65536
+                requests += [Request(h.heartbeat, float(self._beat), Priority.SAFETY, "heartbeat")
+                             for h in cfg.heat_pumps if h.heartbeat]
+        decisions = self.arbiter.resolve(requests, caps, dt)
+        self._last_headroom = headroom
+        setpoints = {h.id: (decisions[h.setpoint].value if h.setpoint in decisions else None)
+                     for h in cfg.heat_pumps}
+        applied = [v for v in setpoints.values() if v is not None]
+        if applied and safe_reason is not None:
+            # Walking to the safe setpoint at the rate clamp: the PID resumes from where the pumps really are.
+            self._output = self._lim_reset = sum(applied) / len(applied)
+            self.pid.reset_to(self._output, pv, target, ff)
+        if applied and safe_reason is None and self.mode != "off":
+            out = sum(applied) / len(applied)
+            if self.mode == "auto":
+                self.pid.track(proposed, out, dt)
+            else:
+                self.pid.reset_to(out, pv, target, ff)
+            self._output = out
+            limits = {decisions[h.setpoint].limited_by for h in cfg.heat_pumps if h.setpoint in decisions}
+            self._cap_active = any(lim and lim.startswith("cap:") for lim in limits)
+            if self._cap_active or (headroom is not None and headroom < 0):
+                constraint = "cdu_limit"
+            elif "envelope" in limits:
+                constraint = constraint or "setpoint_limit"
+            elif "rate" in limits:
+                constraint = constraint or "rate_limit"
+        result = StepResult(
+            writes={p: d.value for p, d in decisions.items()}, mode=self.mode, target=target,
+            target_requested=raw, target_source=source, measured=pv, outdoor=outdoor.value, constraint=constraint,
+            safe_state=safe_reason is not None, safe_state_reason=safe_reason, setpoints=setpoints,
+            running=running, cdu_headroom_k=headroom, strategy="direct" if self._direct else "boost",
+            decisions=decisions)
+        self.last = result
+        return result
+
+    def _feedforward(self, image: ProcessImage, target: float | None, prev_target: float | None,
+                     dt: float) -> float:
+        """Static feedforward: the target itself, its rate (lead), recovered heat and outdoor temperature."""
+        cfg = self.cfg
+        if not cfg.feedforward or target is None:
+            return 0.0
+        ff = target
+        if cfg.feedforward_lead_s > 0 and prev_target is not None and dt > 0:
+            # The target moves in small steps (sensor resolution, ramp): filter its rate, or each step
+            # would be a setpoint spike that the rate clamp cuts off.
+            rate = (target - prev_target) / dt
+            self._target_rate += (rate - self._target_rate) * dt / (TARGET_RATE_FILTER_S + dt)
+            ff += cfg.feedforward_lead_s * self._target_rate
+        if cfg.feedforward_heat and cfg.feedforward_heat_gain:
+            values = [image.get(p).value for p in cfg.feedforward_heat]
+            if all(v is not None for v in values):  # a partial sum would be a wrong feedforward
+                heat = math.fsum(v for v in values if v is not None)
+                ff += cfg.feedforward_heat_gain * (heat - cfg.feedforward_heat_reference_kw) / 1000.0
+        if cfg.feedforward_outdoor_gain and cfg.outdoor_temperature:
+            out = image.get(cfg.outdoor_temperature).value
+            if out is not None:
+                ff += cfg.feedforward_outdoor_gain * (out - cfg.feedforward_outdoor_reference)
+        return ff
+
+    def _release_requests(self) -> list[Request]:
+        """Handing the pumps back: no setpoints, no heartbeats, but none left SG-Ready blocked by staging."""
+        if not self._staged or not self._seen_inputs:
+            return []
+        return [Request(h.sg_ready, SG_RUN, Priority.SAFETY, "release") for h in self.cfg.heat_pumps if h.sg_ready]
+
+    def _pump_requests(self, value: float, prio: Priority, source: str, running: list[str]) -> list[Request]:
+        out: list[Request] = []
+        for hp in self.cfg.heat_pumps:
+            out.append(Request(hp.setpoint, value, prio, source))
+            if hp.sg_ready and self._staged:
+                out.append(Request(hp.sg_ready, SG_RUN if hp.id in running else SG_BLOCKED, prio, source))
+        return out
+
+    def _stage(self, image: ProcessImage, now: float, target: float | None, proposed: float,
+               headroom: float | None) -> list[str]:
+        cfg = self.cfg
+        if not self._staged:
+            return [h.id for h in cfg.heat_pumps]
+        available: dict[str, bool] = {}
+        heat: float | None = 0.0
+        running = set(self.staging.running())
+        for hp in cfg.heat_pumps:
+            status = image.get(hp.status).value if hp.status else None
+            available[hp.id] = not (status is not None and int(status) & FAULT_BIT)
+            if hp.id in running:
+                ho = image.get(hp.heat_output).value if hp.heat_output else None
+                heat = None if heat is None or ho is None else heat + ho
+        st = cfg.staging
+        direct = False
+        if st.direct_source_temperature and target is not None:
+            src = image.get(st.direct_source_temperature).value
+            if src is not None:
+                margin = 0.0 if self._direct else st.direct_margin_k
+                direct = src - st.direct_approach_k >= target + margin
+        self._direct = direct
+        cdu_tight = headroom is not None and headroom < cfg.cdu_margin_k
+        saturated = proposed >= cfg.setpoint_max and self.mode == "auto"
+        return self.staging.step(StagingInputs(now, available, heat, cdu_tight or saturated, direct))

@@ -1,0 +1,273 @@
+"""ControlLoop: the fixed-period cycle around the pure Controller, with writes, operator requests and audit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from service.bus import SampleBus
+from service.clock import Clock, RealClock
+from service.config import ControlConfig
+from service.control.controller import Controller, StepResult
+from service.control.model import (
+    ControlRequest,
+    ControlRequestError,
+    ControlStats,
+    ControlStatus,
+    ProcessImage,
+    Reading,
+    TargetSource,
+)
+from service.model import Quality
+from service.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from drivers.base import WriteResult
+    from service.audit import AuditEntry, AuditSink
+
+log = logging.getLogger(__name__)
+WriteFn = Callable[[str, float], Awaitable["WriteResult"]]
+
+
+class ControlLoop:
+    """Runs the supply-temperature controller every period over a frozen image of the sample bus."""
+
+    def __init__(self, cfg: ControlConfig, bus: SampleBus, write: WriteFn, clock: Clock | None = None,
+                 audit: AuditSink | None = None) -> None:
+        self.cfg = cfg
+        self.controller = Controller(cfg)
+        self.stats = ControlStats()
+        self._bus = bus
+        self._write = write
+        self._clock: Clock = clock or RealClock()
+        self._audit = audit
+        self._inputs = sorted({point for _, point, writable in cfg.point_refs() if not writable})
+        self._written: dict[str, tuple[float, float]] = {}  # point -> (value, monotonic time of the write)
+        self._failing: dict[str, str] = {}  # point -> last failure message
+        self._pending: asyncio.Task[None] | None = None
+        self._last_cycle: float | None = None
+        self._safe = False
+        self._running = False
+
+    # --- the cycle ------------------------------------------------------------------------------
+
+    def image(self) -> ProcessImage:
+        """Freeze the inputs: the latest sample of each, unusable ones replaced by why."""
+        now = self._clock.now()
+        latest = self._bus.latest
+        limit = self.cfg.stale_after_s
+        readings: dict[str, Reading] = {}
+        for point in self._inputs:
+            s = latest.get(point)
+            if s is None:
+                readings[point] = Reading(None, "missing")
+            elif s.quality == Quality.STALE or (now - s.receive_time).total_seconds() > limit:
+                readings[point] = Reading(None, "stale")
+            elif s.quality != Quality.GOOD or s.value is None or not math.isfinite(s.value):
+                readings[point] = Reading(None, "bad")
+            else:
+                readings[point] = Reading(float(s.value))
+        return ProcessImage(self._clock.monotonic(), readings)
+
+    async def cycle(self) -> StepResult:
+        """One control cycle: image, step, safe-state bookkeeping, and the writes (in the background)."""
+        now = self._clock.monotonic()
+        dt = self.cfg.period_s if self._last_cycle is None else max(now - self._last_cycle, 0.0)
+        self._last_cycle = now
+        result = self.controller.step(self.image(), dt)
+        await self._track_safe_state(result)
+        due = self._due_writes(result.writes, now)
+        if due:
+            if self._pending is not None and not self._pending.done():
+                # A device is slow: never queue writes behind it; the next cycle writes fresh values.
+                self.stats.writes_skipped += 1
+            else:
+                self._pending = asyncio.create_task(self._do_writes(due, now), name="control-writes")
+        return result
+
+    def _due_writes(self, writes: dict[str, float], now: float) -> dict[str, float]:
+        """Changed values, and unchanged ones whose refresh is due (so a device watchdog sees us alive)."""
+        out: dict[str, float] = {}
+        for point, value in writes.items():
+            last = self._written.get(point)
+            if (last is None or abs(value - last[0]) >= max(self.cfg.deadband_k, 1e-9)
+                    or now - last[1] >= self.cfg.refresh_s or point in self._failing):
+                out[point] = value
+        return out
+
+    async def _do_writes(self, writes: dict[str, float], at: float) -> None:
+        points = list(writes)
+        results = await asyncio.gather(*(self._write(p, writes[p]) for p in points), return_exceptions=True)
+        for point, res in zip(points, results, strict=True):
+            self.stats.writes += 1
+            ok = not isinstance(res, BaseException) and res.ok
+            if ok:
+                self._written[point] = (writes[point], at)
+                if self._failing.pop(point, None) is not None:
+                    log.info("control write to %s works again", point)
+                continue
+            self.stats.write_failures += 1
+            message = repr(res) if isinstance(res, BaseException) else f"{res.status}: {res.message}"
+            if point not in self._failing:
+                log.warning("control write to %s failed (%s); retrying every cycle", point, message)
+            self._failing[point] = message
+
+    async def _track_safe_state(self, result: StepResult) -> None:
+        if result.safe_state == self._safe:
+            return
+        self._safe = result.safe_state
+        if result.safe_state:
+            self.stats.safe_state_entries += 1
+            held = self.cfg.safe_setpoint
+            action = f"writing {held} °C" if held is not None else "released to the heat pumps' local setpoints"
+            log.warning("control in safe state (%s): %s", result.safe_state_reason, action)
+            await self._record("control.safe_state", "control", None, held, "entered",
+                               f"{result.safe_state_reason}; {action}")
+        else:
+            log.info("control left its safe state")
+            await self._record("control.safe_state", "control", None, None, "left", "inputs usable again")
+
+    async def run(self) -> None:
+        """Fixed-period cycles until cancelled; late cycles count as jitter, missed periods as overruns."""
+        period = self.cfg.period_s
+        clock = self._clock
+        start = clock.monotonic()
+        k = 0
+        self._running = True
+        try:
+            while True:
+                scheduled = start + k * period
+                began = clock.monotonic()
+                await self.cycle()
+                ended = clock.monotonic()
+                self.stats.record(max(began - scheduled, 0.0), ended - began, period)
+                k += 1
+                if ended > start + k * period:  # overran: skip the missed slots rather than bunch cycles
+                    k = math.floor((ended - start) / period) + 1
+                await asyncio.sleep(max(start + k * period - clock.monotonic(), 0.0))
+        finally:
+            self._running = False
+            if self._pending is not None:
+                await cancel_and_wait(self._pending)
+
+    async def flush(self) -> None:
+        """Wait for the writes in flight (tests, shutdown)."""
+        if self._pending is not None:
+            await asyncio.wait({self._pending})
+
+    # --- status and health ----------------------------------------------------------------------
+
+    def status(self) -> ControlStatus:
+        """What the loop is doing now."""
+        c = self.controller
+        r = c.last
+        source: TargetSource = "override" if c.override is not None else (
+            "fixed" if self.cfg.target == "fixed" else "curve")
+        if r is None:
+            return ControlStatus(mode=c.mode, supply_temperature_target=None, target_source=source,
+                                 supply_temperature=None, constraint="starting", safe_state=False,
+                                 heat_pump_setpoints={h.id: None for h in self.cfg.heat_pumps},
+                                 outdoor_temperature=None, override=c.override, manual_setpoint=c.manual_setpoint)
+        return ControlStatus(
+            mode=c.mode, supply_temperature_target=_round(r.target), target_source=source,
+            supply_temperature=_round(r.measured), constraint=r.constraint, safe_state=r.safe_state,
+            heat_pump_setpoints={k: _round(v) for k, v in r.setpoints.items()}, outdoor_temperature=r.outdoor,
+            target_requested=_round(r.target_requested), override=c.override, manual_setpoint=c.manual_setpoint,
+            heat_pumps_running=r.running, cdu_headroom_k=_round(r.cdu_headroom_k),
+            safe_state_reason=r.safe_state_reason, strategy="direct" if r.strategy == "direct" else "boost",
+            cycles=self.stats.cycles)
+
+    def health(self) -> tuple[str, str]:
+        """("ok"|"degraded", detail) for the health endpoint."""
+        r = self.controller.last
+        if r is None:
+            return "ok", "control starting"
+        if r.safe_state:
+            return "degraded", f"control in safe state: {r.safe_state_reason}"
+        if self._failing:
+            point, message = next(iter(self._failing.items()))
+            return "degraded", f"control write to {point} failing: {message}"
+        if self._running and self._last_cycle is not None \
+                and self._clock.monotonic() - self._last_cycle > 3 * self.cfg.period_s:
+            return "degraded", "control cycle is late"
+        return "ok", f"control {r.mode}" + (f", {r.constraint}" if r.constraint else "")
+
+    # --- operator requests ----------------------------------------------------------------------
+
+    async def request(self, req: ControlRequest, principal: str, role: str) -> ControlStatus:
+        """Validate and apply a partial change (operator priority in the arbiter); audit each changed field."""
+        fields = req.model_fields_set
+        c, cfg = self.controller, self.cfg
+        try:
+            if not fields:
+                raise ControlRequestError("nothing to change: send mode, supply_temperature_target or "
+                                          "heat_pump_setpoint")
+            target = req.supply_temperature_target
+            if "supply_temperature_target" in fields and target is not None \
+                    and not cfg.target_min <= target <= cfg.target_max:
+                raise ControlRequestError(
+                    f"supply_temperature_target {target} is outside {cfg.target_min}..{cfg.target_max} °C "
+                    "(target_min..target_max); send a value in range, or null to return to the curve")
+            sp = req.heat_pump_setpoint
+            if "heat_pump_setpoint" in fields:
+                if sp is None:
+                    raise ControlRequestError("heat_pump_setpoint must be a number (°C)")
+                if not cfg.setpoint_min <= sp <= cfg.setpoint_max:
+                    raise ControlRequestError(
+                        f"heat_pump_setpoint {sp} is outside {cfg.setpoint_min}..{cfg.setpoint_max} °C "
+                        "(setpoint_min..setpoint_max)")
+                if (req.mode or c.mode) != "manual":
+                    raise ControlRequestError("heat_pump_setpoint applies in manual mode only; send "
+                                              '"mode": "manual" with it', conflict=True)
+            if "mode" in fields and req.mode is None:
+                raise ControlRequestError("mode must be auto, manual or off")
+        except ControlRequestError as err:
+            await self._record("control.set", "control", req.model_dump(exclude_unset=True), None, "refused",
+                               str(err), principal, role)
+            raise
+        changes: list[tuple[str, Any, Any]] = []
+        if req.mode is not None and req.mode != c.mode:
+            changes.append(("mode", c.mode, req.mode))
+            c.set_mode(req.mode)
+        if "supply_temperature_target" in fields and target != c.override:
+            changes.append(("supply_temperature_target", c.override, target))
+            c.override = target
+        if sp is not None and sp != c.manual_setpoint:
+            changes.append(("heat_pump_setpoint", c.manual_setpoint, sp))
+            c.manual_setpoint = sp
+        for name, old, new in changes:
+            log.info("control %s: %s -> %s by %s (%s)", name, old, new, principal, role)
+            detail = f"old={_fmt(old)} new={_fmt(new)}"
+            if name == "supply_temperature_target" and new is None:
+                detail += " (override cleared: back to the curve)"
+            if name == "heat_pump_setpoint" and self.controller.last and self.controller.last.constraint == \
+                    "cdu_limit":
+                detail += " (the CDU limit may hold it lower: safety comes first)"
+            await self._record("control.set", f"control.{name}", new, new, "accepted", detail, principal, role)
+        if not changes:
+            await self._record("control.set", "control", req.model_dump(exclude_unset=True), None, "unchanged",
+                               "the request matches what is in force", principal, role)
+        return self.status()
+
+    async def _record(self, action: str, target: str, requested: Any, applied: Any, outcome: str, detail: str,
+                      principal: str = "heatrec", role: str = "controller") -> None:
+        if self._audit is None:
+            return
+        from service.audit import AuditEntry  # the audit module pulls in asyncpg; only needed here
+
+        entry: AuditEntry = AuditEntry(principal, role, action, target, requested, applied, outcome, detail)
+        try:
+            await self._audit(entry)
+        except Exception:  # the trail must not take the loop down; the sink logs its own failures
+            log.exception("audit entry not recorded: %s", entry)
+
+
+def _round(v: float | None, digits: int = 3) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def _fmt(v: object) -> str:
+    return "null" if v is None else str(v)

@@ -1,0 +1,143 @@
+"""The pure controller: targets, modes, the CDU limit and the safe states, on hand-made process images."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.control.controller import Controller
+from service.control.model import ProcessImage, Reading
+from simulators.closed_loop import METER, control_config
+
+GOOD = {METER: 70.0, "hp1.outdoor_temperature": 0.0, "cdu1.secondary_supply_temperature": 30.0,
+        "cdu1.supply_temperature_allowable_max": 35.0, "hp1.status": 1.0, "hp2.status": 1.0,
+        "hp1.heat_output": 400.0, "hp2.heat_output": 400.0}
+SETPOINTS = ("hp1.supply_setpoint", "hp2.supply_setpoint")
+
+
+def image(t: float, **changes: float | str | None) -> ProcessImage:
+    """GOOD readings with some replaced: a number, or a problem name ("stale", "bad") for no value."""
+    readings = {p: Reading(v) for p, v in GOOD.items()}
+    readings[METER] = Reading(70.0 + 0.01 * (int(t) % 2))  # a live sensor never repeats for long
+    for key, value in changes.items():
+        point = key.replace("__", ".")
+        readings[point] = Reading(None, value) if isinstance(value, str) else Reading(value)  # type: ignore[arg-type]
+    return ProcessImage(t, readings)
+
+
+def run(ctl: Controller, seconds: int, start: float = 0.0, **changes: float | str | None) -> None:
+    for k in range(seconds):
+        ctl.step(image(start + k, **changes), 1.0)
+
+
+def test_auto_follows_the_curve_and_writes_setpoints_sg_ready_and_heartbeats() -> None:
+    ctl = Controller(control_config())
+    res = ctl.step(image(0.0), 1.0)
+    assert res.target_source == "curve" and not res.safe_state
+    assert set(res.writes) >= {*SETPOINTS, "hp1.sg_ready", "hp2.sg_ready", "hp1.heartbeat", "hp2.heartbeat"}
+    beat = res.writes["hp1.heartbeat"]
+    res = ctl.step(image(1.0), 1.0)
+    assert res.writes["hp1.heartbeat"] == beat + 1, "the heartbeat changes every cycle"
+    # 0 °C outside on the -12 → 80, 15 → 65 curve: 73.3 °C; the target ramps there from the measured 70 °C.
+    assert ctl.curve(0.0) == pytest.approx(73.333, abs=0.01)
+    assert 70.0 < res.target < 70.2  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("point", "problem"), [(METER, "stale"), (METER, "bad"),
+                                                ("cdu1.secondary_supply_temperature", "stale"),
+                                                ("cdu1.supply_temperature_allowable_max", "missing")])
+def test_an_unusable_input_means_the_safe_state_in_the_same_cycle(point: str, problem: str) -> None:
+    ctl = Controller(control_config(safe_setpoint=65.0))
+    run(ctl, 30)
+    res = ctl.step(image(30.0, **{point.replace(".", "__"): problem}), 1.0)
+    assert res.safe_state and res.constraint == f"safe_state:{problem}_input"
+    assert point in (res.safe_state_reason or "")
+    # Safety priority: the safe setpoint is approached at the point's rate limit, every pump enabled.
+    assert res.decisions["hp1.supply_setpoint"].winner == "safe_state"
+    assert res.writes["hp1.sg_ready"] == 0.0 and res.writes["hp2.sg_ready"] == 0.0
+    assert "hp1.heartbeat" in res.writes, "holding the safe setpoint, heatrec stays the master"
+    run(ctl, 60, 31.0, **{point.replace(".", "__"): problem})
+    assert ctl.last is not None and ctl.last.writes["hp1.supply_setpoint"] == 65.0
+
+
+def test_without_a_safe_setpoint_the_loop_releases_the_pumps_to_their_watchdogs() -> None:
+    ctl = Controller(control_config(safe_setpoint=None))
+    run(ctl, 10)
+    res = ctl.step(image(10.0, meter1__flow_temperature="stale"), 1.0)
+    # No setpoints, no heartbeats: the device falls back by itself; staging blocks no pump meanwhile.
+    assert res.safe_state and res.writes == {"hp1.sg_ready": 0.0, "hp2.sg_ready": 0.0}
+    res = ctl.step(image(11.0), 1.0)
+    assert not res.safe_state and "hp1.heartbeat" in res.writes
+
+
+def test_a_frozen_supply_sensor_is_a_safe_state() -> None:
+    ctl = Controller(control_config(frozen_after_s=30.0))
+    for k in range(25):
+        ctl.step(image(float(k), meter1__flow_temperature=70.0 + 0.01 * (k % 2)), 1.0)
+    run(ctl, 29, 25.0, meter1__flow_temperature=70.123)
+    assert ctl.last is not None and not ctl.last.safe_state
+    res = ctl.step(image(55.0, meter1__flow_temperature=70.123), 1.0)
+    assert res.safe_state and res.constraint == "safe_state:frozen_input"
+
+
+def test_a_lost_outdoor_temperature_holds_the_last_target() -> None:
+    ctl = Controller(control_config())
+    run(ctl, 300)
+    held = ctl.last.target if ctl.last else None
+    res = ctl.step(image(300.0, hp1__outdoor_temperature="bad"), 1.0)
+    assert not res.safe_state and res.target == held and res.constraint == "target_held:outdoor_bad"
+
+
+def test_the_cdu_limit_lowers_the_setpoint_even_in_manual() -> None:
+    for mode in ("auto", "manual"):
+        ctl = Controller(control_config())
+        run(ctl, 200)
+        ctl.set_mode(mode)  # type: ignore[arg-type]
+        ctl.manual_setpoint = 75.0
+        before = ctl.last.writes["hp1.supply_setpoint"] if ctl.last else 0.0
+        run(ctl, 60, 200.0, cdu1__secondary_supply_temperature=34.9)  # 0.1 K headroom, margin 0.5 K
+        assert ctl.last is not None and ctl.last.constraint == "cdu_limit"
+        assert ctl.last.target_requested == pytest.approx(ctl.curve(0.0)), "the curve still asks for its target"
+        assert ctl.last.writes["hp1.supply_setpoint"] < min(before, 75.0) - 3.0
+
+
+def test_override_ramps_and_off_writes_nothing() -> None:
+    ctl = Controller(control_config(target_ramp_k_per_min=6.0))
+    run(ctl, 200)
+    ctl.override = 60.0
+    res = ctl.step(image(200.0), 1.0)
+    start = res.target or 0.0
+    run(ctl, 10, 201.0)
+    assert ctl.last is not None and ctl.last.target_source == "override"
+    assert ctl.last.target == pytest.approx(start - 1.0, abs=1e-6), "6 K/min is 0.1 K per cycle"
+    ctl.set_mode("off")
+    res = ctl.step(image(211.0), 1.0)
+    assert res.writes == {"hp1.sg_ready": 0.0, "hp2.sg_ready": 0.0} and res.constraint == "off"
+    assert Controller(control_config(heat_pumps=[{"id": "hp1", "setpoint": "hp1.supply_setpoint"}],
+                                     initial_mode="off")).step(image(0.0), 1.0).writes == {}
+
+
+def test_manual_to_auto_is_bumpless() -> None:
+    ctl = Controller(control_config(target_ramp_k_per_min=100.0))
+    run(ctl, 100)
+    ctl.set_mode("manual")
+    ctl.manual_setpoint = 66.0
+    run(ctl, 100, 100.0)  # the rate clamp walks the setpoint down to 66
+    assert ctl.last is not None and ctl.last.writes["hp1.supply_setpoint"] == 66.0
+    ctl.set_mode("auto")
+    res = ctl.step(image(200.0), 1.0)
+    assert abs(res.writes["hp1.supply_setpoint"] - 66.0) < 0.2
+
+
+def test_nothing_is_written_before_the_inputs_were_usable_once() -> None:
+    ctl = Controller(control_config(safe_setpoint=65.0))
+    res = ctl.step(image(0.0, meter1__flow_temperature="missing"), 1.0)
+    assert res.safe_state and res.writes == {}
+    assert ctl.step(image(1.0), 1.0).writes, "fresh inputs: the loop takes over"
+
+
+def test_a_tripped_pump_is_staged_out_and_the_lag_pump_carries_on() -> None:
+    ctl = Controller(control_config())
+    run(ctl, 30)
+    res = ctl.step(image(30.0, hp1__status=float(0b010)), 1.0)  # status bit 1: fault/trip
+    assert res.running == ["hp2"]
+    assert res.writes["hp1.sg_ready"] == 1.0 and res.writes["hp2.sg_ready"] == 0.0

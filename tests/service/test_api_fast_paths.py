@@ -1,0 +1,169 @@
+"""The API's fast paths keep their promises: pre-encoded points equal the model's JSON, cached tokens expire."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from service.api.app import PointList, PointOut, create_app
+from service.api.points_view import PointsView
+from service.api.state import ServiceState
+from service.api.token_cache import TokenCache
+from service.auth import Principal, create_token, lookup_token, revoke_tokens
+from service.bus import SampleBus
+from service.clock import VirtualClock
+from service.config import DatabaseConfig, parse_config
+from service.model import Quality, Sample
+from service.storage.database import connect_pool
+from service.storage.migrations import migrate
+
+CFG = parse_config({"devices": [
+    {"id": "hp1", "protocol": "modbus", "endpoint": "127.0.0.1:5020", "points": [
+        {"id": "supply_temperature", "unit": "degC", "address": 0, "function": "input"},
+        {"id": "cop", "address": 1, "function": "input"},
+        {"id": "setpoint", "unit": "degC", "address": 2, "function": "holding", "kind": "setpoint", "writable": True},
+        {"id": "power", "unit": "kW \"el\"", "address": 3, "function": "input"}]},
+    {"id": "meter1", "protocol": "modbus", "endpoint": "127.0.0.1:5021", "points": [
+        {"id": "energy", "unit": "GJ", "address": 0, "function": "input", "kind": "counter"}]}]})
+
+
+def model_json(bus: SampleBus, device: str | None = None) -> bytes:
+    out = []
+    for d in CFG.devices:
+        for p in d.points:
+            if device is not None and d.id != device:
+                continue
+            pid = f"{d.id}.{p.id}"
+            s = bus.latest.get(pid)
+            out.append(PointOut(id=pid, device=d.id, unit=p.unit, kind=p.kind, writable=p.writable,
+                                value=s.value if s else None, quality=s.quality.name if s else None,
+                                source_time=s.source_time if s else None, receive_time=s.receive_time if s else None))
+    return PointList(points=out).model_dump_json().encode()
+
+
+def test_points_view_is_byte_identical_to_the_model() -> None:
+    bus = SampleBus()
+    view = PointsView(CFG, bus)
+    assert view.json() == model_json(bus)  # nothing sampled yet
+    t = datetime(2026, 3, 1, 12, 0, 0, 42_000, tzinfo=UTC)
+    bus.publish(Sample("hp1.supply_temperature", 71.5, Quality.GOOD, t, t + timedelta(microseconds=7)))
+    bus.publish(Sample("hp1.cop", math.nan, Quality.BAD, t, t))
+    bus.publish(Sample("hp1.power", math.inf, Quality.UNCERTAIN, t, t))
+    bus.publish(Sample("meter1.energy", None, Quality.STALE, t, t))
+    assert view.json() == model_json(bus)
+    # A newer sample replaces the cached encoding of its point.
+    bus.publish(Sample("hp1.supply_temperature", 72.25, Quality.GOOD, t + timedelta(seconds=1), t))
+    assert view.json() == model_json(bus)
+    assert b"72.25" in view.json() and b"71.5" not in view.json()
+    assert view.json("meter1") == model_json(bus, "meter1")
+
+
+class CountingLookup:
+    def __init__(self, principal: Principal | None) -> None:
+        self.principal, self.calls = principal, 0
+
+    async def __call__(self, token: str) -> Principal | None:
+        self.calls += 1
+        await asyncio.sleep(0.01)  # a database round trip, so concurrent requests overlap
+        return self.principal
+
+
+async def test_token_cache_serves_fresh_entries_and_shares_lookups() -> None:
+    clock = VirtualClock()
+    cache = TokenCache(ttl_s=2.0, clock=clock)
+    lookup = CountingLookup(Principal("v", "viewer"))
+    results = await asyncio.gather(*(cache.principal("tok", lookup) for _ in range(20)))
+    assert all(r == Principal("v", "viewer") for r in results) and lookup.calls == 1
+    clock.advance(1.9)
+    assert await cache.principal("tok", lookup) is not None and lookup.calls == 1
+    clock.advance(0.2)  # expired: asked again
+    assert await cache.principal("tok", lookup) is not None and lookup.calls == 2
+
+
+async def test_token_cache_keeps_no_invalid_tokens_and_is_bounded() -> None:
+    cache = TokenCache(ttl_s=60, max_entries=3, clock=VirtualClock())
+    nobody = CountingLookup(None)
+    for _ in range(3):
+        assert await cache.principal("guess", nobody) is None
+    assert nobody.calls == 3 and len(cache) == 0
+    someone = CountingLookup(Principal("v", "viewer"))
+    for i in range(5):
+        await cache.principal(f"t{i}", someone)
+    assert len(cache) == 3
+    await cache.principal("t4", someone)  # still cached
+    await cache.principal("t0", someone)  # evicted as least recently used
+    assert someone.calls == 6
+    off = TokenCache(ttl_s=0)
+    for _ in range(3):
+        await off.principal("t", someone)
+    assert someone.calls == 9
+
+
+async def test_revoked_token_stops_working_once_the_cache_entry_expires(database: DatabaseConfig) -> None:
+    pool = await connect_pool(database)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            token = await create_token(conn, "viewer", "soon-revoked")
+        clock = VirtualClock()
+        cache = TokenCache(ttl_s=2.0, clock=clock)
+
+        def lookup(t: str):  # type: ignore[no-untyped-def]
+            return lookup_token(pool, t)
+
+        assert await cache.principal(token, lookup) == Principal("soon-revoked", "viewer")
+        async with pool.acquire() as conn:
+            assert await revoke_tokens(conn, "soon-revoked") == 1
+        assert await cache.principal(token, lookup) is not None  # within the documented window
+        clock.advance(2.0)
+        assert await cache.principal(token, lookup) is None
+    finally:
+        await pool.close()
+
+
+async def test_latency_histogram_labels_route_template_and_status(database: DatabaseConfig) -> None:
+    pool = await connect_pool(database)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            token = await create_token(conn, "viewer", "v")
+        registry = CollectorRegistry()
+        hist = Histogram("lat_seconds", "test", ["method", "route", "status"], registry=registry)
+        app = create_app(ServiceState(CFG, SampleBus(), pool, latency=hist))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            assert (await c.get("/api/v1/points", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+            assert (await c.get("/api/v1/points")).status_code == 401
+            assert (await c.get("/nope/123")).status_code == 404
+
+        def count(route: str, status: str) -> float | None:
+            return registry.get_sample_value("lat_seconds_count", {"method": "GET", "route": route, "status": status})
+
+        assert count("/api/v1/points", "200") == 1 and count("/api/v1/points", "401") == 1
+        assert count("unmatched", "404") == 1
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("device", ["hp1", "meter1"])
+async def test_points_endpoint_serves_the_view(database: DatabaseConfig, device: str) -> None:
+    pool = await connect_pool(database)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            token = await create_token(conn, "viewer", "v")
+        bus = SampleBus()
+        t = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        bus.publish(Sample("hp1.cop", 4.25, Quality.GOOD, t, t))
+        app = create_app(ServiceState(CFG, bus, pool))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.get("/api/v1/points", params={"device": device}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert r.content == model_json(bus, device)
+        PointList.model_validate_json(r.content)
+    finally:
+        await pool.close()
