@@ -14,7 +14,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -247,7 +247,11 @@ class Driver(ABC, Generic[DeviceT]):
         # All in C but the sink's publish: tuple.__new__ skips the NamedTuple's Python-level __new__
         # (a third of a sample's cost), and map/deque replace a Python loop.
         fields = zip(full_ids, values, repeat(Quality.GOOD), repeat(source_time), repeat(received))
-        deque(map(self._sink.publish, map(tuple.__new__, repeat(Sample), fields)), maxlen=0)
+        self._publish_samples(pids, map(tuple.__new__, repeat(Sample), fields))
+
+    def _publish_samples(self, pids: Sequence[str], samples: Iterable[Sample]) -> None:
+        """Hand ready GOOD samples of the points `pids` (same order) to the sink; restart their staleness clocks."""
+        deque(map(self._sink.publish, samples), maxlen=0)
         periods = self._stale_periods
         if periods is None:  # once per connection: the period can depend on how the device is read
             periods = self._stale_periods = {p.id: self._stale_after(p) for p in self._points.values()}

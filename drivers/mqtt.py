@@ -20,7 +20,7 @@ from drivers.errors import DriverConnectionError, MalformedPayload
 from drivers.mqtt_link import PahoLink
 from service.bus import SampleSink
 from service.config import MqttDevice, MqttPoint, PointBase
-from service.model import utcnow
+from service.model import Quality, Sample, utcnow
 
 KEEPALIVE_S = 30  # a silently dead broker is noticed after about 1.5 keepalives
 MATCH_CACHE_SIZE = 10_000  # distinct topics whose matching points are remembered
@@ -109,14 +109,6 @@ def parse_timestamp(value: Any) -> datetime:
         raise MalformedPayload(f"{value!r} is not a time") from None
 
 
-def _payload_bytes(payload: Any) -> bytes:
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    if payload is None:
-        return b""
-    return str(payload).encode("utf-8")
-
-
 @dataclass(slots=True)
 class Route:
     """How one point is fed: the subscription filter it needs and, for {point} topics, the level naming it."""
@@ -140,8 +132,8 @@ class Telegram:
     """One message decoded on the network thread, waiting to be published on the event loop."""
 
     topic: str
-    received: datetime
-    values: list[tuple[datetime, list[tuple[PointBase, float]]]]  # by source time: usually one
+    pids: list[str]  # the points it gave a value for
+    samples: list[Sample]  # their samples, in the same order
     problem: str | None = None  # why some point got no value from it
     unrouted: str | None = None  # the {point} level's text when no declared point has it
 
@@ -231,12 +223,6 @@ class MqttDriver(Driver[MqttDevice]):
 
     # ------------------------------------------------------------------ messages
 
-    def _handle_message(self, topic: str, payload: Any) -> None:
-        """Decode one message and publish its samples at once (the two halves of the network path)."""
-        telegram = self._decode(topic, _payload_bytes(payload))
-        if telegram is not None:
-            self._deliver([telegram])
-
     def _route(self, topic: str) -> Plan:
         """How to decode a topic's messages: the points it feeds (or the {point} text no point has)."""
         plan = self._plans.get(topic)
@@ -260,11 +246,11 @@ class MqttDriver(Driver[MqttDevice]):
         return plan
 
     def _decode(self, topic: str, data: bytes | bytearray) -> Telegram | None:
-        """Network thread: one message -> values for every point it feeds (nothing shared is touched)."""
+        """Network thread: one message -> samples for every point it feeds (nothing shared is touched)."""
         plan = self._route(topic)
         received = utcnow()
         if not plan.steps:
-            return Telegram(topic, received, [], unrouted=plan.unrouted) if plan.unrouted is not None else None
+            return Telegram(topic, [], [], unrouted=plan.unrouted) if plan.unrouted is not None else None
         doc: Any = None
         doc_error: MalformedPayload | None = None
         if plan.json:
@@ -272,10 +258,11 @@ class MqttDriver(Driver[MqttDevice]):
                 doc = _JSON.decode(data.decode("utf-8")) if type(data) is bytes else parse_json(data)
             except (ValueError, UnicodeDecodeError) as err:
                 doc_error = MalformedPayload(f"not JSON: {err}")
-        decoded: dict[datetime, list[tuple[PointBase, float]]] = {}
+        pids: list[str] = []
+        samples: list[Sample] = []
         times: dict[Path, datetime] = {}  # points of one telegram usually share its timestamp path
         problem: str | None = None
-        isfinite = math.isfinite
+        isfinite, new, good, full_ids = math.isfinite, tuple.__new__, Quality.GOOD, self._full_ids
         for p, value_path, time_path in plan.steps:
             try:
                 if doc_error is not None and (value_path is not None or time_path is not None):
@@ -302,15 +289,15 @@ class MqttDriver(Driver[MqttDevice]):
             except MalformedPayload as err:
                 problem = problem or f"point {p.id}: {err}"
                 continue
-            found = decoded.get(source)
-            if found is None:
-                decoded[source] = [(p, value)]
-            else:
-                found.append((p, value))
-        return Telegram(topic, received, list(decoded.items()), problem)
+            pids.append(p.id)
+            # tuple.__new__ skips the NamedTuple's Python-level __new__ (see Driver._publish_values)
+            samples.append(new(Sample, (full_ids[p.id], value, good, source, received)))
+        return Telegram(topic, pids, samples, problem)
 
     def _deliver(self, batch: list[Telegram]) -> None:
-        """Event loop: count, log and publish decoded messages in arrival order."""
+        """Event loop: count, log and publish decoded messages in arrival order, the whole batch at once."""
+        pids: list[str] = []
+        samples: list[Sample] = []
         for t in batch:
             if t.unrouted is not None:
                 self._log_unrouted(t)
@@ -327,8 +314,10 @@ class MqttDriver(Driver[MqttDevice]):
             elif topic in self._malformed_topics:
                 self._malformed_topics.discard(topic)
                 self._log.info("%s: payloads on %s are well-formed again", self.device_id, topic)
-            for source, values in t.values:
-                self._publish_good(values, source, t.received)
+            pids += t.pids
+            samples += t.samples
+        if samples:
+            self._publish_samples(pids, samples)
 
     def _log_unrouted(self, t: Telegram) -> None:
         if t.topic in self._unrouted_topics:

@@ -819,7 +819,7 @@ class ControlConfig(_Strict):
             if self.outdoor_temperature is None:
                 raise ValueError("target = 'curve' needs outdoor_temperature (a point)")
         outs = [p.outdoor for p in self.curve]
-        if any(b <= a for a, b in zip(outs, outs[1:], strict=False)):
+        if any(outs[i + 1] <= outs[i] for i in range(len(outs) - 1)):
             raise ValueError("curve breakpoints must have strictly ascending outdoor temperatures")
         if self.safe_setpoint is not None and not self.setpoint_min <= self.safe_setpoint <= self.setpoint_max:
             raise ValueError(f"safe_setpoint ({self.safe_setpoint}) is outside setpoint_min..setpoint_max")

@@ -118,6 +118,32 @@ class ServiceCollector(Collector):
                                           "spool was full (oldest segment deleted)", value=sp.dropped_samples)
                 yield CounterMetricFamily("heatrec_storage_spool_corrupt_records", "Torn spool records cut off "
                                           "at start (a crash mid-append)", value=sp.corrupt_records)
+        if svc.control is not None:
+            yield from _control_families(svc)
+
+
+def _control_families(svc: Service) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The control loop: cycles, overruns, cycle time and jitter, writes, safe state."""
+    assert svc.control is not None
+    c = svc.control.stats
+    yield CounterMetricFamily("heatrec_control_cycles", "Control cycles run", value=c.cycles)
+    yield CounterMetricFamily("heatrec_control_overruns", "Cycles that took longer than the period",
+                              value=c.overruns)
+    yield GaugeMetricFamily("heatrec_control_cycle_seconds", "Duration of the last control cycle",
+                            value=c.last_cycle_s)
+    for q in (50, 99):
+        yield GaugeMetricFamily(f"heatrec_control_jitter_p{q}_seconds", f"{q}th percentile of cycle-start "
+                                "lateness over the recent cycles", value=c.jitter_percentile(q))
+    yield GaugeMetricFamily("heatrec_control_jitter_max_seconds", "Largest cycle-start lateness since start",
+                            value=c.max_jitter_s)
+    yield CounterMetricFamily("heatrec_control_writes", "Setpoint and heartbeat writes that the device confirmed",
+                              value=c.writes)
+    yield CounterMetricFamily("heatrec_control_write_failures", "Control writes refused, mismatched or timed out",
+                              value=c.write_failures)
+    yield CounterMetricFamily("heatrec_control_safe_state_entries", "Times the loop entered its safe state",
+                              value=c.safe_state_entries)
+    yield GaugeMetricFamily("heatrec_control_safe_state", "1 while the control loop is in its safe state",
+                            value=1.0 if svc.control.status().safe_state else 0.0)
 
 
 def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:

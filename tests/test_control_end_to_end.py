@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from asyncua import Client, ua
+from prometheus_client.parser import text_string_to_metric_families
 from pymodbus.client import AsyncModbusTcpClient
 
 from service.app import Service, bind_api_socket
@@ -91,6 +92,11 @@ async def test_operator_and_scada_control_reach_the_heat_pump(plant_config_file:
 
                 await wait_until(settled_on_curve, 90, "network supply settled on the curve's target")
                 before = await status()
+                health = (await http.get("/api/v1/health")).json()
+                assert health["components"]["control"]["status"] == "ok", health
+                metrics = {f.name: f for f in text_string_to_metric_families((await http.get("/metrics")).text)}
+                assert metrics["heatrec_control_cycles"].samples[0].value >= 1
+                assert metrics["heatrec_control_safe_state"].samples[0].value == 0
                 wire_before = await read_setpoint_register(hp_port)
 
                 # Role checks on the write endpoint.

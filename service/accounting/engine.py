@@ -27,6 +27,8 @@ from service.accounting.store import (
     fetch_power,
     fetch_register,
     fetch_replacements,
+    hour_aligned,
+    rollup_total,
     sql_register_totals,
 )
 from service.config import AccountingConfig, AccountingHeatPump, AccountingMeter, HeatrecConfig
@@ -94,30 +96,34 @@ async def load_meter(conn: asyncpg.Connection, m: AccountingMeter, start: dateti
 def meter_tally(m: AccountingMeter, data: MeterData, start: datetime, end: datetime) -> Tally:
     """Energy of [start, end): register steps, plus integrated power where no register covers the time."""
     t = tally(data.steps, start, end)
+    hold = timedelta(seconds=m.gap_s)
     for lo, hi in uncovered(data.steps, start, end):
         if data.power and data.power[0].time <= hi:
             est = integrate_gj(data.power, lo, hi, m.gap_s)
             t.energy += est
             t.estimated += est
             t.flags.add(ESTIMATED)
-        else:
-            t.flags.add(INCOMPLETE)
+        if not data.power or data.power[0].time > lo + hold or data.power[-1].time + hold < hi:
+            t.flags.add(INCOMPLETE)  # the sensors do not reach over all of it either
     return t
 
 
 async def meter_energy(conn: asyncpg.Connection, m: AccountingMeter, start: datetime, end: datetime) -> Tally:
     """Energy of a meter in [start, end): SQL for the clean case, the full logic otherwise."""
     margin = margin_for(m.gap_s)
-    fast = (await sql_register_totals(conn, [(m.energy_point, meter_spec(m))], start, end, margin)).get(
-        m.energy_point)
-    clean = (fast is not None and fast.anomalies == 0 and fast.first is not None and fast.last is not None
-             and fast.first <= start and fast.last >= end)
-    if clean and fast is not None:
-        extra = await conn.fetchval(
-            "SELECT (SELECT count(*) FROM manual_readings WHERE meter_id = $1 AND time >= $2 AND time <= $3) "
-            "+ (SELECT count(*) FROM meter_replacements WHERE meter_id = $1 AND time >= $2 AND time <= $3)",
-            m.id, start - margin, end + margin)
-        if extra == 0:
+    extra = await conn.fetchval(
+        "SELECT (SELECT count(*) FROM manual_readings WHERE meter_id = $1 AND time >= $2 AND time <= $3) "
+        "+ (SELECT count(*) FROM meter_replacements WHERE meter_id = $1 AND time >= $2 AND time <= $3)",
+        m.id, start - margin, end + margin)
+    if extra == 0:
+        # Hour-aligned ranges (months, rule segments) from the hourly roll-up, others straight from the rows.
+        fast = await rollup_total(conn, m.energy_point, meter_spec(m), start, end, margin)
+        if fast is None and not (hour_aligned(start) and hour_aligned(end)):
+            fast = (await sql_register_totals(conn, [(m.energy_point, meter_spec(m))], start, end, margin)).get(
+                m.energy_point)
+        clean = (fast is not None and fast.anomalies == 0 and fast.first is not None and fast.last is not None
+                 and fast.first <= start and fast.last >= end)
+        if clean and fast is not None:
             return Tally(energy=fast.energy, covered_s=(end - start).total_seconds())
     return meter_tally(m, await load_meter(conn, m, start, end), start, end)
 

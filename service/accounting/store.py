@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -200,3 +200,110 @@ async def closed_settlements(conn: asyncpg.Connection, period: str | None, contr
             out.append(json.loads(r["document"]) | {"status": "closed", "closed_at": r["closed_at"].isoformat(),
                                                      "latest": r["latest"]})
     return out
+
+
+HOUR = timedelta(hours=1)
+
+
+def hour_aligned(t: datetime) -> bool:
+    """True for a whole UTC hour (local midnights are, in zones with whole-hour offsets)."""
+    return t.timestamp() % 3600 == 0
+
+
+async def build_register_hours(conn: asyncpg.Connection, key: int, spec: RegisterSpec, a: datetime, b: datetime,
+                               margin: timedelta) -> None:
+    """(Re)compute the hourly roll-up of one register for every hour in [a, b) from the raw samples.
+
+    Same step arithmetic as sql_register_totals; a step is split between the (at most two, as
+    gap_s <= 1 h) hours it overlaps. Faulty steps count as anomalies in the hours they touch.
+    """
+    async with conn.transaction():
+        await conn.execute("SET LOCAL jit = off")
+        await conn.execute("DELETE FROM register_hours WHERE point_key = $1 AND hour >= $2 AND hour < $3", key, a, b)
+        await conn.execute(
+            """WITH r AS (
+                 SELECT s.time, s.value, lag(s.value) OVER w AS pv, lag(s.time) OVER w AS pt
+                 FROM samples s
+                 WHERE s.point_key = $1 AND s.quality <= 1 AND s.value IS NOT NULL
+                   AND s.time >= $2::timestamptz - $8::interval AND s.time <= $3::timestamptz + $8::interval
+                 WINDOW w AS (ORDER BY s.time)),
+               st AS (
+                 SELECT x.pt, x.time, x.dt,
+                        CASE WHEN x.dt > $5::float8 THEN NULL
+                             WHEN x.d >= -$7::float8 AND x.d <= $4::float8 * x.dt * 1.2 + $7::float8
+                               THEN greatest(x.d, 0)
+                             WHEN $6::float8 IS NOT NULL AND x.d < 0 AND x.d + $6::float8 >= 0
+                                  AND x.d + $6::float8 <= $4::float8 * x.dt * 1.2 + $7::float8 THEN x.d + $6::float8
+                        END AS e
+                 FROM (SELECT r.pt, r.time, r.value - r.pv AS d, date_part('epoch', r.time - r.pt) AS dt
+                       FROM r WHERE r.pv IS NOT NULL AND r.time > $2 AND r.pt < $3) x),
+               parts AS (
+                 SELECT time_bucket('1 hour', pt) AS h, e, dt,
+                        date_part('epoch', least(time, time_bucket('1 hour', pt) + interval '1 hour') - pt) AS ov
+                 FROM st
+                 UNION ALL
+                 SELECT time_bucket('1 hour', time), e, dt, date_part('epoch', time - time_bucket('1 hour', time))
+                 FROM st WHERE time_bucket('1 hour', time) > time_bucket('1 hour', pt)),
+               agg AS (
+                 SELECT h, coalesce(sum(e * ov / dt), 0) AS energy, count(*) FILTER (WHERE e IS NULL) AS anomalies,
+                        sum(ov) AS covered
+                 FROM parts WHERE h >= $2 AND h < $3 GROUP BY h),
+               cnt AS (
+                 SELECT time_bucket('1 hour', time) AS h, count(*) AS n FROM samples
+                 WHERE point_key = $1 AND time >= $2 AND time < $3 GROUP BY 1)
+             INSERT INTO register_hours (point_key, hour, energy, anomalies, covered_s, samples)
+             SELECT $1, g.h, coalesce(agg.energy, 0), coalesce(agg.anomalies, 0), coalesce(agg.covered, 0),
+                    coalesce(cnt.n, 0)
+             FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 hour', interval '1 hour') AS g(h)
+             LEFT JOIN agg ON agg.h = g.h LEFT JOIN cnt ON cnt.h = g.h""",
+            key, a, b, spec.max_rate_per_s, spec.gap_s, spec.wrap, spec.resolution, margin)
+
+
+async def _rollup_state(conn: asyncpg.Connection, key: int, start: datetime,
+                        end: datetime) -> FastTotal | Literal["stale", "unclean"]:
+    """The roll-up's energy for [start, end) if every hour is there, clean, covered and not stale.
+
+    Only the hours around the two ends are checked against live sample counts on the way to a clean
+    answer: a reading that arrives late inside a clean range cannot change its total (the register
+    differences telescope, and a reading that does not fit is discarded as a glitch by the full logic
+    too), so only readings near the ends, which move the split of the boundary steps, can. An unclean
+    range is checked in full, since late readings may have healed it.
+    """
+    a, s1, e1, b = start - HOUR, start + HOUR, end - HOUR, end + HOUR  # the edge hours: [a, s1) .. [e1, b)
+    row = await conn.fetchrow(
+        """SELECT count(*) FILTER (WHERE hour >= $2 AND hour < $3) AS hours,
+                  coalesce(sum(energy) FILTER (WHERE hour >= $2 AND hour < $3), 0) AS energy,
+                  coalesce(sum(anomalies) FILTER (WHERE hour >= $2 AND hour < $3), 0) AS anomalies,
+                  min(covered_s) FILTER (WHERE hour >= $2 AND hour < $3) AS covered,
+                  coalesce(sum(samples) FILTER (WHERE hour < $5 OR hour >= $6), 0) AS edge_samples,
+                  count(*) FILTER (WHERE hour < $5 OR hour >= $6) AS edges,
+                  coalesce(sum(samples), 0) AS samples
+           FROM register_hours WHERE point_key = $1 AND hour >= $4 AND hour < $7""", key, start, end, a, s1, e1, b)
+    live_edges = await conn.fetchval(
+        """SELECT (SELECT count(*) FROM samples WHERE point_key = $1 AND time >= $2 AND time < $3)
+                + (SELECT count(*) FROM samples WHERE point_key = $1 AND time >= $4 AND time < $5)""",
+        key, a, s1, e1, b)
+    expected = round((end - start).total_seconds() / 3600)
+    if row["hours"] != expected or row["edges"] != 4 or row["edge_samples"] != live_edges:
+        return "stale"  # never built for these hours, or readings arrived (or were dropped) near the ends
+    if row["anomalies"] == 0 and row["covered"] is not None and row["covered"] >= 3600 - 1e-6:
+        return FastTotal(float(row["energy"]), 0, start, end)
+    live = await conn.fetchval("SELECT count(*) FROM samples WHERE point_key = $1 AND time >= $2 AND time < $3",
+                               key, a, b)
+    return "stale" if live != row["samples"] else "unclean"
+
+
+async def rollup_total(conn: asyncpg.Connection, point_id: str, spec: RegisterSpec, start: datetime, end: datetime,
+                       margin: timedelta) -> FastTotal | None:
+    """A register's energy in the hour-aligned [start, end) from the hourly roll-up, rebuilt when stale.
+
+    None when the data is not clean there (faults, gaps, missing hours): the caller uses the full logic.
+    """
+    key = await point_key(conn, point_id)
+    if key is None or spec.gap_s > 3600 or not (hour_aligned(start) and hour_aligned(end)) or end <= start:
+        return None
+    state = await _rollup_state(conn, key, start, end)
+    if state == "stale":
+        await build_register_hours(conn, key, spec, start - HOUR, end + HOUR, margin)
+        state = await _rollup_state(conn, key, start, end)
+    return state if isinstance(state, FastTotal) else None

@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: FastAPI must resolve the dependency aliases defined
 # inside add_accounting_routes, which string annotations would hide from it.
 import math
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -86,6 +87,13 @@ class CorrectIn(BaseModel):
         return v
 
 
+def _iso_text(v: Any) -> Any:
+    # pydantic would read a number as epoch seconds; the schema says an ISO 8601 date-time string.
+    if not isinstance(v, str | datetime):
+        raise ValueError("expected an ISO 8601 date-time string such as 2024-03-01T00:00:00Z")
+    return v
+
+
 def _finite(v: float) -> float:
     if not math.isfinite(v):
         raise ValueError("must be a finite number")
@@ -101,6 +109,7 @@ class ManualReadingIn(BaseModel):
     note: str = Field(default="", max_length=1000)
 
     _check = field_validator("value_gj")(_finite)
+    _time = field_validator("time", mode="before")(_iso_text)
 
 
 class ReplacementIn(BaseModel):
@@ -112,6 +121,8 @@ class ReplacementIn(BaseModel):
     old_serial: str = Field(default="", max_length=64)
     old_final_gj: float = Field(ge=0, le=1e12, description="the old meter's last register value")
     new_initial_gj: float = Field(default=0.0, ge=0, le=1e12, description="the new meter's register at start")
+
+    _time = field_validator("time", mode="before")(_iso_text)
 
 
 class RecordedOut(BaseModel):
@@ -134,6 +145,18 @@ _ERR: dict[int | str, dict[str, Any]] = {
     409: {"model": AccountingErrorOut, "description": "the rule set has no figure for these dates (config/rules), "
                                                       "or the settlement is in the wrong state"},
     503: {"model": AccountingErrorOut, "description": "the database is unavailable"}}
+
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _iso_times_only(request: Request) -> None:
+    """Refuse epoch numbers for start/end: the schema says ISO 8601 date-time (pydantic would take numbers)."""
+    for name in ("start", "end"):
+        value = request.query_params.get(name)
+        if value is not None and _NUMBER.match(value):
+            raise HTTPException(422, f"{name}: expected an ISO 8601 date-time such as 2024-03-01T00:00:00Z, "
+                                     f"not {value!r}")
 
 
 def _aware(t: datetime) -> datetime:
@@ -200,13 +223,14 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
             raise HTTPException(404, f"no accounting meter '{meter_id}'")
 
     @app.get("/api/v1/energy", response_model=EnergyOut, tags=["accounting"], responses=_ERR)
-    async def energy(_: Viewer, cfg: Config, db: Pool,
+    async def energy(_: Viewer, cfg: Config, db: Pool, request: Request,
                      start: Annotated[datetime | None, Query(description="range start; default end - 1 day")] = None,
                      end: Annotated[datetime | None, Query(description="range end, exclusive; default now")] = None,
                      interval_s: Annotated[int | None, Query(ge=60, le=86400 * 31,
                                                              description="default accounting.interval_s")] = None,
                      meter: Annotated[str | None, Query(pattern=ID_PATTERN, max_length=64)] = None) -> EnergyOut:
         """Energy per meter and interval from register differences, flagged estimated/manual (viewer)."""
+        _iso_times_only(request)
         t0, t1 = _range(start, end, timedelta(days=1))
         step = interval_s or acc(cfg).interval_s
         # Like point history: a step giving more than MAX_INTERVALS is coarsened; interval_s says what applied.
@@ -317,7 +341,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         return RecordedOut(id=await guarded(work), meter=meter_id, time=t)
 
     @app.get("/api/v1/kpis", tags=["accounting"], responses=_ERR)
-    async def get_kpis(_: Viewer, cfg: Config, db: Pool,
+    async def get_kpis(_: Viewer, cfg: Config, db: Pool, request: Request,
                        period: Annotated[str | None, Query(pattern=PERIOD_PATTERN, description="YYYY-MM")] = None,
                        year: Annotated[int | None, Query(ge=1990, le=2099)] = None,
                        start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
@@ -325,6 +349,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
 
         The range is a month (period), a year, or start/end (default: the last 30 days).
         """
+        _iso_times_only(request)
         tz = ZoneInfo(cfg.plant.timezone)
         if period is not None:
             t0, t1 = month_bounds(period, tz)

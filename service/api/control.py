@@ -16,9 +16,10 @@ from service.auth import Principal, Role
 from service.control.loop import ControlLoop
 from service.control.model import ControlRequest, ControlRequestError, ControlStatus
 
-_AUDIT_EXAMPLE: JsonDict = {"seq": 1042, "time": "2026-03-01T12:00:00Z", "principal": "shift-operator", "role": "operator",
-                  "action": "control.set", "target": "control.supply_temperature_target", "requested": 78.0,
-                  "applied": 78.0, "outcome": "accepted", "detail": "old=None new=78"}
+_AUDIT_EXAMPLE: JsonDict = {"seq": 1042, "time": "2026-03-01T12:00:00Z", "principal": "shift-operator",
+                            "role": "operator", "action": "control.set",
+                            "target": "control.supply_temperature_target", "requested": 78.0,
+                            "applied": 78.0, "outcome": "accepted", "detail": "old=None new=78"}
 _STATUS_EXAMPLE = {"mode": "auto", "supply_temperature_target": 78.0, "target_source": "override",
                    "supply_temperature": 77.6, "constraint": None, "safe_state": False,
                    "heat_pump_setpoints": {"hp1": 78.9}, "outdoor_temperature": 4.5}

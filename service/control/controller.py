@@ -78,14 +78,15 @@ class Controller:
         self._cap_active = False
         self._last_headroom: float | None = None
         self._headroom_d = 0.0
+        self._pid_live = False
         self.last: StepResult | None = None
 
     # --- operator side (validated by ControlLoop.request) ---------------------------------------
 
     def set_mode(self, mode: Mode) -> None:
         """Change mode; entering manual holds the present output (bumpless)."""
-        if mode == "manual" and self.manual_setpoint is None:
-            self.manual_setpoint = self._output
+        if mode == "manual" and self.mode != "manual" and self._output is not None:
+            self.manual_setpoint = round(self._output, 2)
         self.mode = mode
 
     # --- the cycle ------------------------------------------------------------------------------
@@ -155,7 +156,8 @@ class Controller:
                 safe_reason = f"{pv_r.problem}:{cfg.supply_temperature}"
             elif self.mode == "auto" and target is None:
                 safe_reason = f"{outdoor.problem}:{cfg.outdoor_temperature}"
-        if self._output is None:
+        if self._output is None or (safe_reason is None and not self._seen_inputs):
+            # First usable cycle: nothing was written yet, so the pumps hold what the supply shows.
             self._output = pv if pv is not None else (target if target is not None else cfg.setpoint_min)
             self._output = min(max(self._output, cfg.setpoint_min), cfg.setpoint_max)
             self.pid.reset_to(self._output, pv, target, ff)
@@ -174,7 +176,9 @@ class Controller:
                 for hp in cfg.heat_pumps:  # released: the device's watchdog takes over; rates restart later
                     self.arbiter.forget(hp.setpoint)
                 requests += self._release_requests()
-            held = cfg.safe_setpoint if cfg.safe_setpoint is not None else (pv if pv is not None else self._output)
+            writing = cfg.safe_setpoint is not None and self._seen_inputs
+            held = cfg.safe_setpoint if writing and cfg.safe_setpoint is not None else (
+                pv if pv is not None else self._output)
             self._output = held
             self.pid.reset_to(held, pv, target, ff)
             self._lim_reset = held
@@ -191,6 +195,10 @@ class Controller:
         else:
             proposed: float
             if self.mode == "auto" and target is not None and pv is not None:
+                if not self._pid_live:
+                    # Taking over (start-up, after a safe state, off or manual): the integral restarts from
+                    # the output in force with this cycle's feedforward, so the first output does not jump.
+                    self.pid.reset_to(self._output, pv, target, ff)
                 proposed = self.pid.update(target, pv, dt, ff)
                 prio = Priority.AUTOMATIC
             else:
@@ -226,6 +234,7 @@ class Controller:
                 requests += [Request(h.heartbeat, float(self._beat), Priority.SAFETY, "heartbeat")
                              for h in cfg.heat_pumps if h.heartbeat]
         decisions = self.arbiter.resolve(requests, caps, dt)
+        self._pid_live = safe_reason is None and self.mode == "auto"
         self._last_headroom = headroom
         setpoints = {h.id: (decisions[h.setpoint].value if h.setpoint in decisions else None)
                      for h in cfg.heat_pumps}

@@ -193,7 +193,7 @@ class ControlLoop:
         if self._running and self._last_cycle is not None \
                 and self._clock.monotonic() - self._last_cycle > 3 * self.cfg.period_s:
             return "degraded", "control cycle is late"
-        return "ok", f"control {r.mode}" + (f", {r.constraint}" if r.constraint else "")
+        return "ok", f"control {r.mode}" + (f", {r.constraint}" if r.constraint and r.constraint != "off" else "")
 
     # --- operator requests ----------------------------------------------------------------------
 
@@ -229,9 +229,11 @@ class ControlLoop:
                                str(err), principal, role)
             raise
         changes: list[tuple[str, Any, Any]] = []
+        held: float | None = None
         if req.mode is not None and req.mode != c.mode:
             changes.append(("mode", c.mode, req.mode))
             c.set_mode(req.mode)
+            held = c.manual_setpoint if req.mode == "manual" else None
         if "supply_temperature_target" in fields and target != c.override:
             changes.append(("supply_temperature_target", c.override, target))
             c.override = target
@@ -241,6 +243,8 @@ class ControlLoop:
         for name, old, new in changes:
             log.info("control %s: %s -> %s by %s (%s)", name, old, new, principal, role)
             detail = f"old={_fmt(old)} new={_fmt(new)}"
+            if name == "mode" and held is not None:
+                detail += f" (holding the heat-pump setpoint in force, {held} °C)"
             if name == "supply_temperature_target" and new is None:
                 detail += " (override cleared: back to the curve)"
             if name == "heat_pump_setpoint" and self.controller.last and self.controller.last.constraint == \

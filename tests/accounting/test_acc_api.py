@@ -56,20 +56,21 @@ async def test_energy_per_interval(env: dict[str, Any]) -> None:
 
 async def test_energy_rejects_bad_input_with_json(env: dict[str, Any]) -> None:
     c = env["client"]
-    bad = [({"meter": "nope"}, 404), ({"interval_s": 5}, 422), ({"meter": "Bad-Id"}, 422)]
+    bad = [({"meter": "nope"}, 404), ({"interval_s": 5}, 422), ({"meter": "Bad-Id"}, 422),
+           ({"start": "0.5"}, 422)]  # epoch numbers are not the ISO 8601 the schema promises
     for params, status in bad:
         r = await c.get("/api/v1/energy", params=params, headers=h(env, "viewer"))
         assert r.status_code == status, (params, r.text)
         assert r.json()["status"] == status and r.json()["error"]
     assert (await c.get("/api/v1/energy")).status_code == 401
     # Valid but awkward requests get an answer, not an error: an inverted range is empty, too many
-    # intervals are coarsened to 10,000 at most (here 334 days of minutes -> 2,880 s steps).
+    # intervals are coarsened to 10,000 at most (here 335 days: 335 x 86,400 s / 10,000 -> 2,895 s steps).
     inverted = await c.get("/api/v1/energy", params={"start": "2024-03-02T00:00:00Z", "end": "2024-03-01T00:00:00Z"},
                            headers=h(env, "viewer"))
     assert inverted.status_code == 200 and inverted.json()["intervals"] == []
     wide = await c.get("/api/v1/energy", params={"start": "2024-01-01T00:00:00Z", "end": "2024-12-01T00:00:00Z",
                                                  "interval_s": 60}, headers=h(env, "viewer"))
-    assert wide.status_code == 200 and wide.json()["interval_s"] == 2880
+    assert wide.status_code == 200 and wide.json()["interval_s"] == 2895
     assert len(wide.json()["intervals"]) <= 10_000
     # A month the rule set has no figures for (no 2031 rate): 409 naming what is missing.
     r = await c.get("/api/v1/settlements", params={"period": "2031-01"}, headers=h(env, "viewer"))
@@ -124,8 +125,9 @@ async def test_manual_readings_and_replacements(env: dict[str, Any]) -> None:
     assert r.status_code == 200 and r.json()["meter"] == "m1"
     assert (await c.post("/api/v1/meters/m1/readings", json=body, headers=h(env, "operator"))).status_code == 409
     assert (await c.post("/api/v1/meters/zz/readings", json=body, headers=h(env, "operator"))).status_code == 404
-    bad = body | {"value_gj": -1}
-    assert (await c.post("/api/v1/meters/m1/readings", json=bad, headers=h(env, "operator"))).status_code == 422
+    for bad in (body | {"value_gj": -1}, body | {"time": 0.5}, body | {"extra": 1}):
+        r = await c.post("/api/v1/meters/m1/readings", json=bad, headers=h(env, "operator"))
+        assert r.status_code == 422 and r.json()["error"], bad
     rep = {"time": "2024-03-10T00:05:00Z", "new_serial": "80000001", "old_final_gj": 12.0}
     r = await c.post("/api/v1/meters/m1/replacements", json=rep, headers=h(env, "operator"))
     assert r.status_code == 200, r.text

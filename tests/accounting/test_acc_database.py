@@ -72,6 +72,43 @@ async def test_sql_fast_path_equals_the_full_logic(conn: asyncpg.Connection) -> 
         assert full.energy == pytest.approx(100.0 * (hi - lo).total_seconds() / 1e6, abs=1e-9)
 
 
+async def test_hourly_rollup_is_used_and_rebuilt_after_late_readings(conn: asyncpg.Connection) -> None:
+    cfg = config()
+    assert cfg.accounting is not None
+    m = cfg.accounting.meters[0]
+    # Readings at 5, 15, 25 ... minutes past: the month boundaries fall inside register steps.
+    rows = constant_meter(MARCH_START - timedelta(hours=1, minutes=-5), MARCH_END + timedelta(hours=1), 100.0)
+    await write(conn, cfg, rows)
+    first = await meter_energy(conn, m, MARCH_START, MARCH_END)
+    assert first.energy == pytest.approx(MARCH_GJ, abs=1e-9)
+    # 743 hours of the month plus one on either side, each with its sample count.
+    assert await conn.fetchval("SELECT count(*) FROM register_hours") == HOURS + 2
+    # A reading replayed late from the spool: 23:59 on 31 March (local), 0.01 GJ above the straight line.
+    # The step 23:55 -> 23:59 now carries 0.024 + 0.01 GJ, all in March; 23:59 -> 00:05 carries
+    # 0.036 - 0.01 GJ, of which 1/6 is in March: March gains 0.01 + 0.026/6 - 0.036/6 = 0.01 - 0.01/6.
+    late = MARCH_END - timedelta(minutes=1)
+    before = next(v for p, t, v in rows if p == "m1.energy" and t == late - timedelta(minutes=4))
+    await write(conn, cfg, [("m1.energy", late, before + 100.0 * 240 / 1e6 + 0.01)])
+    again = await meter_energy(conn, m, MARCH_START, MARCH_END)
+    assert again.energy == pytest.approx(MARCH_GJ + 0.01 - 0.01 / 6, abs=1e-9)
+    full = meter_tally(m, await load_meter(conn, m, MARCH_START, MARCH_END), MARCH_START, MARCH_END)
+    assert again.energy == pytest.approx(full.energy, abs=1e-9)
+
+
+async def test_rollup_of_an_incomplete_month_is_built_once(conn: asyncpg.Connection) -> None:
+    cfg = config()
+    assert cfg.accounting is not None
+    m = cfg.accounting.meters[0]
+    # The month is under way: data for its first ten days only.
+    await write(conn, cfg, constant_meter(MARCH_START - timedelta(hours=1), MARCH_START + timedelta(days=10), 100.0))
+    t = await meter_energy(conn, m, MARCH_START, MARCH_END)
+    # 10 days from the register (86.4 GJ) plus the last sensor sample held for gap_s (900 s at 100 kW).
+    assert t.energy == pytest.approx(86.4 + 0.09, abs=1e-6) and "incomplete" in t.flags
+    built = await conn.fetchval("SELECT max(computed_at) FROM register_hours")
+    await meter_energy(conn, m, MARCH_START, MARCH_END)
+    assert await conn.fetchval("SELECT max(computed_at) FROM register_hours") == built  # up to date: not rebuilt
+
+
 async def test_meter_replacement_mid_month(conn: asyncpg.Connection) -> None:
     cfg = config()
     swap = MARCH_START + timedelta(days=10, minutes=5)  # between the 10-minute readings

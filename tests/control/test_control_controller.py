@@ -141,3 +141,28 @@ def test_a_tripped_pump_is_staged_out_and_the_lag_pump_carries_on() -> None:
     res = ctl.step(image(30.0, hp1__status=float(0b010)), 1.0)  # status bit 1: fault/trip
     assert res.running == ["hp2"]
     assert res.writes["hp1.sg_ready"] == 1.0 and res.writes["hp2.sg_ready"] == 0.0
+
+
+def test_taking_over_after_a_start_up_without_inputs_does_not_jump() -> None:
+    """Regression: the integral once kept the whole output while the feedforward (the target) was still unknown."""
+    ctl = Controller(control_config(safe_setpoint=65.0))
+    for k in range(5):  # drivers not connected yet
+        ctl.step(image(float(k), meter1__flow_temperature="missing", hp1__outdoor_temperature="missing"), 1.0)
+    res = ctl.step(image(5.0), 1.0)
+    assert not res.safe_state
+    assert abs(res.writes["hp1.supply_setpoint"] - 70.0) < 1.0, "starts from the measured supply"
+    run(ctl, 5, 6.0)  # (the image does not respond, so only the first cycles say anything)
+    assert ctl.last is not None and ctl.last.writes["hp1.supply_setpoint"] < 72.0
+
+
+def test_entering_manual_again_holds_the_present_output_not_an_old_manual_value() -> None:
+    ctl = Controller(control_config())
+    run(ctl, 50)
+    ctl.set_mode("manual")
+    ctl.manual_setpoint = 60.0
+    run(ctl, 60, 50.0)
+    ctl.set_mode("auto")
+    run(ctl, 60, 110.0)
+    now = ctl.last.writes["hp1.supply_setpoint"] if ctl.last else 0.0
+    ctl.set_mode("manual")
+    assert ctl.manual_setpoint == pytest.approx(now, abs=0.01)

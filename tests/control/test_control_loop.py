@@ -13,7 +13,7 @@ from service.audit import AuditEntry
 from service.bus import SampleBus
 from service.clock import VirtualClock
 from service.control.loop import ControlLoop
-from service.control.model import ControlRequest, ControlRequestError
+from service.control.model import ControlRequest, ControlRequestError, ControlStats
 from service.model import Quality, Sample
 from service.tasks import cancel_and_wait
 from simulators.closed_loop import METER, control_config
@@ -128,7 +128,8 @@ async def test_operator_requests_are_validated_applied_and_audited_with_old_and_
     assert conflict.value.conflict
     await h.loop.request(ControlRequest(mode="manual", heat_pump_setpoint=60.0), "bob", "operator")
     mode, setpoint = h.audit[-2:]
-    assert (mode.principal, mode.target, mode.detail) == ("bob", "control.mode", "old=auto new=manual")
+    assert (mode.principal, mode.target) == ("bob", "control.mode")
+    assert mode.detail.startswith("old=auto new=manual (holding the heat-pump setpoint in force, 7")
     assert setpoint.target == "control.heat_pump_setpoint" and setpoint.detail.endswith(" new=60.0")
     assert setpoint.detail.startswith("old=7"), "entering manual held the output in force (about 70 °C)"
     await h.cycles(30)
@@ -172,3 +173,30 @@ async def test_run_cycles_on_the_real_clock_until_cancelled() -> None:
     assert len(loop.stats.jitter_samples_s) == cycles and loop.stats.max_jitter_s >= 0
     assert writes == [], "no inputs on the bus: the loop never wrote (start-up safe state)"
     assert loop.status().safe_state and loop.health()[0] == "degraded"
+
+
+async def test_a_slow_device_never_queues_writes_behind_it() -> None:
+    h = Harness()
+    release = asyncio.Event()
+
+    async def slow(point: str, value: float) -> WriteResult:
+        await release.wait()
+        return WriteResult(point, "ok", value, value, value)
+
+    h.loop._write = slow  # the device stops answering for a while
+    for _ in range(3):
+        h.publish()
+        await h.loop.cycle()
+        h.clock.advance(1.0)
+    assert h.loop.stats.writes_skipped == 2, "the first batch is in flight; the next two cycles write nothing"
+    release.set()
+    await h.loop.flush()
+    assert h.loop.stats.writes > 0 and h.loop.stats.write_failures == 0
+
+
+def test_stats_count_overruns_and_give_percentiles() -> None:
+    s = ControlStats()
+    for k in range(100):
+        s.record(jitter_s=k / 1000.0, cycle_s=1.5 if k == 7 else 0.01, period_s=1.0)
+    assert s.cycles == 100 and s.overruns == 1 and s.max_cycle_s == 1.5
+    assert s.jitter_percentile(99) == pytest.approx(0.098) and s.jitter_percentile(50) == pytest.approx(0.049)

@@ -67,3 +67,18 @@ CREATE TRIGGER settlements_no_update BEFORE UPDATE OR DELETE ON settlements
     FOR EACH ROW EXECUTE FUNCTION settlements_immutable();
 CREATE TRIGGER settlements_no_truncate BEFORE TRUNCATE ON settlements
     FOR EACH STATEMENT EXECUTE FUNCTION settlements_immutable_stmt();
+
+-- Hourly roll-up of billing registers (the SQL fast path of settlements). An hour's row holds the
+-- energy of the register steps overlapping it, the faulty steps, the seconds covered, and how many
+-- samples the point had in the hour when it was computed: samples are insert-only, so a changed
+-- count (late readings replayed from the spool, or retention) shows the row is stale.
+CREATE TABLE register_hours (
+    point_key   integer NOT NULL,
+    hour        timestamptz NOT NULL,
+    energy      double precision NOT NULL,
+    anomalies   integer NOT NULL,
+    covered_s   double precision NOT NULL,
+    samples     integer NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (point_key, hour)
+);
