@@ -9,6 +9,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ _EPOCH_MS_THRESHOLD = 1e11  # larger epoch numbers are milliseconds (1e11 s is i
 
 Path = tuple[str | int, ...]
 _JSON = json.JSONDecoder()
+_NUMBER_TYPES = frozenset({int, float, bool})  # JSON values to_number accepts (bool as 0/1)
 
 
 def compile_path(path: str) -> Path:
@@ -72,8 +74,13 @@ def to_number(value: Any) -> float:
     """A JSON number or boolean -> float; MalformedPayload for text, null, containers, NaN and infinity."""
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise MalformedPayload(f"{str(value)[:40]}... is too large a number") from None
+        if math.isfinite(number):
+            return number
     raise MalformedPayload(f"{json.dumps(value)[:40]} is not a finite number")
 
 
@@ -125,6 +132,17 @@ class Plan:
     steps: list[tuple[MqttPoint, Path | None, Path | None]]  # point, value path, timestamp path
     json: bool  # whether the payload must be parsed as JSON
     unrouted: str | None  # the {point} level's text when no declared point has it
+    fast: FastPlan | None = None  # when every point is a top-level key of one JSON object
+
+
+@dataclass(slots=True)
+class FastPlan:
+    """The common telegram: each point a top-level key, one timestamp path (or none) for all of them."""
+
+    keys: list[str]
+    time_path: Path | None
+    pids: list[str]
+    full_ids: list[str]
 
 
 @dataclass(slots=True)
@@ -243,6 +261,11 @@ class MqttDriver(Driver[MqttDevice]):
         steps = [(p, *self._paths[p.id]) for p in points]
         plan = self._plans[topic] = Plan(steps, any(v is not None or t is not None for _, v, t in steps),
                                          None if points else unrouted)
+        time_paths = {t for _, _, t in steps}
+        if steps and len(time_paths) == 1 and all(v is not None and len(v) == 1 and isinstance(v[0], str)
+                                                  for _, v, _ in steps):
+            plan.fast = FastPlan([str(v[0]) for _, v, _ in steps if v is not None], time_paths.pop(),
+                                 [p.id for p, _, _ in steps], [self._full_ids[p.id] for p, _, _ in steps])
         return plan
 
     def _decode(self, topic: str, data: bytes | bytearray) -> Telegram | None:
@@ -258,6 +281,11 @@ class MqttDriver(Driver[MqttDevice]):
                 doc = _JSON.decode(data.decode("utf-8")) if type(data) is bytes else parse_json(data)
             except (ValueError, UnicodeDecodeError) as err:
                 doc_error = MalformedPayload(f"not JSON: {err}")
+        if plan.fast is not None and type(doc) is dict:
+            telegram = self._decode_fast(topic, plan.fast, doc, received)
+            if telegram is not None:
+                return telegram
+        # The careful path: every point on its own, and the words for whatever is wrong.
         pids: list[str] = []
         samples: list[Sample] = []
         times: dict[Path, datetime] = {}  # points of one telegram usually share its timestamp path
@@ -278,8 +306,7 @@ class MqttDriver(Driver[MqttDevice]):
                             node = node[step]
                     except (KeyError, IndexError, TypeError):
                         node = extract(doc, value_path)
-                    kind = type(node)
-                    value = float(node) if (kind is float or kind is int) and isfinite(node) else to_number(node)
+                    value = node if type(node) is float and isfinite(node) else to_number(node)
                 if time_path is None:
                     source = received
                 elif time_path in times:
@@ -293,6 +320,22 @@ class MqttDriver(Driver[MqttDevice]):
             # tuple.__new__ skips the NamedTuple's Python-level __new__ (see Driver._publish_values)
             samples.append(new(Sample, (full_ids[p.id], value, good, source, received)))
         return Telegram(topic, pids, samples, problem)
+
+    @staticmethod
+    def _decode_fast(topic: str, fast: FastPlan, doc: dict[str, Any], received: datetime) -> Telegram | None:
+        """A well-formed common telegram in a few C-level passes; None to let the careful path judge it."""
+        try:
+            raw = list(map(doc.__getitem__, fast.keys))
+            if not _NUMBER_TYPES.issuperset(map(type, raw)):
+                return None  # text, null or a container somewhere
+            values = list(map(float, raw))  # OverflowError for an integer beyond float
+            if not all(map(math.isfinite, values)):
+                return None
+            source = received if fast.time_path is None else parse_timestamp(extract(doc, fast.time_path))
+        except (KeyError, OverflowError, MalformedPayload):
+            return None
+        fields = zip(fast.full_ids, values, repeat(Quality.GOOD), repeat(source), repeat(received))
+        return Telegram(topic, fast.pids, list(map(tuple.__new__, repeat(Sample), fields)))
 
     def _deliver(self, batch: list[Telegram]) -> None:
         """Event loop: count, log and publish decoded messages in arrival order, the whole batch at once."""

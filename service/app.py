@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from drivers import create_driver
 from drivers.base import Driver, WriteResult
+from service.accounting.rollup_task import run_rollups
 from service.alarms.manager import AlarmManager
 from service.alarms.mqtt_publisher import AlarmPublisher
 from service.api.app import create_app
@@ -155,6 +156,8 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 writer_task = tg.create_task(self.writer.run(), name="storage-writer")
                 retention_task = tg.create_task(run_retention(pool, cfg.storage), name="storage-retention")
+                rollup_task = tg.create_task(run_rollups(pool, cfg), name="accounting-rollups") \
+                    if cfg.accounting is not None else None
                 driver_tasks = [tg.create_task(d.run(), name=f"driver-{d.device_id}") for d in self.drivers]
                 alarm_task = tg.create_task(self.alarms.run(), name="alarms")
                 publisher_task = tg.create_task(self.alarm_publisher.run(), name="alarm-mqtt") \
@@ -179,6 +182,8 @@ class Service:
                 if publisher_task is not None:
                     await cancel_and_wait(publisher_task)
                 retention_task.cancel()
+                if rollup_task is not None:
+                    await cancel_and_wait(rollup_task)
                 writer_task.cancel()
             spool.close()
         finally:

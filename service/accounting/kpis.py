@@ -11,9 +11,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from service.accounting.engine import AccountingError, heat_pump_gj, margin_for, meter_energy
-from service.accounting.registers import RegisterSpec, register_steps, tally
-from service.accounting.store import fetch_register
+from service.accounting.engine import AccountingError, heat_pump_gj, meter_energy, register_energy
+from service.accounting.registers import RegisterSpec
 from service.config import AccountingConfig, Co2Factor, HeatrecConfig
 
 GJ_PER_MWH = 3.6
@@ -93,8 +92,7 @@ def compute_kpis(k: KpiInputs, acc: AccountingConfig, tz: ZoneInfo) -> dict[str,
 async def _site_gj(conn: asyncpg.Connection, point: str | None, start: datetime, end: datetime) -> float | None:
     if point is None:
         return None
-    rows = await fetch_register(conn, point, start, end, margin_for(900.0))
-    return tally(register_steps(rows, _SITE_SPEC), start, end).energy * 0.0036
+    return await register_energy(conn, point, _SITE_SPEC, start, end) * 0.0036
 
 
 async def kpis(conn: asyncpg.Connection, cfg: HeatrecConfig, start: datetime, end: datetime) -> dict[str, Any]:

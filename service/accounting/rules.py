@@ -41,6 +41,8 @@ class RulePeriod:
     source: str
     cap_exempt_below_mw: Figure | None = None
     heat_pump_profit: bool = False
+    efo_exempt: Figure | None = None  # members of the energy-efficiency scheme pay no charge
+    free_supply_utility_pays: Figure | None = None  # heat given away free: the utility pays the charge
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,10 @@ def parse_rules(data: dict[str, Any], source: str) -> RuleSet:
                 id=str(p["id"]), valid_from=p["valid_from"], valid_to=p.get("valid_to", _FAR_FUTURE),
                 charge_method=p["charge_method"], price_limit=p["price_limit"],
                 electricity_based_exempt=_figure(p["electricity_based_exempt"], f"{where}.electricity_based_exempt"),
-                source=str(p["source"]), cap_exempt_below_mw=cap_exempt, heat_pump_profit=hp))
+                source=str(p["source"]), cap_exempt_below_mw=cap_exempt, heat_pump_profit=hp,
+                efo_exempt=_figure(p["efo_exempt"], f"{where}.efo_exempt") if "efo_exempt" in p else None,
+                free_supply_utility_pays=_figure(p["free_supply_utility_pays"], f"{where}.free_supply_utility_pays")
+                if "free_supply_utility_pays" in p else None))
         periods.sort(key=lambda p: p.valid_from)
         for a, b in itertools.pairwise(periods):
             if a.valid_to != b.valid_from:

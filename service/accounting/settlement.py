@@ -89,10 +89,15 @@ def settle_segment(contract: SupplyContract, rules: RuleSet, seg: Segment, deliv
         taxable = max(0.0, delivered_gj - factor.value * hp_electricity_gj)
         sources.append(factor.source)
     rate: float | None = None
-    payer = "utility" if contract.free_supply else "supplier"
+    utility_pays = contract.free_supply and p.free_supply_utility_pays is not None \
+        and p.free_supply_utility_pays.value > 0
+    if utility_pays and p.free_supply_utility_pays is not None:
+        sources.append(p.free_supply_utility_pays.source)
+    payer = "utility" if utility_pays else "supplier"
     charge = 0.0
-    if contract.efo_member:
+    if contract.efo_member and p.efo_exempt is not None and p.efo_exempt.value > 0:
         reason = "exempt: supplier is in the energy-efficiency scheme (EFO)"
+        sources.append(p.efo_exempt.source)
     elif contract.electricity_based_process and p.electricity_based_exempt.value:
         reason = "exempt: electricity-based process"
         sources.append(p.electricity_based_exempt.source)

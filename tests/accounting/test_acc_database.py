@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -93,6 +93,12 @@ async def test_hourly_rollup_is_used_and_rebuilt_after_late_readings(conn: async
     assert again.energy == pytest.approx(MARCH_GJ + 0.01 - 0.01 / 6, abs=1e-9)
     full = meter_tally(m, await load_meter(conn, m, MARCH_START, MARCH_END), MARCH_START, MARCH_END)
     assert again.energy == pytest.approx(full.energy, abs=1e-9)
+    # A late glitch inside the month changes nothing: the full logic discards it, the roll-up's sum
+    # telescopes over it (and is not rebuilt for it).
+    await write(conn, cfg, [("m1.energy", MARCH_START + timedelta(days=9, minutes=1), 3.0)])
+    assert (await meter_energy(conn, m, MARCH_START, MARCH_END)).energy == pytest.approx(again.energy, abs=1e-9)
+    full = meter_tally(m, await load_meter(conn, m, MARCH_START, MARCH_END), MARCH_START, MARCH_END)
+    assert full.energy == pytest.approx(again.energy, abs=1e-9) and "fault_discarded" in full.flags
 
 
 async def test_rollup_of_an_incomplete_month_is_built_once(conn: asyncpg.Connection) -> None:
@@ -219,3 +225,57 @@ async def test_closed_settlements_are_immutable_and_corrections_are_versions(con
 
 def test_readings_are_plain_values() -> None:
     assert Reading(MARCH_START, 1.0).manual is False
+
+
+async def test_rollup_task_keeps_recent_hours_warm(database: DatabaseConfig) -> None:
+    import asyncio
+
+    from service.accounting.rollup_task import LOOKBACK, refresh_rollups, run_rollups
+    from service.clock import VirtualClock
+    from service.tasks import cancel_and_wait
+    from tests.support import wait_until
+
+    cfg = config()
+    pool = await connect_pool(database)
+    try:
+        async with pool.acquire() as c:
+            await migrate(c)
+            await write(c, cfg, constant_meter(MARCH_START, MARCH_START + timedelta(hours=6), 100.0))
+        now = MARCH_START + timedelta(hours=5, minutes=30)
+        assert await refresh_rollups(pool, cfg, now) == 1
+        hours = [r["hour"] for r in await pool.fetch("SELECT hour FROM register_hours ORDER BY hour")]
+        # The three complete hours before 05:30: 02:00, 03:00, 04:00; the running hour is left alone.
+        assert hours == [MARCH_START + timedelta(hours=h) for h in (2, 3, 4)] and LOOKBACK == timedelta(hours=3)
+        energy = await pool.fetchval("SELECT sum(energy) FROM register_hours")
+        assert energy == pytest.approx(3 * 0.36)  # 100 kW for 3 h
+        clock = VirtualClock(MARCH_START + timedelta(hours=6, minutes=1))
+        task = asyncio.create_task(run_rollups(pool, cfg, clock, interval_s=0.05))
+        await wait_until(lambda: _has_hour(pool, MARCH_START + timedelta(hours=5)), timeout=10)
+        await cancel_and_wait(task)
+    finally:
+        await pool.close()
+
+
+async def _has_hour(pool: asyncpg.Pool, hour: object) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) FROM register_hours WHERE hour = $1", hour))
+
+
+async def test_period_straddling_the_cap_repeal_is_settled_in_two_parts(conn: asyncpg.Connection) -> None:
+    from service.accounting.engine import settle
+    from tests.accounting.acc_support import TZ
+
+    cfg = config(agreed_price_dkk_per_gj=150.0, utility_cost_dkk_per_gj=10.0)
+    start = datetime(2025, 6, 16, tzinfo=TZ).astimezone(UTC)
+    end = datetime(2025, 7, 16, tzinfo=TZ).astimezone(UTC)
+    await write(conn, cfg, constant_meter(start - timedelta(hours=1), end + timedelta(hours=1), 100.0))
+    s = await settle(conn, cfg, "c1", start, end, "2025-06-16/2025-07-16")
+    june, july = s.segments
+    # 100 kW for 15 days = 360 h = 36,000 kWh = 129.6 GJ on each side of 1 July (local midnight).
+    assert (june.rule_period, july.rule_period) == ("price_cap", "no_cap")
+    assert june.delivered_gj == pytest.approx(129.6) and july.delivered_gj == pytest.approx(129.6)
+    # June under the cap: 110 (2025, carried forward) - 10 = 100 DKK/GJ -> 12,960 DKK.
+    # July without a cap: the agreed 150 DKK/GJ -> 19,440 DKK. Together 32,400 DKK.
+    assert june.amount_dkk == pytest.approx(12_960.0) and july.amount_dkk == pytest.approx(19_440.0)
+    assert s.amount_dkk == pytest.approx(32_400.0)
+    # Charge: 259.2 GJ x 28.2 DKK/GJ = 7,309.44 DKK, provisional (2025 rate carried forward).
+    assert s.charge_dkk == pytest.approx(7_309.44) and s.provisional

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.accounting.rules import RuleError, RuleSet, load_rules, parse_rules, split_period
 from service.accounting.settlement import SegmentResult, Settlement, settle_segment
@@ -38,6 +41,8 @@ def test_every_figure_in_the_rule_file_has_a_source() -> None:
     figures = [RULES.base_rate, RULES.heat_pump_deduction_factor, RULES.old_rate, RULES.old_share_of_remuneration,
                *RULES.rates.values(), *RULES.caps.values()]
     figures += [p.electricity_based_exempt for p in RULES.periods]
+    figures += [f for p in RULES.periods for f in (p.efo_exempt, p.free_supply_utility_pays, p.cap_exempt_below_mw)
+                if f is not None]
     assert all(f.source.strip() for f in figures)
     assert "electricity_based_process" in RULES.assumptions
     assert RULES.base_rate.value == 24.50 and RULES.rates[2022].value == 25.80 and RULES.rates[2024].value == 28.2
@@ -110,8 +115,10 @@ def test_exemptions() -> None:
     assert efo.charge_dkk == 0 and efo.charge_payer == "none" and "EFO" in efo.charge_reason
     dc = month(contract(electricity_based_process=True), 2024, 1, 1000.0)
     assert dc.charge_dkk == 0 and "electricity-based" in dc.charge_reason
-    # Before 2021 the default rule set applies no such exemption: min(50 x 1000, 0.33 x 55,000) = 18,150.
+    # Before 2021 the default rule set applies none of these exemptions (they came with the 2021 bill):
+    # min(50 x 1000, 0.33 x 55,000) = 18,150 DKK, paid by the supplier even for free supply.
     assert month(contract(electricity_based_process=True), 2020, 1, 1000.0).charge_dkk == pytest.approx(18_150.0)
+    assert month(contract(efo_member=True), 2020, 1, 1000.0).charge_dkk == pytest.approx(18_150.0)
 
 
 def test_month_after_the_cap_was_repealed() -> None:
@@ -173,3 +180,25 @@ def test_bad_rule_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "gap.toml").write_text(text.replace("valid_from = 2025-07-01", "valid_from = 2025-08-01"))
     with pytest.raises(RuleError, match="without gap or overlap"):
         load_rules(tmp_path, "gap")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(2019, 1, 1), max_value=datetime(2027, 1, 1)),
+       st.integers(min_value=1, max_value=800 * 24), st.floats(min_value=0, max_value=5000))
+def test_segments_tile_the_period_and_totals_do_not_depend_on_the_split(
+        start_naive: datetime, hours: int, per_hour_gj: float) -> None:
+    start = start_naive.replace(tzinfo=UTC)
+    end = start + timedelta(hours=hours)
+    segs = split_period(RULES, start, end, TZ)
+    # Contiguous, in order, covering [start, end) exactly, each under the entry in force on its first day.
+    assert segs[0].start == start and segs[-1].end == end
+    assert all(a.end == b.start for a, b in itertools.pairwise(segs))
+    assert all(s.period == RULES.period_on(s.start.astimezone(TZ).date()) for s in segs)
+    # Steady delivery: each segment's energy by its duration; the segments' energy adds up to the whole.
+    c = contract(agreed_price_dkk_per_gj=50.0)
+    results = [settle_segment(c, RULES, s, per_hour_gj * (s.end - s.start).total_seconds() / 3600, 0.0, 0.0)
+               for s in segs if s.year <= 2026]
+    if len(results) == len(segs):
+        assert sum(r.delivered_gj for r in results) == pytest.approx(per_hour_gj * hours, rel=1e-9, abs=1e-9)
+        # The price is 50 DKK/GJ or below every limit here, so the amount is additive too: 50 x total.
+        assert sum(r.amount_dkk for r in results) == pytest.approx(50.0 * per_hour_gj * hours, rel=1e-9, abs=1e-6)

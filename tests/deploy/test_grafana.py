@@ -103,13 +103,16 @@ async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseCo
 
 
 async def _seed_accounting(conn: Any) -> None:
-    """A closed settlement with a correction, a manual reading and a meter exchange (settlements dashboard)."""
+    """A closed settlement with a correction, an hour of the register roll-up, a manual reading and a meter
+    exchange (settlements dashboard)."""
     for version, reason in ((1, ""), (2, "meter read on site")):
         await conn.execute(
             "INSERT INTO settlements (contract_id, period, version, period_start, period_end, delivered_gj, "
             "estimated_gj, charge_dkk, charge_payer, amount_dkk, allowed_price, provisional, document, reason, "
             "closed_by) VALUES ('demo_supply', '2026-01', $1, $2, $3, 2600, 26, 0, 'none', 234000, 90, false, "
             "'{}', $4, 'operator')", version, START, START + timedelta(days=31), reason)
+    await conn.execute("INSERT INTO register_hours (point_key, hour, energy, anomalies, covered_s, samples) "
+                       "SELECT key, $1, 2.9, 0, 3600, 120 FROM points WHERE id = 'meter1.energy'", START)
     await conn.execute("INSERT INTO manual_readings (meter_id, time, value_gj, entered_by, note) "
                        "VALUES ('meter1', $1, 1234.5, 'operator', 'read on site')", START + timedelta(minutes=30))
     await conn.execute("INSERT INTO meter_replacements (meter_id, time, old_serial, new_serial, old_final_gj, "

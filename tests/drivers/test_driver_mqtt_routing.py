@@ -118,3 +118,31 @@ async def test_failed_and_stopped_connections_leave_no_threads(mosquitto: Any, t
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, 5)
     assert _network_threads("refused", f"{client_id}-r") == [] and _network_threads("healthy", client_id) == []
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"e": 1, "p": 2.5, "on": true, "t": "2024-05-01T10:00:00Z"}',
+    b'{"e": -3, "p": 0, "on": false, "t": 1714557600}',
+    b'{"e": 1, "p": "2.5", "on": true, "t": 1714557600}',  # text is not a number
+    b'{"e": 1, "p": null, "on": true, "t": 1714557600}',
+    b'{"e": 1, "p": NaN, "on": true, "t": 1714557600}',
+    b'{"e": 1e400, "p": 1, "on": true, "t": 1714557600}',  # infinity
+    b'{"e": 1' + b"0" * 400 + b', "p": 1, "on": true, "t": 1714557600}',  # beyond float
+    b'{"e": 1, "on": true, "t": 1714557600}',  # a key missing
+    b'{"e": 1, "p": 2, "on": true, "t": "soon"}',
+    b'{"e": 1, "p": 2, "on": true}',
+    b'{"e": [1], "p": {"x": 1}, "on": true, "t": 0}',
+    b"[1, 2]",
+    b"not json",
+])
+def test_fast_and_careful_decoding_agree(payload: bytes, sink: RecordingSink) -> None:
+    broker = SimpleNamespace(host="127.0.0.1", port=1, username=None, password=None)
+    points = [{"id": k, "topic": "m/t", "json_path": f"$.{k}", "timestamp_path": "$.t"} for k in ("e", "p", "on")]
+    fast, careful = MqttDriver(device(broker, points), sink), MqttDriver(device(broker, points), sink)
+    assert fast._route("m/t").fast is not None
+    careful._route("m/t").fast = None
+    a, b = fast._decode("m/t", payload), careful._decode("m/t", payload)
+    assert a is not None and b is not None
+    assert (a.pids, a.problem) == (b.pids, b.problem)
+    assert [(s.point, s.value, s.quality, s.source_time) for s in a.samples] == \
+           [(s.point, s.value, s.quality, s.source_time) for s in b.samples]
