@@ -28,6 +28,7 @@ from service.config import ModbusDevice, MqttDevice, OpcUaDevice, PointBase
 from service.model import Quality, Sample, utcnow
 
 DeviceT = TypeVar("DeviceT", OpcUaDevice, ModbusDevice, MqttDevice)
+T = TypeVar("T")
 WriteStatus = Literal["ok", "rejected", "mismatch", "timeout", "error"]
 
 
@@ -90,6 +91,38 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """Await with a time limit; TimeoutError when it runs out. Same contract as asyncio.timeout.
+
+    For the per-request hot path: Python 3.11's asyncio.timeout costs about 15 µs per use (a context
+    object, a state machine and several calls), a sizeable part of a fast Modbus request.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("within() needs a task")
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    handle = loop.call_at(loop.time() + seconds, expire)
+    try:
+        result = await awaitable
+    except asyncio.CancelledError:
+        # Our own cancel, and no one else's pending: that is the timeout.
+        if expired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
+    if expired:  # the limit ran out in the very turn the result came: the result stands
+        task.uncancel()
+    return result
 
 
 class Driver(ABC, Generic[DeviceT]):

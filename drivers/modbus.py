@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import operator
 import struct
@@ -18,7 +19,7 @@ from pymodbus.pdu import ModbusPDU
 
 from drivers import codec
 from drivers.backoff import Backoff
-from drivers.base import Driver, describe, raise_if_cancelled
+from drivers.base import Driver, describe, raise_if_cancelled, within
 from drivers.errors import (
     CodecError,
     DeviceException,
@@ -35,6 +36,8 @@ MAX_BITS_PER_READ = 2000  # Modbus limit for coils and discrete inputs in one re
 # struct formats the block decoder reads straight from a block's big-endian bytes.
 _FAST_FORMATS: dict[str, str] = {"bool": ">H", "int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I",
                                  "float32": ">f", "float64": ">d"}
+_READERS = {"holding": "read_holding_registers", "input": "read_input_registers", "coil": "read_coils",
+            "discrete": "read_discrete_inputs"}  # client method per function
 MAX_TIMEOUT_S = 120.0  # the largest timeout_s a device may have (service.config)
 
 BlockKey = tuple[str, int, int]
@@ -342,14 +345,9 @@ class ModbusDriver(Driver[ModbusDevice]):
 
     async def _read_block(self, block: ReadBlock) -> Sequence[int] | Sequence[bool]:
         client = self._require_client()
-        address, count, unit = block.address, block.count, self.device.unit_id
-        readers: dict[str, Callable[[], Awaitable[ModbusPDU]]] = {
-            "holding": lambda: client.read_holding_registers(address, count=count, device_id=unit),
-            "input": lambda: client.read_input_registers(address, count=count, device_id=unit),
-            "coil": lambda: client.read_coils(address, count=count, device_id=unit),
-            "discrete": lambda: client.read_discrete_inputs(address, count=count, device_id=unit),
-        }
-        response = await self._call(_describe_block(block), readers[block.function])
+        reader = getattr(client, _READERS[block.function])
+        response = await self._call(_describe_block(block), functools.partial(
+            reader, block.address, count=block.count, device_id=self.device.unit_id))
         if block.function in ("coil", "discrete"):
             bits = response.bits[:block.count]  # bits arrive padded to whole bytes
             if len(bits) < block.count:
@@ -391,9 +389,9 @@ class ModbusDriver(Driver[ModbusDevice]):
                 pause = link.last_request_end + self.device.request_pause_s - loop.time()
                 if pause > 0:
                     await asyncio.sleep(pause)
-                async with asyncio.timeout(self.device.timeout_s):
-                    response = await request()  # pymodbus raises before awaiting when not connected
-                    raise_if_cancelled()
+                # pymodbus raises before awaiting when not connected
+                response = await within(self.device.timeout_s, request())
+                raise_if_cancelled()
             except TimeoutError as err:
                 raise DriverTimeout(f"{what}: no answer within {self.device.timeout_s} s") from err
             except (ConnectionException, ModbusIOException) as err:

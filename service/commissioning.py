@@ -69,7 +69,7 @@ def point_source(device: Any, point: PointBase) -> str:
     if isinstance(point, ModbusPoint):
         return f"{device.endpoint} unit {device.unit_id} {point.function} {point.address} {point.type}"
     if isinstance(point, OpcUaPoint):
-        return f"{device.endpoint} {point.node}"
+        return f"{device.endpoint} {point.address}"
     if isinstance(point, MqttPoint):
         return f"{device.endpoint} {point.topic}" + (f" {point.json_path}" if point.json_path else "")
     return str(device.endpoint)
