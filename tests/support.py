@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from service.config import DatabaseConfig
 from service.localservers import free_port
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.app import Service
+    from service.config import HeatrecConfig
+    from service.localservers import PostgresCluster
 
 DEMO_PORTS = ("8000", "55432", "4840", "4841", "5020", "1883")
 
@@ -34,3 +48,79 @@ async def wait_until(pred: Callable[[], Awaitable[bool] | bool], timeout: float 
             return
         assert loop.time() < deadline, f"{what} not reached within {timeout} s"
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_service(cfg: HeatrecConfig) -> AsyncIterator[Service]:
+    """The whole service on a free loopback API port; stopped in its own order on exit."""
+    from service.app import Service, bind_api_socket
+
+    sock = bind_api_socket("127.0.0.1", free_port())
+    svc = Service(cfg)
+    task = asyncio.create_task(svc.run(api_socket=sock))
+    try:
+        await wait_until(lambda: svc.started.is_set() or task.done(), 30, "service start")
+        assert not task.done(), task.exception()
+        yield svc
+    finally:
+        svc.stop()
+        await asyncio.wait_for(task, 60)
+
+
+def new_database(postgres: PostgresCluster, prefix: str) -> DatabaseConfig:
+    """A fresh, empty database on the session cluster (for module-scoped fixtures)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    postgres.psql(f'CREATE DATABASE "{name}"')
+    return DatabaseConfig(host=postgres.host, port=postgres.port, name=name, user=postgres.user,
+                          password=postgres.password)
+
+
+ApiBuilder = Callable[[], Awaitable[tuple["FastAPI", Callable[[], Awaitable[None]]]]]
+
+
+@contextlib.contextmanager
+def api_in_thread(build: ApiBuilder) -> Iterator[str]:
+    """Serve the app `build()` makes with uvicorn in a thread with its own event loop; yields its base URL.
+
+    For blocking clients such as the schemathesis CLI. `build` runs in that loop and returns the app and
+    an async close function, called after the server has stopped.
+    """
+    import uvicorn
+
+    from service.app import _ApiServer, bind_api_socket
+
+    url: list[str] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        app, close = await build()
+        sock = bind_api_socket("127.0.0.1", free_port())
+        url.append(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        server = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        server.should_exit = True
+        await task
+        await close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(30), "API did not start"
+    try:
+        yield url[0]
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def run_schemathesis(url: str, token: str, *options: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The schemathesis CLI (its pytest plugin lags behind pytest) with every check, deterministic."""
+    st = Path(sys.executable).with_name("st")
+    return subprocess.run([str(st), "run", f"{url}/openapi.json", "--checks", "all",
+                           "-H", f"Authorization: Bearer {token}", "--max-examples", "15",
+                           "--seed", "1", "--generation-deterministic", "--no-color", *options],
+                          capture_output=True, text=True, timeout=400, cwd=cwd, check=False)

@@ -8,7 +8,6 @@ seconds, not minutes. An operator raises the target 3 K; the heat pump's setpoin
 
 from __future__ import annotations
 
-import asyncio
 import math
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,11 @@ from asyncua import Client, ua
 from prometheus_client.parser import text_string_to_metric_families
 from pymodbus.client import AsyncModbusTcpClient
 
-from service.app import Service, bind_api_socket
 from service.auth import create_token
 from service.config import load_config
-from service.localservers import free_port
 from service.storage.database import connect_pool
 from simulators.runner import Simulation
-from tests.support import wait_until
+from tests.support import running_service, wait_until
 
 SCADA_PASSWORD = "scada-test-secret"
 
@@ -62,13 +59,8 @@ async def test_operator_and_scada_control_reach_the_heat_pump(plant_config_file:
     cfg = load_config(plant_config_file)
     assert cfg.simulation is not None and cfg.control is not None and cfg.scada is not None
     hp_port = int(cfg.simulation.heat_pumps[0].endpoint.rsplit(":", 1)[1])
-    sock = bind_api_socket("127.0.0.1", free_port())
     async with Simulation(cfg.simulation, tick_s=0.2):
-        svc = Service(cfg)
-        task = asyncio.create_task(svc.run(api_socket=sock))
-        try:
-            await wait_until(lambda: svc.started.is_set() or task.done(), 30, "service start")
-            assert not task.done(), task.exception()
+        async with running_service(cfg) as svc:
             pool = await connect_pool(cfg.database)
             async with pool.acquire() as conn:
                 viewer = await create_token(conn, "viewer", "e2e-viewer")
@@ -154,6 +146,3 @@ async def test_operator_and_scada_control_reach_the_heat_pump(plant_config_file:
                 r = await http.get("/api/v1/audit", params={"limit": 5}, headers=auth(viewer))
                 assert [e["principal"] for e in r.json()["entries"][:2]] == ["scada:scada", "scada:scada"]
                 assert [e["outcome"] for e in r.json()["entries"][:2]] == ["accepted", "refused"]
-        finally:
-            svc.stop()
-            await asyncio.wait_for(task, 60)

@@ -6,7 +6,6 @@ simulators' asyncua, pymodbus and MQTT faces on loopback, and the API served by 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from pathlib import Path
@@ -15,26 +14,19 @@ import httpx
 from asyncua import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import Service, bind_api_socket
 from service.auth import create_token
 from service.config import load_config
-from service.localservers import free_port
 from service.storage.database import connect_pool
 from simulators.runner import Simulation
-from tests.support import wait_until
+from tests.support import running_service, wait_until
 
 
 async def test_all_three_protocols_reach_database_and_api(plant_config_file: Path) -> None:
     cfg = load_config(plant_config_file)
     assert cfg.simulation is not None
     protocols = {d.id: d.protocol for d in cfg.devices}
-    sock = bind_api_socket("127.0.0.1", free_port())
     async with Simulation(cfg.simulation, tick_s=0.2):
-        svc = Service(cfg)
-        task = asyncio.create_task(svc.run(api_socket=sock))
-        try:
-            await wait_until(lambda: svc.started.is_set() or task.done(), 30, "service start")
-            assert not task.done(), task.exception()
+        async with running_service(cfg) as svc:
             pool = await connect_pool(cfg.database)
             try:
                 async with pool.acquire() as conn:
@@ -106,6 +98,3 @@ async def test_all_three_protocols_reach_database_and_api(plant_config_file: Pat
                 assert samples[("heatrec_bus_dropped_total", (("subscriber", "storage"),))] == 0
                 assert any(name == "heatrec_api_request_duration_seconds_count" and
                            ("route", "/api/v1/points") in labels for name, labels in samples)
-        finally:
-            svc.stop()
-            await asyncio.wait_for(task, 30)

@@ -7,29 +7,25 @@ schemas, invalid input rejected) must all pass.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
 from service.alarms.manager import AlarmManager
 from service.api.app import create_app
 from service.api.auth_limiter import FailedAuthLimiter
 from service.api.state import ServiceState
-from service.app import _ApiServer, bind_api_socket
 from service.auth import create_token
 from service.bus import SampleBus
-from service.config import DatabaseConfig, parse_config
-from service.localservers import free_port
+from service.config import parse_config
+from service.localservers import PostgresCluster
 from service.model import Quality, Sample
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
+from tests.support import api_in_thread, new_database, run_schemathesis
 
 CFG = parse_config({
     "devices": [{"id": "hp1", "protocol": "modbus", "endpoint": "127.0.0.1:5020", "points": [
@@ -38,20 +34,12 @@ CFG = parse_config({
 
 
 @pytest.fixture(scope="module")
-def live_api(postgres: Any) -> Iterator[dict[str, str]]:
+def live_api(postgres: PostgresCluster) -> Iterator[dict[str, str]]:
     """The API served by uvicorn in a thread of its own, on a fresh database."""
-    import secrets
-
-    import uvicorn
-
-    name = f"fuzz_{secrets.token_hex(4)}"
-    postgres.psql(f'CREATE DATABASE "{name}"')
-    db = DatabaseConfig(host=postgres.host, port=postgres.port, name=name, user=postgres.user,
-                        password=postgres.password)
+    db = new_database(postgres, "fuzz")
     info: dict[str, str] = {}
-    ready, stop = threading.Event(), threading.Event()
 
-    async def serve() -> None:
+    async def build() -> tuple[FastAPI, Callable[[], Awaitable[None]]]:
         pool = await connect_pool(db)
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -65,35 +53,15 @@ def live_api(postgres: Any) -> Iterator[dict[str, str]]:
         await alarms.evaluate_once()
         # A generous limit: the fuzzer sends many deliberately bad tokens.
         app = create_app(ServiceState(CFG, bus, pool, alarms=alarms), FailedAuthLimiter(max_failures=10**6))
-        sock = bind_api_socket("127.0.0.1", free_port())
-        info["url"] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        server = _ApiServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        server.should_exit = True
-        await task
-        await pool.close()
+        return app, pool.close
 
-    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
-    thread.start()
-    assert ready.wait(30), "API did not start"
-    yield info
-    stop.set()
-    thread.join(30)
+    with api_in_thread(build) as url:
+        yield {**info, "url": url}
 
 
 def test_api_conforms_to_its_openapi(live_api: dict[str, str], tmp_path: Path) -> None:
-    # The schemathesis CLI: its pytest plugin lags behind pytest's internals.
-    st = Path(sys.executable).with_name("st")
-    r = subprocess.run([str(st), "run", f"{live_api['url']}/openapi.json", "--checks", "all",
-                        "-H", f"Authorization: Bearer {live_api['operator']}", "--max-examples", "15",
-                        # The live stream never ends by design; the end-to-end test covers it.
-                        "--exclude-path", "/api/v1/stream", "--request-timeout", "10",
-                        "--seed", "1", "--generation-deterministic", "--no-color"],
-                       capture_output=True, text=True, timeout=400, cwd=tmp_path, check=False)
+    # The live stream never ends by design; the end-to-end test covers it.
+    r = run_schemathesis(live_api["url"], live_api["operator"], "--exclude-path", "/api/v1/stream",
+                         "--request-timeout", "10", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "passed" in r.stdout

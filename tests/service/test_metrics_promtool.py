@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import Service, bind_api_socket
 from service.config import load_config
-from service.localservers import MosquittoServer, free_port
-from tests.support import wait_until
+from service.localservers import MosquittoServer
+from tests.support import running_service, wait_until
 
 
 async def test_metrics_pass_promtool_lint(plant_config_file: Path, mosquitto: MosquittoServer) -> None:
@@ -23,12 +22,7 @@ async def test_metrics_pass_promtool_lint(plant_config_file: Path, mosquitto: Mo
         f.write(f'\n[alarms.mqtt]\nurl = "{mosquitto.url}"\nusername = "{mosquitto.username}"\n'
                 'password = "${HEATREC_MQTT_PASSWORD}"\ntopic_prefix = "promtool/alarms"\n')
     cfg = load_config(plant_config_file)
-    sock = bind_api_socket("127.0.0.1", free_port())
-    svc = Service(cfg)
-    task = asyncio.create_task(svc.run(api_socket=sock))
-    try:
-        await wait_until(lambda: svc.started.is_set() or task.done(), 30, "service start")
-        assert not task.done(), task.exception()
+    async with running_service(cfg) as svc:
         assert svc.alarm_publisher is not None
         publisher = svc.alarm_publisher
         await wait_until(lambda: publisher.stats.published > 0, 15, "alarm snapshot published")
@@ -38,9 +32,6 @@ async def test_metrics_pass_promtool_lint(plant_config_file: Path, mosquitto: Mo
             r = await client.get("/metrics")
         assert r.status_code == 200
         text = r.text
-    finally:
-        svc.stop()
-        await asyncio.wait_for(task, 30)
     families = {f.name for f in text_string_to_metric_families(text)}
     # Every part of the service is in the scrape, so the lint covers all of it.
     assert {"heatrec_driver_state", "heatrec_storage_rows_written", "heatrec_storage_spool_bytes",
