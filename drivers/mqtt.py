@@ -18,7 +18,7 @@ from paho.mqtt.client import topic_matches_sub
 from drivers.backoff import Backoff
 from drivers.base import Driver, raise_if_cancelled
 from drivers.errors import DriverConnectionError, MalformedPayload
-from drivers.mqtt_link import PahoLink
+from drivers.mqtt_link import PahoLink, TlsFileError, client_tls_context
 from service.bus import SampleSink
 from service.config import MqttDevice, MqttPoint, PointBase
 from service.model import Quality, Sample, utcnow
@@ -219,18 +219,11 @@ class MqttDriver(Driver[MqttDevice]):
 
     def _tls_context(self) -> ssl.SSLContext:
         """Verify the broker against tls_ca_file (or the system CAs); present a client certificate if set."""
-        ca_file = self.device.tls_ca_file
+        d = self.device
         try:
-            tls = ssl.create_default_context(cafile=ca_file)  # verifies the broker's name as well
-        except (OSError, ssl.SSLError) as err:
-            raise DriverConnectionError(f"cannot load tls_ca_file '{ca_file}': {err}") from err
-        if self.device.tls_cert_file:
-            try:
-                tls.load_cert_chain(self.device.tls_cert_file, self.device.tls_key_file)
-            except (OSError, ssl.SSLError) as err:
-                raise DriverConnectionError(f"cannot load tls_cert_file '{self.device.tls_cert_file}' / "
-                                            f"tls_key_file '{self.device.tls_key_file}': {err}") from err
-        return tls
+            return client_tls_context(d.tls_ca_file, d.tls_cert_file, d.tls_key_file)
+        except TlsFileError as err:
+            raise DriverConnectionError(str(err)) from err
 
     async def _serve(self) -> None:
         link = self._link

@@ -181,6 +181,24 @@ class PahoLink(Generic[R]):
             self._to_loop(self._loop.call_later, FLUSH_DELAY_S, self._flush)
 
 
+class TlsFileError(OSError):
+    """A CA, certificate or key file that cannot be loaded; the message names the file and its key."""
+
+
+def client_tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
+    """Verify the broker against ca_file (or the system CAs) and its name; present a client certificate if set."""
+    try:
+        tls = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as err:
+        raise TlsFileError(f"cannot load tls_ca_file '{ca_file}': {err}") from err
+    if cert_file:
+        try:
+            tls.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise TlsFileError(f"cannot load tls_cert_file '{cert_file}' / tls_key_file '{key_file}': {err}") from err
+    return tls
+
+
 def _connection_error(what: str, err: BaseException) -> DriverConnectionError:
     error = DriverConnectionError(f"{what}: {err}")
     error.__cause__ = err

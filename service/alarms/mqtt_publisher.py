@@ -12,7 +12,6 @@ import asyncio
 import collections
 import json
 import logging
-import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from drivers.backoff import Backoff
+from drivers.mqtt_link import client_tls_context
 from service.alarms.model import Alarm, AlarmEvent
 from service.config import AlarmsMqttConfig
 
@@ -89,11 +89,8 @@ class AlarmPublisher:
 
     def _client(self) -> aiomqtt.Client:
         url = urlsplit(self.cfg.url)
-        tls = None
-        if url.scheme == "mqtts":
-            tls = ssl.create_default_context(cafile=self.cfg.tls_ca_file)  # verifies the broker's name too
-            if self.cfg.tls_cert_file:
-                tls.load_cert_chain(self.cfg.tls_cert_file, self.cfg.tls_key_file)
+        tls = client_tls_context(self.cfg.tls_ca_file, self.cfg.tls_cert_file, self.cfg.tls_key_file) \
+            if url.scheme == "mqtts" else None
         return aiomqtt.Client(url.hostname or "", url.port or (8883 if tls else 1883), username=self.cfg.username,
                               password=self.cfg.password, identifier=self.cfg.client_id, tls_context=tls,
                               timeout=PUBLISH_TIMEOUT_S, keepalive=30)
