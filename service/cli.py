@@ -50,7 +50,10 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a configuration file."""
+    from service.accounting.checks import check_accounting
+
     cfg = load_config(args.file)
+    check_accounting(cfg, str(args.file))
     n_points = sum(len(d.points) for d in cfg.devices)
     print(f"{args.file}: OK: plant '{cfg.plant.name}', {len(cfg.devices)} devices, {n_points} points"
           + (", simulation section present" if cfg.simulation else ""))
@@ -59,9 +62,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the service for a plant configuration."""
+    from service.accounting.checks import check_accounting
     from service.app import Service
 
     cfg = load_config(args.config)
+    check_accounting(cfg, str(args.config))
 
     async def main(stop: asyncio.Event) -> None:
         svc = Service(cfg)
@@ -157,37 +162,49 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_settle(args: argparse.Namespace) -> int:
-    """Settle every supply contract for a month from the database (computed, not closed)."""
+    """Settle every supply contract for a month: closed versions as stored, the others computed (open)."""
     import json
 
-    from service.accounting.engine import AccountingError, settle_month
+    from service.accounting.documents import period_documents
+    from service.accounting.engine import AccountingError, month_bounds
     from service.accounting.rules import RuleError
 
     cfg = load_config(args.config)
+    from zoneinfo import ZoneInfo
+
     try:
-        settlements = _with_database(args.config, lambda conn: settle_month(conn, cfg, args.period,
-                                                                            args.contract or None))
+        month_bounds(args.period, ZoneInfo(cfg.plant.timezone))  # a bad period fails before any connection
+        async def documents(conn: Any) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            for c in args.contract or [None]:
+                out += await period_documents(conn, cfg, args.period, c)
+            return out
+
+        docs: list[dict[str, Any]] = _with_database(args.config, documents)
     except (AccountingError, RuleError) as err:
         print(f"heatrec: error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        docs = [s.as_dict() for s in settlements]
         # A meter shared by two contracts counts once in the plant's total.
-        per_meter = {m: round(gj, 6) for s in settlements for m, gj in s.energy_gj.items()}
+        per_meter = {m: gj for d in docs for m, gj in d["energy_gj"].items() if m != "total"}
         energy = {**per_meter, "total": round(sum(per_meter.values()), 6)}
         print(json.dumps({"period": args.period, "energy_gj": energy, "settlements": docs}, indent=2))
         return 0
     print(f"{'contract':<16} {'meter':<10} {'GJ':>14} {'est.%':>6} {'charge DKK':>12} {'payer':<9} "
-          f"{'DKK/GJ':>9} {'amount DKK':>14}")
-    for s in settlements:
-        price = s.allowed_price_dkk_per_gj
-        print(f"{s.contract_id:<16} {'(all)':<10} {s.delivered_gj:>14.3f} {100 * s.estimated_share:>6.1f} "
-              f"{s.charge_dkk:>12.2f} {s.charge_payer:<9} {'-' if price is None else f'{price:.2f}':>9} "
-              f"{s.amount_dkk:>14.2f}{'  provisional' if s.provisional else ''}")
-        for meter, gj in s.energy_gj.items():
-            print(f"{'':<16} {meter:<10} {gj:>14.3f}")
-        if s.flags:
-            print(f"{'':<16} flags: {', '.join(s.flags)}")
+          f"{'DKK/GJ':>9} {'amount DKK':>14}  status")
+    for d in docs:
+        price = d["allowed_price_dkk_per_gj"]
+        status = d["status"] + (f" v{d['version']}" if d.get("version") else "")
+        if d["status"] == "open" and d.get("as_of"):
+            status += f" as of {d['as_of'][:19]}"
+        print(f"{d['contract']:<16} {'(all)':<10} {d['delivered_gj']:>14.3f} {100 * d['estimated_share']:>6.1f} "
+              f"{d['charge_dkk']:>12.2f} {d['charge_payer']:<9} {'-' if price is None else f'{price:.2f}':>9} "
+              f"{d['amount_dkk']:>14.2f}  {status}{', provisional' if d['provisional'] else ''}")
+        for meter, gj in d["energy_gj"].items():
+            if meter != "total":
+                print(f"{'':<16} {meter:<10} {gj:>14.3f}")
+        if d["flags"]:
+            print(f"{'':<16} flags: {', '.join(d['flags'])}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -631,6 +632,15 @@ class SupplyContract(_Strict):
                                                         "process (a data centre)")
     heat_pump_lifted: bool = Field(default=False, description="the heat is lifted by electric heat pumps")
     heat_pumps: list[str] = Field(default_factory=list, description="accounting heat pump ids to deduct")
+    valid_from: date | None = Field(default=None, description="first day of the contract (default: today); "
+                                                              "check-config checks the rules from then on")
+    valid_to: date | None = Field(default=None, description="day after the contract's last (default: open)")
+
+    @model_validator(mode="after")
+    def _term(self) -> SupplyContract:
+        if self.valid_from is not None and self.valid_to is not None and self.valid_to <= self.valid_from:
+            raise ValueError(f"valid_to ({self.valid_to}) must be after valid_from ({self.valid_from})")
+        return self
 
 
 class Co2Factor(_Strict):

@@ -157,7 +157,7 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
 
         async def main(stop: asyncio.Event) -> None:
             print("starting simulators and the service ...", flush=True)
-            async with Simulation(sim_cfg):
+            async with Simulation(sim_cfg, register_file=var_dir / "simulator-registers.json"):
                 svc = Service(cfg)
                 task = asyncio.create_task(svc.run(api_socket=sock), name="service")
                 started = asyncio.create_task(svc.started.wait())

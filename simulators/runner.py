@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from types import TracebackType
 
 from pymodbus.constants import ExcCodes
@@ -24,6 +25,7 @@ from simulators.heat_pump_modbus import HeatPumpModbusServer
 from simulators.modbus_face import ModbusFace
 from simulators.net import ensure_port_free, split_host_port, split_opcua_endpoint
 from simulators.plant import PlantModel
+from simulators.register_state import RegisterFile
 from simulators.scenario import FaultSpec, Scenario, ScenarioPlayer
 
 Face = CduOpcUaServer | ModbusFace
@@ -50,7 +52,7 @@ class Simulation:
 
     def __init__(self, cfg: SimulationConfig, *, clock: Clock | None = None, tick_s: float | None = 0.5,
                  mqtt_backoff_max_s: float = 10.0, scenario: Scenario | None = None,
-                 control_port: int | None = None) -> None:
+                 control_port: int | None = None, register_file: Path | None = None) -> None:
         _check_unique_ids(cfg)
         if tick_s is not None and tick_s <= 0:
             raise SimulatorError(f"tick_s must be positive (got {tick_s})")
@@ -58,6 +60,10 @@ class Simulation:
         self.clock: Clock = clock or RealClock()
         self.tick_s = tick_s
         self.model = PlantModel(cfg, self.clock)
+        # Registers continue across restarts when a file keeps them (the demo's var/demo).
+        self.registers = RegisterFile(register_file) if register_file is not None else None
+        if self.registers is not None:
+            self.registers.load_into(self.model)
         self.cdus: dict[str, CduOpcUaServer] = {}
         self.heat_pumps: dict[str, HeatPumpModbusServer] = {}
         self.modbus_meters: dict[str, HeatMeterModbusServer] = {}
@@ -247,6 +253,8 @@ class Simulation:
     async def refresh(self) -> float:
         """Advance the model to the clock and publish to every face; returns the step in seconds."""
         dt = self.model.tick()
+        if self.registers is not None:
+            self.registers.save(self.model)  # before any face can publish the new values
         await self._apply_scenario()
         await self._publish()
         return dt

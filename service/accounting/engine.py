@@ -21,7 +21,7 @@ from service.accounting.registers import (
     uncovered,
 )
 from service.accounting.rules import RuleSet, load_rules, split_period
-from service.accounting.settlement import GJ_PER_KWH, Settlement, settle_segment
+from service.accounting.settlement import GJ_PER_KWH, UNCHECKED, Settlement, settle_segment
 from service.accounting.store import (
     fetch_manual,
     fetch_power,
@@ -93,11 +93,19 @@ async def load_meter(conn: asyncpg.Connection, m: AccountingMeter, start: dateti
     return MeterData(register_steps(readings, meter_spec(m), reps), power)
 
 
-def meter_tally(m: AccountingMeter, data: MeterData, start: datetime, end: datetime) -> Tally:
-    """Energy of [start, end): register steps, plus integrated power where no register covers the time."""
+def meter_tally(m: AccountingMeter, data: MeterData, start: datetime, end: datetime,
+                open_end: bool = False) -> Tally:
+    """Energy of [start, end): register steps, plus integrated power where no register covers the time.
+
+    With open_end, end is the moment of computing (a period not over yet): the last seconds since the
+    meter's latest reading, if within gap_s, are left for the next reading to count rather than
+    estimated, so an open period is not marked estimated for data that is simply not due yet.
+    """
     t = tally(data.steps, start, end)
     hold = timedelta(seconds=m.gap_s)
     for lo, hi in uncovered(data.steps, start, end):
+        if open_end and hi == end and data.steps and data.steps[-1].end <= lo and hi - lo <= hold:
+            continue
         if data.power and data.power[0].time <= hi:
             est = integrate_gj(data.power, lo, hi, m.gap_s)
             t.energy += est
@@ -108,8 +116,18 @@ def meter_tally(m: AccountingMeter, data: MeterData, start: datetime, end: datet
     return t
 
 
-async def meter_energy(conn: asyncpg.Connection, m: AccountingMeter, start: datetime, end: datetime) -> Tally:
-    """Energy of a meter in [start, end): SQL for the clean case, the full logic otherwise."""
+async def meter_energy(conn: asyncpg.Connection, m: AccountingMeter, start: datetime, end: datetime,
+                       as_of: datetime | None = None) -> Tally:
+    """Energy of a meter in [start, min(end, as_of)): nothing after as_of is counted or estimated."""
+    if as_of is not None and as_of < end:
+        if as_of <= start:
+            return Tally()
+        # The hours before as_of from the roll-up when clean; only the last part by the full logic.
+        cut = max(start, _floor(as_of, 3600))
+        head = await meter_energy(conn, m, start, cut) if cut > start else Tally()
+        tail = meter_tally(m, await load_meter(conn, m, cut, as_of), cut, as_of, open_end=True)
+        return Tally(energy=head.energy + tail.energy, estimated=head.estimated + tail.estimated,
+                     flags=head.flags | tail.flags, covered_s=head.covered_s + tail.covered_s)
     margin = margin_for(m.gap_s)
     extra = await conn.fetchval(
         "SELECT (SELECT count(*) FROM manual_readings WHERE meter_id = $1 AND time >= $2 AND time <= $3) "
@@ -128,8 +146,13 @@ async def meter_energy(conn: asyncpg.Connection, m: AccountingMeter, start: date
     return meter_tally(m, await load_meter(conn, m, start, end), start, end)
 
 
-async def heat_pump_gj(conn: asyncpg.Connection, h: AccountingHeatPump, start: datetime, end: datetime) -> float:
-    """Electricity of a heat pump in [start, end), GJ."""
+async def heat_pump_gj(conn: asyncpg.Connection, h: AccountingHeatPump, start: datetime, end: datetime,
+                       as_of: datetime | None = None) -> float:
+    """Electricity of a heat pump in [start, min(end, as_of)), GJ."""
+    if as_of is not None:
+        end = min(end, as_of)
+    if end <= start:
+        return 0.0
     return await register_energy(conn, h.electricity_point, heat_pump_spec(h), start, end) * GJ_PER_KWH
 
 
@@ -145,8 +168,11 @@ async def register_energy(conn: asyncpg.Connection, point: str, spec: RegisterSp
 
 
 async def settle(conn: asyncpg.Connection, cfg: HeatrecConfig, contract_id: str, start: datetime,
-                 end: datetime, label: str, rules: RuleSet | None = None) -> Settlement:
-    """Settle one contract over [start, end): split at rule changes, meter energy and charge per segment."""
+                 end: datetime, label: str, rules: RuleSet | None = None,
+                 as_of: datetime | None = None) -> Settlement:
+    """Settle one contract over [start, end) as of a moment (default now): split at rule changes, meter
+    energy and charge per segment; nothing after as_of is counted, so an open period holds no future."""
+    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
     acc = _acc(cfg)
     contract = next((c for c in acc.contracts if c.id == contract_id), None)
     if contract is None:
@@ -161,27 +187,30 @@ async def settle(conn: asyncpg.Connection, cfg: HeatrecConfig, contract_id: str,
     for seg in split_period(rules, start, end, tz):
         delivered = estimated = 0.0
         for mid in contract.meters:
-            t = await meter_energy(conn, meters[mid], seg.start, seg.end)
+            t = await meter_energy(conn, meters[mid], seg.start, seg.end, as_of)
             per_meter[mid] += t.energy
             delivered += t.energy
             estimated += t.estimated
             flags |= t.flags
         hp = 0.0
         for hid in contract.heat_pumps:
-            hp += await heat_pump_gj(conn, pumps[hid], seg.start, seg.end)
+            hp += await heat_pump_gj(conn, pumps[hid], seg.start, seg.end, as_of)
         results.append(settle_segment(contract, rules, seg, delivered, estimated, hp))
+    if not all(r.price_bound_checked for r in results):
+        flags.add(UNCHECKED)
     return Settlement(contract_id=contract.id, period=label, start=start, end=end, energy_gj=per_meter,
                       segments=tuple(results), flags=tuple(sorted(flags)), supplier=contract.supplier,
-                      utility=contract.utility, rule_set=rules.name)
+                      utility=contract.utility, rule_set=rules.name, as_of=as_of)
 
 
 async def settle_month(conn: asyncpg.Connection, cfg: HeatrecConfig, period: str,
-                       contracts: Sequence[str] | None = None) -> list[Settlement]:
-    """Every (or the named) contract's settlement of a YYYY-MM month."""
+                       contracts: Sequence[str] | None = None, as_of: datetime | None = None) -> list[Settlement]:
+    """Every (or the named) contract's settlement of a YYYY-MM month, as of a moment (default now)."""
     acc = _acc(cfg)
     start, end = month_bounds(period, ZoneInfo(cfg.plant.timezone))
     ids = list(contracts) if contracts else [c.id for c in acc.contracts]
-    return [await settle(conn, cfg, cid, start, end, period) for cid in ids]
+    as_of = as_of or datetime.now(UTC)
+    return [await settle(conn, cfg, cid, start, end, period, as_of=as_of) for cid in ids]
 
 
 def _acc(cfg: HeatrecConfig) -> AccountingConfig:

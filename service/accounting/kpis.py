@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -92,22 +92,28 @@ def compute_kpis(k: KpiInputs, acc: AccountingConfig, tz: ZoneInfo) -> dict[str,
 async def _site_gj(conn: asyncpg.Connection, point: str | None, start: datetime, end: datetime) -> float | None:
     if point is None:
         return None
+    if end <= start:
+        return 0.0
     return await register_energy(conn, point, _SITE_SPEC, start, end) * 0.0036
 
 
-async def kpis(conn: asyncpg.Connection, cfg: HeatrecConfig, start: datetime, end: datetime) -> dict[str, Any]:
-    """KPIs of [start, end) from the database."""
+async def kpis(conn: asyncpg.Connection, cfg: HeatrecConfig, start: datetime, end: datetime,
+               as_of: datetime | None = None) -> dict[str, Any]:
+    """KPIs of [start, end) from the database, counted until as_of (default now) like a settlement."""
     acc = cfg.accounting
     if acc is None:
         raise AccountingError("the config has no [accounting] section (docs/CONFIG.md)")
+    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
+    until = max(start, min(end, as_of))  # a period not over yet: its KPIs cover what has happened
     delivered = 0.0
     for m in acc.meters:
-        delivered += (await meter_energy(conn, m, start, end)).energy
+        delivered += (await meter_energy(conn, m, start, end, as_of)).energy
     hp: float | None = None
     if acc.heat_pumps:
         hp = 0.0
         for h in acc.heat_pumps:
-            hp += await heat_pump_gj(conn, h, start, end)
-    k = KpiInputs(start, end, delivered, hp, await _site_gj(conn, acc.it_energy_point, start, end),
-                  await _site_gj(conn, acc.facility_energy_point, start, end))
-    return compute_kpis(k, acc, ZoneInfo(cfg.plant.timezone))
+            hp += await heat_pump_gj(conn, h, start, end, as_of)
+    k = KpiInputs(start, until, delivered, hp, await _site_gj(conn, acc.it_energy_point, start, until),
+                  await _site_gj(conn, acc.facility_energy_point, start, until))
+    return compute_kpis(k, acc, ZoneInfo(cfg.plant.timezone)) | {
+        "period_start": start.isoformat(), "period_end": end.isoformat(), "as_of": as_of.isoformat()}

@@ -89,6 +89,43 @@ class Segment:
     year: int
 
 
+def price_bounds(period: RulePeriod) -> tuple[str, ...]:
+    """Which contract prices bound the price under this entry: 'substitution', 'cost_based' or both.
+
+    Under the cap the substitution price bounds every sale (the 2021 bill keeps the substitution
+    principle); for suppliers under the exemption threshold and heat lifted by electric heat pumps
+    it is the only bound (the cap does not apply to them).
+    """
+    if period.price_limit == "min_cost_substitution":
+        return ("cost_based", "substitution")
+    if period.price_limit == "substitution":
+        return ("substitution",)
+    if period.price_limit == "cap":
+        return ("substitution",)
+    return ()
+
+
+def cap_applies(period: RulePeriod, capacity_mw: float, heat_pump_lifted: bool) -> bool:
+    """True when the VE price cap bounds this contract's price under this entry."""
+    if period.price_limit != "cap":
+        return False
+    if period.cap_exempt_below_mw is not None and capacity_mw < period.cap_exempt_below_mw.value:
+        return False
+    return not (period.heat_pump_profit and heat_pump_lifted)
+
+
+def required_prices(period: RulePeriod, capacity_mw: float, heat_pump_lifted: bool) -> tuple[str, ...]:
+    """Prices without which no limit can be computed at all: a settlement under this entry is refused.
+
+    An ordinary contract under the cap has the cap as a bound even without a substitution price (the
+    settlement then says the substitution bound was not checked); everywhere else the bound is the
+    price(s) themselves.
+    """
+    if cap_applies(period, capacity_mw, heat_pump_lifted):
+        return ()
+    return price_bounds(period)
+
+
 def _figure(raw: Any, where: str) -> Figure:
     if not isinstance(raw, dict) or "value" not in raw or not str(raw.get("source", "")).strip():
         raise RuleError(f"{where}: expected {{ value = ..., source = \"...\" }}")

@@ -5,6 +5,7 @@
 import math
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.accounting.documents import close_refusal, period_documents
 from service.accounting.engine import AccountingError, meter_intervals, month_bounds, settle_month, year_bounds
 from service.accounting.export import annual_report, settlements_csv
 from service.accounting.kpis import kpis
@@ -22,7 +24,6 @@ from service.accounting.store import (
     SettlementConflict,
     add_manual_reading,
     add_replacement,
-    closed_settlements,
     save_settlement,
 )
 from service.auth import Principal, Role
@@ -71,6 +72,8 @@ class CloseIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     note: str = Field(default="", max_length=1000)
+    incomplete_reason: str = Field(default="", max_length=1000,
+                                   description="why the period may be closed although its data is incomplete")
 
 
 class CorrectIn(BaseModel):
@@ -232,6 +235,8 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         """Energy per meter and interval from register differences, flagged estimated/manual (viewer)."""
         _iso_times_only(request)
         t0, t1 = _range(start, end, timedelta(days=1))
+        now = datetime.now(UTC).replace(microsecond=0)
+        t0, t1 = min(t0, now), min(t1, now)  # no energy from the future: nothing is metered there yet
         step = interval_s or acc(cfg).interval_s
         # Like point history: a step giving more than MAX_INTERVALS is coarsened; interval_s says what applied.
         step = max(step, math.ceil((t1 - t0).total_seconds() / MAX_INTERVALS))
@@ -273,13 +278,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
 
         async def work() -> list[dict[str, Any]]:
             async with db.acquire() as conn:
-                docs = await closed_settlements(conn, period, contract, all_versions)
-                if period is not None:
-                    done = {d["contract"] for d in docs}
-                    todo = [c.id for c in acc(cfg).contracts if c.id not in done and contract in (None, c.id)]
-                    for s in await settle_month(conn, cfg, period, todo) if todo else []:
-                        docs.append(s.as_dict() | {"status": "open", "version": None})
-            return docs
+                return await period_documents(conn, cfg, period, contract, all_versions)
 
         docs: list[dict[str, Any]] = await guarded(work)
         wants_csv = format == "csv" or (format is None and "text/csv" in request.headers.get("accept", ""))
@@ -288,12 +287,17 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         return JSONResponse(SettlementList(settlements=docs).model_dump(mode="json"))
 
     async def _close(cfg: HeatrecConfig, db: asyncpg.Pool, contract_id: str, period: str, who: Principal,
-                     reason: str, correction: bool) -> dict[str, Any]:
+                     reason: str, correction: bool, incomplete_reason: str = "") -> dict[str, Any]:
         contract_known(cfg, contract_id)
 
         async def work() -> dict[str, Any]:
             async with db.acquire() as conn:
                 [s] = await settle_month(conn, cfg, period, [contract_id])
+                refusal = close_refusal(s, incomplete_reason or (reason if correction else ""))
+                if refusal is not None:
+                    raise SettlementConflict(refusal)
+                if incomplete_reason.strip():
+                    s = replace(s, meta={**s.meta, "incomplete_reason": incomplete_reason})
                 return await save_settlement(conn, s, who.name, reason, correction)
 
         doc: dict[str, Any] = await guarded(work)
@@ -302,8 +306,12 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
     @app.post("/api/v1/settlements/{contract_id}/{period}/close", tags=["accounting"], responses=_ERR)
     async def close(contract_id: ContractId, period: Period, body: CloseIn, who: Operator, cfg: Config,
                     db: Pool) -> dict[str, Any]:
-        """Compute and close a month's settlement as version 1 (operator); 409 when it is closed already."""
-        return await _close(cfg, db, contract_id, period, who, body.note, False)
+        """Compute and close a month's settlement as version 1 (operator).
+
+        409 when it is closed already, when the month has not ended, or when its data is incomplete and
+        no incomplete_reason is given.
+        """
+        return await _close(cfg, db, contract_id, period, who, body.note, False, body.incomplete_reason)
 
     @app.post("/api/v1/settlements/{contract_id}/{period}/correct", tags=["accounting"], responses=_ERR)
     async def correct(contract_id: ContractId, period: Period, body: CorrectIn, who: Operator, cfg: Config,

@@ -55,9 +55,12 @@ async def test_settle_command_prints_json_and_a_table(database: DatabaseConfig, 
     # by heat pumps under the cap: bounded by the substitution price 120, so the agreed 90 stands:
     # 267.48 x 90 = 24,073.20 DKK.
     assert s["charge_dkk"] == 0 and s["charge_payer"] == "none"
-    assert s["amount_dkk"] == pytest.approx(24_073.20)
+    assert s["amount_dkk"] == 24_073.20
+    # The same status the API shows: not closed, computed as of now (after the month: counted to its end).
+    assert s["status"] == "open" and s["version"] is None and s["as_of"] and s["counted_until"] == s["end"]
     table = settle("--period", "2024-03")
     assert table.returncode == 0 and "demo_supply" in table.stdout and "267.480" in table.stdout
+    assert "open as of" in table.stdout
     bad = settle("--period", "2024-3")
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr and "Traceback" not in bad.stderr
 

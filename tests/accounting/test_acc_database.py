@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -42,11 +43,12 @@ async def test_golden_month_with_heat_pump_deduction(conn: asyncpg.Connection) -
     assert s.estimated_share == 0 and s.flags == ()
     seg = s.segments[0]
     assert seg.rule_period == "price_cap" and seg.heat_pump_electricity_gj == pytest.approx(53.496)
-    # Taxable: 267.48 - 3 x 53.496 = 106.992 GJ; charge 106.992 x 28.2 = 3,017.1744 DKK (supplier pays).
+    # Taxable: 267.48 - 3 x 53.496 = 106.992 GJ; charge 106.992 x 28.2 = 3,017.1744, rounded half-up to the
+    # øre: 3,017.17 DKK (supplier pays).
     assert seg.taxable_gj == pytest.approx(106.992)
-    assert s.charge_dkk == pytest.approx(3_017.1744) and s.charge_payer == "supplier"
-    # Cap 110 (2024) is above the agreed 100: 267.48 x 100 = 26,748 DKK.
-    assert s.amount_dkk == pytest.approx(26_748.0)
+    assert s.charge_dkk == Decimal("3017.17") and s.charge_payer == "supplier"
+    # Cap 110 (2024) is above the agreed 100 and the substitution price 120: 267.48 x 100 = 26,748 DKK.
+    assert s.amount_dkk == Decimal("26748.00")
     assert s.as_dict()["energy_gj"] == {"m1": pytest.approx(MARCH_GJ), "total": pytest.approx(MARCH_GJ)}
 
 
@@ -275,7 +277,8 @@ async def test_period_straddling_the_cap_repeal_is_settled_in_two_parts(conn: as
     assert june.delivered_gj == pytest.approx(129.6) and july.delivered_gj == pytest.approx(129.6)
     # June under the cap: 110 (2025, carried forward) - 10 = 100 DKK/GJ -> 12,960 DKK.
     # July without a cap: the agreed 150 DKK/GJ -> 19,440 DKK. Together 32,400 DKK.
-    assert june.amount_dkk == pytest.approx(12_960.0) and july.amount_dkk == pytest.approx(19_440.0)
-    assert s.amount_dkk == pytest.approx(32_400.0)
-    # Charge: 259.2 GJ x 28.2 DKK/GJ = 7,309.44 DKK, provisional (2025 rate carried forward).
-    assert s.charge_dkk == pytest.approx(7_309.44) and s.provisional
+    assert june.amount_dkk == Decimal("12960.00") and july.amount_dkk == Decimal("19440.00")
+    assert s.amount_dkk == Decimal("32400.00")
+    # Charge: 129.6 x 28.2 = 3,654.72 DKK on each side, 7,309.44 DKK in all; provisional (2025 rate carried
+    # forward).
+    assert s.charge_dkk == Decimal("7309.44") and s.provisional

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -53,30 +54,36 @@ def test_month_under_the_old_rules_2020() -> None:
     r = month(contract(), 2020, 3, 1000.0)
     # Price limit before 2022: min(cost-based 55, substitution 70) = 55; agreed 60 -> allowed 55.
     assert r.rule_period == "old_charge"
-    assert r.price_limit_dkk_per_gj == 55.0 and r.allowed_price_dkk_per_gj == 55.0
-    assert r.amount_dkk == pytest.approx(1000 * 55)  # 55,000 DKK
+    assert r.price_limit_dkk_per_gj == 55 and r.allowed_price_dkk_per_gj == 55
+    assert r.amount_dkk == Decimal("55000.00")  # 1000 x 55
     # Old charge: min(50 DKK/GJ x 1000 GJ = 50,000; 33 % x remuneration 55,000 = 18,150) = 18,150 DKK.
-    assert r.charge_dkk == pytest.approx(18_150.0)
+    assert r.charge_dkk == Decimal("18150.00")
     assert r.charge_payer == "supplier"
 
 
 def test_month_under_the_2021_bill_before_the_cap() -> None:
     r = month(contract(), 2021, 6, 1000.0)
     # Charge: 1000 GJ x 25.61 DKK/GJ (2021, derived from the index) = 25,610 DKK; provisional.
-    assert r.charge_dkk == pytest.approx(25_610.0)
+    assert r.charge_dkk == Decimal("25610.00")
     assert r.provisional
     # Price: still min(55, 70) = 55 -> 55,000 DKK.
-    assert r.amount_dkk == pytest.approx(55_000.0)
+    assert r.amount_dkk == Decimal("55000.00")
 
 
 def test_month_under_the_price_cap_2023() -> None:
     c = contract(agreed_price_dkk_per_gj=100.0, utility_cost_dkk_per_gj=10.0)
     r = month(c, 2023, 2, 1000.0)
     # Charge: 1000 x 27.00 (2023, derived) = 27,000 DKK, paid by the supplier.
-    assert r.charge_dkk == pytest.approx(27_000.0) and r.charge_payer == "supplier"
-    # Cap 93 covers payment + the utility's own 10 DKK/GJ: limit 93 - 10 - 0 = 83; agreed 100 -> 83.
-    assert r.price_limit_dkk_per_gj == pytest.approx(83.0)
-    assert r.amount_dkk == pytest.approx(83_000.0)
+    assert r.charge_dkk == Decimal("27000.00") and r.charge_payer == "supplier"
+    # Cap 93 covers payment + the utility's own 10 DKK/GJ: 93 - 10 - 0 = 83; the substitution principle stays
+    # under the cap, and the substitution price 70 is lower: limit min(83, 70) = 70; agreed 100 -> 70.
+    # (Before the billing corrections this was 83 and 83,000 DKK: the substitution price was ignored.)
+    assert r.price_limit_dkk_per_gj == 70 and r.price_bound_checked
+    assert r.amount_dkk == Decimal("70000.00")
+    # With a substitution price above the cap's limit, the cap binds: min(83, 95) = 83 -> 83,000 DKK.
+    high = month(contract(agreed_price_dkk_per_gj=100.0, utility_cost_dkk_per_gj=10.0,
+                          substitution_price_dkk_per_gj=95.0), 2023, 2, 1000.0)
+    assert high.price_limit_dkk_per_gj == 83 and high.amount_dkk == Decimal("83000.00")
 
 
 def test_heat_pump_deduction_2024() -> None:
@@ -84,7 +91,7 @@ def test_heat_pump_deduction_2024() -> None:
     r = month(c, 2024, 5, 1000.0, hp_gj=200.0)
     # Taxable: 1000 GJ - 3 x 200 GJ electricity = 400 GJ; charge 400 x 28.2 = 11,280 DKK (published rate).
     assert r.taxable_gj == pytest.approx(400.0)
-    assert r.charge_dkk == pytest.approx(11_280.0)
+    assert r.charge_dkk == Decimal("11280.00")
     assert not r.provisional
     # The law's own example: 4,000 kWh heat - 3 x 1,000 kWh = 1,000 kWh taxable.
     kwh = month(c, 2024, 5, 4000 * 0.0036, hp_gj=1000 * 0.0036)
@@ -94,20 +101,22 @@ def test_heat_pump_deduction_2024() -> None:
 def test_small_supplier_and_heat_pump_profit_rules_under_the_cap() -> None:
     # Under 0.25 MW: no cap, bounded by the substitution price 70.
     small = month(contract(capacity_mw=0.2, agreed_price_dkk_per_gj=100.0), 2023, 3, 100.0)
-    assert small.price_limit_dkk_per_gj == 70.0 and small.amount_dkk == pytest.approx(7_000.0)
+    assert small.price_limit_dkk_per_gj == 70 and small.amount_dkk == Decimal("7000.00")
     # Heat lifted by electric heat pumps: up to the substitution price 120 (above the 93 cap).
     hp = month(contract(heat_pump_lifted=True, agreed_price_dkk_per_gj=115.0,
                         substitution_price_dkk_per_gj=120.0), 2023, 3, 100.0)
-    assert hp.price_limit_dkk_per_gj == 120.0 and hp.amount_dkk == pytest.approx(11_500.0)
+    assert hp.price_limit_dkk_per_gj == 120 and hp.amount_dkk == Decimal("11500.00")
 
 
 def test_free_supply_passes_the_charge_to_the_utility() -> None:
     c = contract(agreed_price_dkk_per_gj=0.0, free_supply=True, utility_cost_dkk_per_gj=10.0)
     r = month(c, 2024, 1, 1000.0)
-    # Charge 1000 x 28.2 = 28,200 DKK, borne by the utility; under the cap it counts: 110 - 10 - 28.2 = 71.8.
-    assert r.charge_payer == "utility" and r.charge_dkk == pytest.approx(28_200.0)
-    assert r.price_limit_dkk_per_gj == pytest.approx(71.8)
-    assert r.amount_dkk == 0.0
+    # Charge 1000 x 28.2 = 28,200 DKK, borne by the utility; under the cap it counts: 110 - 10 - 28.2 = 71.8,
+    # and the substitution price 70 is lower still: limit 70 (was 71.8 before the substitution bound).
+    assert r.charge_payer == "utility" and r.charge_dkk == Decimal("28200.00")
+    assert r.price_limit_dkk_per_gj == 70
+    assert "71.8" in r.price_limit_reason
+    assert r.amount_dkk == 0
 
 
 def test_exemptions() -> None:
@@ -117,16 +126,16 @@ def test_exemptions() -> None:
     assert dc.charge_dkk == 0 and "electricity-based" in dc.charge_reason
     # Before 2021 the default rule set applies none of these exemptions (they came with the 2021 bill):
     # min(50 x 1000, 0.33 x 55,000) = 18,150 DKK, paid by the supplier even for free supply.
-    assert month(contract(electricity_based_process=True), 2020, 1, 1000.0).charge_dkk == pytest.approx(18_150.0)
-    assert month(contract(efo_member=True), 2020, 1, 1000.0).charge_dkk == pytest.approx(18_150.0)
+    assert month(contract(electricity_based_process=True), 2020, 1, 1000.0).charge_dkk == Decimal("18150.00")
+    assert month(contract(efo_member=True), 2020, 1, 1000.0).charge_dkk == Decimal("18150.00")
 
 
 def test_month_after_the_cap_was_repealed() -> None:
     r = month(contract(agreed_price_dkk_per_gj=150.0), 2025, 8, 1000.0)
     # No limit from 2025-07-01: agreed 150 stands -> 150,000 DKK; charge 1000 x 28.2 (carried forward).
     assert r.rule_period == "no_cap" and r.price_limit_dkk_per_gj is None
-    assert r.amount_dkk == pytest.approx(150_000.0)
-    assert r.charge_dkk == pytest.approx(28_200.0) and r.provisional
+    assert r.amount_dkk == Decimal("150000.00")
+    assert r.charge_dkk == Decimal("28200.00") and r.provisional
 
 
 def test_period_straddling_the_repeal_is_split() -> None:
@@ -137,13 +146,14 @@ def test_period_straddling_the_repeal_is_split() -> None:
     c = contract(agreed_price_dkk_per_gj=150.0, utility_cost_dkk_per_gj=10.0)
     june = settle_segment(c, RULES, segs[0], 500.0, 0.0, 0.0)
     july = settle_segment(c, RULES, segs[1], 600.0, 0.0, 0.0)
-    # June: cap 110 (2025, carried forward) - 10 = 100 -> 500 x 100 = 50,000. July: 600 x 150 = 90,000.
-    assert june.amount_dkk == pytest.approx(50_000.0) and july.amount_dkk == pytest.approx(90_000.0)
+    # June: cap 110 (2025, carried forward) - 10 = 100, above the substitution price 70: limit 70 ->
+    # 500 x 70 = 35,000 (50,000 before the substitution bound). July, no cap: 600 x 150 = 90,000.
+    assert june.amount_dkk == Decimal("35000.00") and july.amount_dkk == Decimal("90000.00")
     s = Settlement("c1", "custom", start, end, {"m1": 1100.0}, (june, july))
-    assert s.amount_dkk == pytest.approx(140_000.0)
-    # Charge: (500 + 600) x 28.2 = 31,020 DKK; allowed price is energy-weighted: 140,000 / 1100.
-    assert s.charge_dkk == pytest.approx(31_020.0)
-    assert s.allowed_price_dkk_per_gj == pytest.approx(140_000 / 1100)
+    assert s.amount_dkk == Decimal("125000.00")
+    # Charge: (500 + 600) x 28.2 = 31,020 DKK; allowed price is energy-weighted: 125,000 / 1100 = 113.6364.
+    assert s.charge_dkk == Decimal("31020.00")
+    assert s.allowed_price_dkk_per_gj == Decimal("113.6364")
     doc = s.as_dict()
     assert doc["energy_gj"] == {"m1": 1100.0, "total": 1100.0} and len(doc["segments"]) == 2
 
@@ -153,9 +163,10 @@ def test_period_straddling_a_new_year_uses_each_years_figures() -> None:
     assert [(s.period.id, s.year) for s in segs] == [("indexed_charge", 2021), ("price_cap", 2022)]
     c = contract(agreed_price_dkk_per_gj=100.0)
     a, b = (settle_segment(c, RULES, s, 100.0, 0.0, 0.0) for s in segs)
-    # 2021: 100 x 25.61 = 2,561; price min(55, 70) = 55. 2022: 100 x 25.80 = 2,580; cap 77.
-    assert (a.charge_dkk, b.charge_dkk) == (pytest.approx(2_561.0), pytest.approx(2_580.0))
-    assert (a.allowed_price_dkk_per_gj, b.allowed_price_dkk_per_gj) == (55.0, 77.0)
+    # 2021: 100 x 25.61 = 2,561; price min(55, 70) = 55. 2022: 100 x 25.80 = 2,580; min(cap 77, substitution
+    # 70) = 70 (77 before the substitution bound).
+    assert (a.charge_dkk, b.charge_dkk) == (Decimal("2561.00"), Decimal("2580.00"))
+    assert (a.allowed_price_dkk_per_gj, b.allowed_price_dkk_per_gj) == (55, 70)
 
 
 def test_rule_change_inside_a_month_from_a_custom_rule_file(tmp_path: Path) -> None:
@@ -201,4 +212,6 @@ def test_segments_tile_the_period_and_totals_do_not_depend_on_the_split(
     if len(results) == len(segs):
         assert sum(r.delivered_gj for r in results) == pytest.approx(per_hour_gj * hours, rel=1e-9, abs=1e-9)
         # The price is 50 DKK/GJ or below every limit here, so the amount is additive too: 50 x total.
-        assert sum(r.amount_dkk for r in results) == pytest.approx(50.0 * per_hour_gj * hours, rel=1e-9, abs=1e-6)
+        # Each segment's amount is rounded to the øre (and its energy to 1 kJ): at most half an øre a line.
+        total = float(sum(r.amount_dkk for r in results))
+        assert total == pytest.approx(50.0 * per_hour_gj * hours, rel=1e-9, abs=0.006 * len(results))

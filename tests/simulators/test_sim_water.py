@@ -10,7 +10,7 @@ from simulators.water import METER_PRESSURE_MPA, density, enthalpy, heat_coeffic
 
 @pytest.mark.parametrize(("flow", "ret", "expected"), [(75.0, 40.0, 1.153), (60.0, 30.0, 1.156)])
 def test_heat_coefficient_matches_the_published_figures(flow: float, ret: float, expected: float) -> None:
-    # DOMAIN.md: k ≈ 1.153 kWh/(m³·K) at 75/40 °C and 1.156 at 60/30 °C, flow sensor in the return.
+    # EN 1434 / OIML R75: k ≈ 1.153 kWh/(m³·K) at 75/40 °C and 1.156 at 60/30 °C, flow sensor in the return.
     assert heat_coefficient(flow, ret) == pytest.approx(expected, abs=0.0006)
 
 
