@@ -3,13 +3,14 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo test lint unit bench clean-demo help
+.PHONY: setup demo test lint unit bench clean-demo help fuzz
 
 help:
 	@echo "make setup   install PostgreSQL 15 + TimescaleDB, Mosquitto and .venv (idempotent)"
 	@echo "make demo    setup, then run the demo plant (Ctrl-C stops it; data stays in var/demo)"
 	@echo "make test    setup, then lint (ruff, mypy) and the whole test suite"
 	@echo "make lint    ruff and mypy only"
+	@echo "make fuzz    setup, then schemathesis with 3 random seeds x 100 examples (HEATREC_FUZZ_SEEDS, HEATREC_FUZZ_EXAMPLES)"
 	@echo "make clean-demo  delete the demo's data (var/demo)"
 
 setup:
@@ -24,6 +25,14 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest
+
+# A wider, randomised OpenAPI fuzz than the deterministic one in `make test`: new seeds each run (printed;
+# replay one with HEATREC_FUZZ_SEEDS=N). Findings become regression tests in tests/service/test_api_contract.py.
+fuzz: setup
+	HEATREC_FUZZ_SEEDS="$${HEATREC_FUZZ_SEEDS:-$$(shuf -i 2-999999 -n 3 | paste -sd,)}" \
+	HEATREC_FUZZ_EXAMPLES="$${HEATREC_FUZZ_EXAMPLES:-100}" \
+	$(PY) -m pytest -o timeout=5400 -s tests/service/test_api_fuzz.py tests/accounting/test_acc_fuzz.py \
+	    tests/service/test_api_stateful.py
 
 clean-demo:
 	rm -rf var/demo

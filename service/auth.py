@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
@@ -33,12 +34,18 @@ def hash_token(token: str) -> str:
 
 async def create_token(conn: asyncpg.Connection, role: Role, name: str) -> str:
     """Create a token, store its hash, and return the token (the only time it is seen)."""
+    return (await issue_token(conn, role, name))[1]
+
+
+async def issue_token(conn: asyncpg.Connection, role: Role, name: str) -> tuple[int, str, datetime]:
+    """Create a token: (id, the token itself, creation time); only its hash is stored."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     token = "hr_" + secrets.token_urlsafe(32)
-    await conn.execute("INSERT INTO api_tokens (name, role, token_hash) VALUES ($1, $2, $3)",
-                       name, role, hash_token(token))
-    return token
+    row = await conn.fetchrow("INSERT INTO api_tokens (name, role, token_hash) VALUES ($1, $2, $3) "
+                              "RETURNING id, created_at", name, role, hash_token(token))
+    assert row is not None  # INSERT ... RETURNING always returns the row
+    return int(row["id"]), token, row["created_at"]
 
 
 async def lookup_token(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> Principal | None:
@@ -51,6 +58,14 @@ async def lookup_token(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> P
 async def list_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every token's id, name, role, creation and revocation time (never the token)."""
     return list(await conn.fetch("SELECT id, name, role, created_at, revoked_at FROM api_tokens ORDER BY id"))
+
+
+async def revoke_token_id(conn: asyncpg.Connection, token_id: int) -> asyncpg.Record | None:
+    """Revoke one active token by id; its record, or None when no active token has that id."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL "
+        "RETURNING id, name, role, created_at, revoked_at", token_id)
+    return row
 
 
 async def revoke_tokens(conn: asyncpg.Connection, ident: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import subprocess
 import sys
@@ -117,10 +118,33 @@ def api_in_thread(build: ApiBuilder) -> Iterator[str]:
         thread.join(30)
 
 
+def fuzz_settings() -> tuple[list[int], int]:
+    """(seeds, examples per operation): seed 1 and 15 examples in `make test`; `make fuzz` sets
+    HEATREC_FUZZ_SEEDS (comma-separated) and HEATREC_FUZZ_EXAMPLES for a wider randomised run."""
+    seeds = [int(x) for x in os.environ.get("HEATREC_FUZZ_SEEDS", "1").split(",") if x.strip()]
+    return seeds or [1], int(os.environ.get("HEATREC_FUZZ_EXAMPLES", "15"))
+
+
 def run_schemathesis(url: str, token: str, *options: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The schemathesis CLI (its pytest plugin lags behind pytest) with every check, deterministic."""
+    """The schemathesis CLI (its pytest plugin lags behind pytest) with every check, once per seed.
+
+    Deterministic by default (seed 1); the returned result is the first failing seed's, else the last.
+    Each seed's command is printed, so a finding can be replayed as written.
+    """
     st = Path(sys.executable).with_name("st")
-    return subprocess.run([str(st), "run", f"{url}/openapi.json", "--checks", "all",
-                           "-H", f"Authorization: Bearer {token}", "--max-examples", "15",
-                           "--seed", "1", "--generation-deterministic", "--no-color", *options],
-                          capture_output=True, text=True, timeout=400, cwd=cwd, check=False)
+    seeds, examples = fuzz_settings()
+    result: subprocess.CompletedProcess[str] | None = None
+    for seed in seeds:
+        cmd = [str(st), "run", f"{url}/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {token}",
+               "--max-examples", str(examples), "--seed", str(seed), "--no-color", *options]
+        if len(seeds) == 1 and "HEATREC_FUZZ_SEEDS" not in os.environ:
+            cmd.append("--generation-deterministic")  # make test: the same cases every run
+        print("schemathesis:", " ".join(c if not c.startswith("Authorization") else "'Authorization: Bearer …'"
+                                        for c in cmd[1:]), flush=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=400 + 20 * examples, cwd=cwd,
+                                check=False)
+        if result.returncode != 0:
+            result.stdout = f"seed {seed}:\n{result.stdout}"
+            return result
+    assert result is not None
+    return result

@@ -3,7 +3,6 @@
 # No `from __future__ import annotations`: FastAPI must resolve the dependency aliases defined
 # inside add_accounting_routes, which string annotations would hide from it.
 import math
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -26,6 +25,7 @@ from service.accounting.store import (
     add_replacement,
     save_settlement,
 )
+from service.api.params import NO_NUL, iso_times_only
 from service.auth import Principal, Role
 from service.config import AccountingConfig, HeatrecConfig
 
@@ -71,8 +71,8 @@ class CloseIn(BaseModel):
     """Close a settlement; the note is kept as the version's reason."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    note: str = Field(default="", max_length=1000)
-    incomplete_reason: str = Field(default="", max_length=1000,
+    note: str = Field(default="", max_length=1000, pattern=NO_NUL)
+    incomplete_reason: str = Field(default="", max_length=1000, pattern=NO_NUL,
                                    description="why the period may be closed although its data is incomplete")
 
 
@@ -80,7 +80,8 @@ class CorrectIn(BaseModel):
     """A correction: a new version, computed again from the data, with the reason for it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    reason: str = Field(min_length=3, max_length=1000, json_schema_extra={"examples": ["meter 1 read on site"]})
+    reason: str = Field(min_length=3, max_length=1000, pattern=NO_NUL,
+                        json_schema_extra={"examples": ["meter 1 read on site"]})
 
     @field_validator("reason")
     @classmethod
@@ -109,7 +110,7 @@ class ManualReadingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     time: datetime = Field(description="when the register was read (ISO 8601; no zone means UTC)")
     value_gj: float = Field(ge=0, le=1e12, description="the energy register, GJ")
-    note: str = Field(default="", max_length=1000)
+    note: str = Field(default="", max_length=1000, pattern=NO_NUL)
 
     _check = field_validator("value_gj")(_finite)
     _time = field_validator("time", mode="before")(_iso_text)
@@ -120,8 +121,8 @@ class ReplacementIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     time: datetime = Field(description="when the old meter was removed and the new one started")
-    new_serial: str = Field(min_length=1, max_length=64)
-    old_serial: str = Field(default="", max_length=64)
+    new_serial: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    old_serial: str = Field(default="", max_length=64, pattern=NO_NUL)
     old_final_gj: float = Field(ge=0, le=1e12, description="the old meter's last register value")
     new_initial_gj: float = Field(default=0.0, ge=0, le=1e12, description="the new meter's register at start")
 
@@ -150,16 +151,23 @@ _ERR: dict[int | str, dict[str, Any]] = {
     503: {"model": AccountingErrorOut, "description": "the database is unavailable"}}
 
 
-_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+def _op(path: str, method: str = "post") -> str:
+    """An OpenAPI operationRef (JSON pointer to the operation), for links between operations."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
 
 
-def _iso_times_only(request: Request) -> None:
-    """Refuse epoch numbers for start/end: the schema says ISO 8601 date-time (pydantic would take numbers)."""
-    for name in ("start", "end"):
-        value = request.query_params.get(name)
-        if value is not None and _NUMBER.match(value):
-            raise HTTPException(422, f"{name}: expected an ISO 8601 date-time such as 2024-03-01T00:00:00Z, "
-                                     f"not {value!r}")
+_SAME_SETTLEMENT = {"contract_id": "$request.path.contract_id", "period": "$request.path.period"}
+# OpenAPI links: a listed settlement can be closed, a closed one corrected (and corrected again).
+_LIST_LINKS = {"CloseFirst": {"operationRef": _op("/api/v1/settlements/{contract_id}/{period}/close"),
+                              "parameters": {"contract_id": "$response.body#/settlements/0/contract",
+                                             "period": "$response.body#/settlements/0/period"},
+                              "description": "close the first settlement listed"},
+               "CorrectFirst": {"operationRef": _op("/api/v1/settlements/{contract_id}/{period}/correct"),
+                                "parameters": {"contract_id": "$response.body#/settlements/0/contract",
+                                               "period": "$response.body#/settlements/0/period"},
+                                "description": "correct the first settlement listed (once it is closed)"}}
+_CLOSED_LINKS = {"Correct": {"operationRef": _op("/api/v1/settlements/{contract_id}/{period}/correct"),
+                             "parameters": _SAME_SETTLEMENT, "description": "correct the settlement just stored"}}
 
 
 def _aware(t: datetime) -> datetime:
@@ -233,7 +241,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
                                                              description="default accounting.interval_s")] = None,
                      meter: Annotated[str | None, Query(pattern=ID_PATTERN, max_length=64)] = None) -> EnergyOut:
         """Energy per meter and interval from register differences, flagged estimated/manual (viewer)."""
-        _iso_times_only(request)
+        iso_times_only(request)
         t0, t1 = _range(start, end, timedelta(days=1))
         now = datetime.now(UTC).replace(microsecond=0)
         t0, t1 = min(t0, now), min(t1, now)  # no energy from the future: nothing is metered there yet
@@ -264,7 +272,8 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
 
     @app.get("/api/v1/settlements", response_model=SettlementList, tags=["accounting"],
              responses={**_ERR, 200: {"content": {"application/json": {}, "text/csv": {}},
-                                      "description": "JSON, or CSV with ?format=csv or Accept: text/csv"}})
+                                      "description": "JSON, or CSV with ?format=csv or Accept: text/csv",
+                                      "links": _LIST_LINKS}})
     async def settlements(_: Viewer, cfg: Config, db: Pool, request: Request,
                           period: Annotated[str | None, Query(pattern=PERIOD_PATTERN,
                                                               description="YYYY-MM; with it, contracts "
@@ -303,7 +312,8 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         doc: dict[str, Any] = await guarded(work)
         return doc
 
-    @app.post("/api/v1/settlements/{contract_id}/{period}/close", tags=["accounting"], responses=_ERR)
+    @app.post("/api/v1/settlements/{contract_id}/{period}/close", tags=["accounting"],
+              responses={**_ERR, 200: {"description": "the closed version", "links": _CLOSED_LINKS}})
     async def close(contract_id: ContractId, period: Period, body: CloseIn, who: Operator, cfg: Config,
                     db: Pool) -> dict[str, Any]:
         """Compute and close a month's settlement as version 1 (operator).
@@ -313,7 +323,8 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         """
         return await _close(cfg, db, contract_id, period, who, body.note, False, body.incomplete_reason)
 
-    @app.post("/api/v1/settlements/{contract_id}/{period}/correct", tags=["accounting"], responses=_ERR)
+    @app.post("/api/v1/settlements/{contract_id}/{period}/correct", tags=["accounting"],
+              responses={**_ERR, 200: {"description": "the new version", "links": _CLOSED_LINKS}})
     async def correct(contract_id: ContractId, period: Period, body: CorrectIn, who: Operator, cfg: Config,
                       db: Pool) -> dict[str, Any]:
         """Recompute a closed settlement as a new version with a reason (operator); 409 if not closed yet."""
@@ -357,7 +368,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
 
         The range is a month (period), a year, or start/end (default: the last 30 days).
         """
-        _iso_times_only(request)
+        iso_times_only(request)
         tz = ZoneInfo(cfg.plant.timezone)
         if period is not None:
             t0, t1 = month_bounds(period, tz)

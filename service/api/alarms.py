@@ -24,6 +24,23 @@ _ALARM_EXAMPLE: JsonDict = {
 _EVENT_EXAMPLE: JsonDict = {
     "time": "2026-03-01T12:05:00Z", "alarm_id": "hp1.supply_temperature:high", "old_state": "unack_active",
     "new_state": "acked_active", "value": 93.2, "by": "operator-anna", "message": "acknowledged"}
+
+def _op(path: str, method: str = "post") -> str:
+    """An OpenAPI operationRef (JSON pointer to the operation), for links between operations."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+_BY_EVENT = {"alarm_id": "$response.body#/alarm_id"}
+# OpenAPI links: an alarm listed can be acknowledged; an acknowledged one shelved; a shelved one unshelved.
+_LIST_LINKS = {"AcknowledgeFirst": {"operationRef": _op("/api/v1/alarms/{alarm_id}/acknowledge"),
+                                    "parameters": {"alarm_id": "$response.body#/alarms/0/id"},
+                                    "description": "acknowledge the first alarm listed"}}
+_ACK_LINKS = {"Shelve": {"operationRef": _op("/api/v1/alarms/{alarm_id}/shelve"), "parameters": _BY_EVENT,
+                         "description": "shelve the alarm just acknowledged"}}
+_SHELVE_LINKS = {"Unshelve": {"operationRef": _op("/api/v1/alarms/{alarm_id}/unshelve"), "parameters": _BY_EVENT,
+                              "description": "return the shelved alarm to service"},
+                 "Acknowledge": {"operationRef": _op("/api/v1/alarms/{alarm_id}/acknowledge"),
+                                 "parameters": _BY_EVENT, "description": "acknowledge it (409 when not needed)"}}
 StateFilter = Literal["normal", "unack_active", "acked_active", "rtn_unack", "shelved"]
 
 
@@ -109,7 +126,8 @@ def add_alarm_routes(app: FastAPI, require: Callable[[Role], Callable[[Request],
     Operator = Annotated[Principal, Depends(require("operator"))]
     Manager = Annotated[AlarmManager, Depends(manager)]
 
-    @app.get("/api/v1/alarms", response_model=AlarmList, tags=["alarms"])
+    @app.get("/api/v1/alarms", response_model=AlarmList, tags=["alarms"],
+             responses={200: {"description": "alarms", "links": _LIST_LINKS}})
     async def list_alarms(_: Viewer, m: Manager, request: Request, state: StateFilter | None = None,
                           active: bool | None = None, needs_ack: bool | None = None,
                           limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=LIMIT_HELP)] = MAX_LIMIT,
@@ -151,12 +169,14 @@ def add_alarm_routes(app: FastAPI, require: Callable[[Role], Callable[[Request],
             status = 404 if str(err).startswith("no alarm") else 409
             raise HTTPException(status, str(err)) from None
 
-    @app.post("/api/v1/alarms/{alarm_id}/acknowledge", response_model=EventOut, tags=["alarms"])
+    @app.post("/api/v1/alarms/{alarm_id}/acknowledge", response_model=EventOut, tags=["alarms"],
+              responses={200: {"description": "the transition", "links": _ACK_LINKS}})
     async def acknowledge(alarm_id: str, who: Operator, m: Manager) -> EventOut:
         """Acknowledge an alarm (operator); 409 when there is nothing to acknowledge."""
         return await act(lambda: m.acknowledge(alarm_id, who.name))
 
-    @app.post("/api/v1/alarms/{alarm_id}/shelve", response_model=EventOut, tags=["alarms"])
+    @app.post("/api/v1/alarms/{alarm_id}/shelve", response_model=EventOut, tags=["alarms"],
+              responses={200: {"description": "the transition", "links": _SHELVE_LINKS}})
     async def shelve(alarm_id: str, body: ShelveIn, who: Operator, m: Manager) -> EventOut:
         """Shelve an alarm for `duration_s` seconds (operator)."""
         return await act(lambda: m.shelve(alarm_id, who.name, body.duration_s))

@@ -24,6 +24,7 @@ from service.api.points_view import PointsView
 from service.api.state import ServiceState
 from service.api.stream import add_stream_routes
 from service.api.token_cache import TokenCache
+from service.api.tokens import add_token_routes
 from service.auth import Principal, Role, lookup_token
 
 
@@ -207,6 +208,7 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
     add_alarm_routes(app, require)
     add_control_routes(app, require)
     add_accounting_routes(app, require)
+    add_token_routes(app, require)
     add_stream_routes(app, require)
     from service.api.history import router as history_router  # here: history.py imports require from us
     _document_errors(history_router.routes)

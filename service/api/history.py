@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from service.api.app import ErrorOut, require
+from service.api.params import iso_times_only
 from service.auth import Principal
 from service.storage.history import (
     HistoryError,
@@ -81,6 +82,7 @@ async def history(
 
     At most 10,000 buckets: a finer step is coarsened, and `step_s` in the answer is the step applied.
     """
+    iso_times_only(request)  # the schema says date-time: "start=0.5" is refused, not read as 1970
     t1 = _aware(end) if end else datetime.now(UTC)
     t0 = _aware(start) if start else t1 - timedelta(hours=1)
     try:

@@ -24,7 +24,8 @@ class ControlRequestError(Exception):
 class ControlRequest(BaseModel):
     """A partial change from an operator or SCADA; only the fields given are changed."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # An empty object changes nothing and is refused (422): the schema says so, for generated clients.
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1})
 
     mode: Mode | None = None
     supply_temperature_target: float | None = None  # an explicit null clears the override (back to the curve)

@@ -52,7 +52,7 @@ async def test_write_endpoints_need_an_operator_and_reads_a_token(database: Data
                     if method in WRITES:
                         writes += 1
                         r = await c.request(method, url, json={}, headers={"Authorization": f"Bearer {viewer}"})
-                        assert r.status_code == 403 and "operator" in r.json()["error"], (method, path, r.text)
+                        assert r.status_code == 403 and "role" in r.json()["error"], (method, path, r.text)
                     else:
                         reads += 1
         assert writes >= 5 and reads >= 8, (writes, reads)
