@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from service.audit import AuditEntry, AuditLog
 from service.auth import Principal, Role, issue_token, list_tokens, revoke_token_id
@@ -25,7 +26,7 @@ class TokenIn(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, description="who or what uses the token (letters, digits, _.@-)")
 
 
-_TOKEN_EXAMPLE = {"id": 7, "name": "grafana", "role": "viewer", "created_at": "2026-03-01T12:00:00Z",
+_TOKEN_EXAMPLE: JsonDict = {"id": 7, "name": "grafana", "role": "viewer", "created_at": "2026-03-01T12:00:00Z",
                   "revoked_at": None, "token": None}
 
 
