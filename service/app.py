@@ -147,7 +147,7 @@ class Service:
 
                 self.control = ControlLoop(cfg.control, self.bus, write, audit=audit.record)
             if cfg.scada is not None:
-                self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control)
+                self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms)
                 await self.scada.start()
             registry, latency = build_registry(self)
             app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms,

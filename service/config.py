@@ -497,6 +497,9 @@ class ScadaConfig(_Strict):
         return v
 
 
+_POINT_REF_PATTERN = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
+
+
 class LimitAlarm(_Strict):
     """Limit and quality alarms on one point."""
 
@@ -514,6 +517,41 @@ class LimitAlarm(_Strict):
         if self.high is not None and self.low is not None and self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
+
+
+class StateAlarm(_Strict):
+    """An alarm on a point's discrete value: a bit of a status word, a code, or a set of vendor codes."""
+
+    point: str = Field(pattern=_POINT_REF_PATTERN, description="full point id, device.point (a status word or code)")
+    name: str = Field(pattern=ID_PATTERN, description="the alarm's name; its id is POINT:NAME")
+    bit: int | None = Field(default=None, ge=0, le=63, description="alarm on this bit of the value (0 = lowest)")
+    bit_value: Literal[0, 1] = Field(default=1, description="with bit: the bit's value that alarms")
+    equals: int | None = Field(default=None, description="alarm when the value equals this code")
+    codes: dict[str, str] | None = Field(default=None, description="alarm on any of these codes, each with its "
+                                                                   "text (vendor fault codes): { \"17\" = \"...\" }")
+    on_delay_s: float = Field(default=0.0, ge=0, description="the condition must last this long to alarm")
+    severity: Literal["low", "medium", "high", "critical"] = "high"
+    message: str = ""
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> StateAlarm:
+        given = [k for k in ("bit", "equals", "codes") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of bit, equals or codes" + (f" (got {', '.join(given)})" if given
+                                                                           else ""))
+        if self.name in ("high", "low", "quality"):
+            raise ValueError(f"name '{self.name}' is taken by the limit alarms of a point: choose another")
+        for code in self.codes or {}:
+            try:
+                int(code)
+            except ValueError:
+                raise ValueError(f"codes: key '{code}' is not an integer code") from None
+        return self
+
+    @property
+    def alarm_id(self) -> str:
+        """POINT:NAME."""
+        return f"{self.point}:{self.name}"
 
 
 class AlarmsMqttConfig(_Strict):
@@ -566,10 +604,12 @@ class AlarmsConfig(_Strict):
     device_offline_severity: Literal["low", "medium", "high", "critical"] = "high"
     evaluate_interval_s: float = Field(default=1.0, gt=0, le=60)
     limits: list[LimitAlarm] = Field(default_factory=list)
+    states: list[StateAlarm] = Field(default_factory=list, description="alarms on discrete values (status bits, "
+                                                                        "codes)")
     mqtt: AlarmsMqttConfig | None = Field(default=None, description="also publish alarm changes over MQTT")
 
 
-_POINT_REF = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
+_POINT_REF = _POINT_REF_PATTERN
 
 
 class AccountingMeter(_Strict):
@@ -903,6 +943,13 @@ class HeatrecConfig(_Strict):
         for i, rule in enumerate(self.alarms.limits):
             if rule.point not in known:
                 raise ValueError(f"alarms.limits[{i}].point: no point '{rule.point}' among the devices")
+        ids: set[str] = set()
+        for i, st in enumerate(self.alarms.states):
+            if st.point not in known:
+                raise ValueError(f"alarms.states[{i}].point: no point '{st.point}' among the devices")
+            if st.alarm_id in ids:
+                raise ValueError(f"alarms.states[{i}].name: '{st.name}' is used twice on {st.point}")
+            ids.add(st.alarm_id)
         for where, point in self.accounting.point_refs() if self.accounting else []:
             if point not in known:
                 raise ValueError(f"{where}: no point '{point}' among the devices")

@@ -232,9 +232,24 @@ def render_archetype(name: str) -> str:
     if "control" in a:
         lines.append("")
         _table(lines, "[control]", a["control"])
+    if sim.heat_pumps:
+        lines += ["", "# Device-state alarms on every heat pump's status word (bit 1 trip, bit 2 watchdog fallback)."]
+        _table(lines, "[alarms]", {"states": heat_pump_state_alarms([h.id for h in sim.heat_pumps])})
     lines.append("")
     _table(lines, "[simulation]", a["simulation"])
     return "\n".join(lines) + "\n"
+
+
+def heat_pump_state_alarms(pumps: list[str]) -> list[dict[str, Any]]:
+    """The alarms a plant engineer expects of a heat pump's status word: trip and watchdog fallback."""
+    out: list[dict[str, Any]] = []
+    for hp in pumps:
+        out.append({"point": f"{hp}.status", "name": "trip", "bit": 1, "on_delay_s": 2.0, "severity": "high",
+                    "message": f"heat pump {hp} tripped (fault)"})
+        out.append({"point": f"{hp}.status", "name": "watchdog_fallback", "bit": 2, "on_delay_s": 5.0,
+                    "severity": "medium", "message": f"heat pump {hp} on its local setpoint: heatrec heartbeats "
+                                                     "missing"})
+    return out
 
 
 def main() -> None:

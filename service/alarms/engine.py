@@ -6,10 +6,19 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from service.alarms.model import Alarm, AlarmEvent, AlarmState, Severity
-from service.config import AlarmsConfig, LimitAlarm
+from service.config import AlarmsConfig, LimitAlarm, StateAlarm
 from service.model import Quality, Sample
 
 S = AlarmState
+
+
+def _state_text(rule: StateAlarm) -> str:
+    """The default message of a state alarm."""
+    if rule.bit is not None:
+        return f"{rule.point} bit {rule.bit} is {rule.bit_value}"
+    if rule.equals is not None:
+        return f"{rule.point} reports code {rule.equals}"
+    return f"{rule.point} reports a fault code"
 
 
 class AlarmError(Exception):
@@ -31,6 +40,11 @@ class AlarmEngine:
             if rule.quality:
                 self._add(Alarm(f"{rule.point}:quality", rule.point, "quality", Severity(rule.severity),
                                 f"{rule.point} has no valid value (BAD or STALE)"), rule)
+        self._states: dict[str, StateAlarm] = {}
+        for st in cfg.states:
+            self.alarms[st.alarm_id] = Alarm(st.alarm_id, st.point, "state", Severity(st.severity),
+                                             st.message or _state_text(st))
+            self._states[st.alarm_id] = st
         for dev in devices:
             self._add(Alarm(f"device:{dev}:offline", dev, "offline", Severity(cfg.device_offline_severity),
                             f"device {dev} is not connected"), None)
@@ -47,6 +61,8 @@ class AlarmEngine:
             state = devices.get(alarm.source)
             return None if state is None else state != "connected"
         sample = latest.get(alarm.source)
+        if alarm.kind == "state":
+            return self._state_condition(alarm, sample)
         if alarm.kind == "quality":
             return None if sample is None else sample.quality in (Quality.BAD, Quality.STALE)
         if sample is None or sample.value is None or sample.quality != Quality.GOOD:
@@ -64,9 +80,28 @@ class AlarmEngine:
             return True
         return False if v > rule.low + rule.deadband else None
 
+    def _state_condition(self, alarm: Alarm, sample: Sample | None) -> bool | None:
+        """A discrete value's condition: a bit, a code, or one of a set of codes (with its text)."""
+        if sample is None or sample.value is None or sample.quality != Quality.GOOD:
+            return None  # no valid value: the device's offline or the point's quality alarm says so
+        rule = self._states[alarm.id]
+        code = round(sample.value)
+        alarm.value = sample.value
+        if rule.bit is not None:
+            return (code >> rule.bit) & 1 == rule.bit_value
+        if rule.equals is not None:
+            return code == rule.equals
+        assert rule.codes is not None
+        text = rule.codes.get(str(code))
+        if text is not None:
+            alarm.detail = f"code {code}: {text}"
+        return text is not None
+
     def _delay(self, alarm: Alarm) -> float:
         if alarm.kind == "offline":
             return self.cfg.device_offline_delay_s
+        if alarm.kind == "state":
+            return self._states[alarm.id].on_delay_s
         return self._rules[alarm.id].on_delay_s
 
     # ------------------------------------------------------------------ evaluation
@@ -98,7 +133,8 @@ class AlarmEngine:
         if alarm.state is S.SHELVED:
             return []  # tracked in alarm.active; surfaces when the shelf expires
         if alarm.active:  # from normal or returned-unacknowledged: a new occurrence needs a new ack
-            return [self._move(alarm, S.UNACK_ACTIVE, now, None, "condition active")]
+            why = "condition active" + (f" ({alarm.detail})" if alarm.detail else "")
+            return [self._move(alarm, S.UNACK_ACTIVE, now, None, why)]
         new = S.RTN_UNACK if alarm.state is S.UNACK_ACTIVE else S.NORMAL
         return [self._move(alarm, new, now, None, "condition cleared")]
 

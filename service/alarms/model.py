@@ -32,7 +32,7 @@ class Alarm:
 
     id: str  # stable: e.g. "hp1.supply_temperature:high", "device:hp1:offline"
     source: str  # point id or device id
-    kind: str  # high, low, quality, offline
+    kind: str  # high, low, quality, offline, state
     severity: Severity
     message: str
     state: AlarmState = AlarmState.NORMAL
@@ -41,6 +41,7 @@ class Alarm:
     since: datetime | None = None  # when the current state began
     shelved_until: datetime | None = None
     acked_by: str | None = None
+    detail: str | None = None  # what the condition is now, e.g. the vendor text of an active fault code
     # Internal: when the raw condition first appeared (on-delay) and cleared (off-delay).
     pending_since: datetime | None = field(default=None, repr=False)
 

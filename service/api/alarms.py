@@ -60,13 +60,14 @@ class AlarmOut(BaseModel):
     since: datetime | None
     shelved_until: datetime | None
     acked_by: str | None
+    detail: str | None = Field(default=None, description="what is active now, e.g. a vendor fault code's text")
 
     @classmethod
     def of(cls, a: Alarm) -> "AlarmOut":
         """From the engine's alarm."""
         return cls(id=a.id, source=a.source, kind=a.kind, severity=a.severity.value, message=a.message,
                    state=a.state.value, active=a.active, needs_ack=a.needs_ack, value=a.value, since=a.since,
-                   shelved_until=a.shelved_until, acked_by=a.acked_by)
+                   shelved_until=a.shelved_until, acked_by=a.acked_by, detail=a.detail if a.active else None)
 
 
 class AlarmList(Page):

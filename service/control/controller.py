@@ -13,7 +13,9 @@ from service.control.pid import Pid, PidGains
 from service.control.staging import PumpStage, Staging, StagingInputs
 
 SG_RUN, SG_BLOCKED = 0.0, 1.0
+RUN_BIT = 1 << 0  # heat-pump status word: bit 0 = running
 FAULT_BIT = 1 << 1  # heat-pump status word: bit 1 = fault/trip
+FALLBACK_BIT = 1 << 2  # heat-pump status word: bit 2 = watchdog fallback to the local setpoint
 TARGET_RATE_FILTER_S = 10.0
 
 
@@ -37,9 +39,11 @@ class StepResult:
     safe_state: bool
     safe_state_reason: str | None
     setpoints: dict[str, float | None]
-    running: list[str]
+    running: list[str]  # commanded to run (staging); the status shows what the pumps report
     cdu_headroom_k: float | None
     strategy: str = "boost"
+    reported_running: list[str] = field(default_factory=list)
+    not_running: dict[str, str] = field(default_factory=dict)  # pump id -> why it is not running
     decisions: dict[str, Decision] = field(default_factory=dict)
 
 
@@ -258,12 +262,13 @@ class Controller:
                 constraint = constraint or "setpoint_limit"
             elif "rate" in limits:
                 constraint = constraint or "rate_limit"
+        reported, not_running = self._reported(image, running)
         result = StepResult(
             writes={p: d.value for p, d in decisions.items()}, mode=self.mode, target=target,
             target_requested=raw, target_source=source, measured=pv, outdoor=outdoor.value, constraint=constraint,
             safe_state=safe_reason is not None, safe_state_reason=safe_reason, setpoints=setpoints,
             running=running, cdu_headroom_k=headroom, strategy="direct" if self._direct else "boost",
-            decisions=decisions)
+            decisions=decisions, reported_running=reported, not_running=not_running)
         self.last = result
         return result
 
@@ -296,6 +301,28 @@ class Controller:
         if not self._staged or not self._seen_inputs:
             return []
         return [Request(h.sg_ready, SG_RUN, Priority.SAFETY, "release") for h in self.cfg.heat_pumps if h.sg_ready]
+
+    def _reported(self, image: ProcessImage, commanded: list[str]) -> tuple[list[str], dict[str, str]]:
+        """Which pumps run by their own status word (and why the others do not), not only by command."""
+        running: list[str] = []
+        why: dict[str, str] = {}
+        for hp in self.cfg.heat_pumps:
+            # The pump's own word first: a trip or a lost device is the truth whatever staging commands.
+            r = image.get(hp.status) if hp.status else None
+            word = None if r is None or r.value is None else int(r.value)
+            if r is not None and word is None:
+                why[hp.id] = f"status unknown: {hp.status} is {r.problem} (device offline or not read)"
+            elif word is not None and word & FAULT_BIT:
+                why[hp.id] = f"tripped: {hp.status} bit 1 (fault) set"
+            elif hp.id not in commanded:
+                why[hp.id] = "blocked by staging"
+            elif word is not None and not word & RUN_BIT:
+                why[hp.id] = f"stopped: {hp.status} bit 0 (running) clear"
+            else:
+                running.append(hp.id)  # without a status word the command is all that is known
+                if word is not None and word & FALLBACK_BIT:
+                    why[hp.id] = "running on its local setpoint: watchdog fallback (bit 2)"
+        return running, why
 
     def _pump_requests(self, value: float, prio: Priority, source: str, running: list[str]) -> list[Request]:
         out: list[Request] = []

@@ -176,7 +176,8 @@ class ControlLoop:
             supply_temperature=_round(r.measured), constraint=r.constraint, safe_state=r.safe_state,
             heat_pump_setpoints={k: _round(v) for k, v in r.setpoints.items()}, outdoor_temperature=r.outdoor,
             target_requested=_round(r.target_requested), override=c.override, manual_setpoint=c.manual_setpoint,
-            heat_pumps_running=r.running, cdu_headroom_k=_round(r.cdu_headroom_k),
+            heat_pumps_running=r.reported_running, heat_pumps_not_running=r.not_running,
+            cdu_headroom_k=_round(r.cdu_headroom_k),
             safe_state_reason=r.safe_state_reason, strategy="direct" if r.strategy == "direct" else "boost",
             cycles=self.stats.cycles)
 

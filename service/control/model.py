@@ -58,7 +58,9 @@ class ControlStatus(BaseModel):
     target_requested: float | None = None  # before the ramp limit
     override: float | None = None
     manual_setpoint: float | None = None
-    heat_pumps_running: list[str] = []
+    heat_pumps_running: list[str] = []  # running by their own status word (commanded, when a pump has none)
+    heat_pumps_not_running: dict[str, str] = {}  # pump id -> why not (tripped, stopped, offline, staging);
+    # a pump running on its watchdog fallback is listed in both
     cdu_headroom_k: float | None = None
     safe_state_reason: str | None = None
     strategy: Literal["boost", "direct"] = "boost"

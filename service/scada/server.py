@@ -25,10 +25,12 @@ from service.bus import SampleBus, Subscription
 from service.config import HeatrecConfig, ScadaConfig
 from service.localservers.errors import LocalServerError
 from service.model import Quality, Sample
+from service.scada.alarm_nodes import AlarmNodes
 from service.scada.control_nodes import ControlNodes
 from service.scada.units import eu_information
 
 if TYPE_CHECKING:
+    from service.alarms.manager import AlarmManager
     from service.control.loop import ControlLoop
 
 log = logging.getLogger(__name__)
@@ -109,9 +111,10 @@ class ScadaServer:
     """The plant as an OPC UA address space, fed from the sample bus."""
 
     def __init__(self, cfg: ScadaConfig, plant: HeatrecConfig, bus: SampleBus, base_dir: Path = Path("."),
-                 control: ControlLoop | None = None) -> None:
+                 control: ControlLoop | None = None, alarms: AlarmManager | None = None) -> None:
         self.cfg, self._plant, self._bus = cfg, plant, bus
         self.control_nodes = ControlNodes(control) if control is not None else None
+        self.alarm_nodes = AlarmNodes(alarms) if alarms is not None else None
         self._cert_dir = base_dir / cfg.certificate_dir
         self._server: Server | None = None
         self._nodes: dict[str, Node] = {}
@@ -175,6 +178,8 @@ class ScadaServer:
                 self._nodes[pid] = var
         if self.control_nodes is not None:
             await self.control_nodes.build(server, plant, ns)
+        if self.alarm_nodes is not None:
+            await self.alarm_nodes.build(server, plant, ns)
         try:
             await server.start()
         except OSError as err:
@@ -189,6 +194,8 @@ class ScadaServer:
         self._task = asyncio.create_task(self._follow(self._sub), name="scada-updates")
         if self.control_nodes is not None:
             self.control_nodes.start()
+        if self.alarm_nodes is not None:
+            self.alarm_nodes.start()
         log.info("SCADA OPC UA server at %s (%d points; policies %s)", self.endpoint, len(self._nodes),
                  ", ".join(self.cfg.security_policies))
 
@@ -216,6 +223,8 @@ class ScadaServer:
         """Close the endpoint and stop following the bus."""
         if self.control_nodes is not None:
             await self.control_nodes.stop()
+        if self.alarm_nodes is not None:
+            await self.alarm_nodes.stop()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -166,3 +166,21 @@ def test_entering_manual_again_holds_the_present_output_not_an_old_manual_value(
     now = ctl.last.writes["hp1.supply_setpoint"] if ctl.last else 0.0
     ctl.set_mode("manual")
     assert ctl.manual_setpoint == pytest.approx(now, abs=0.01)
+
+
+def test_status_lists_pumps_by_their_own_status_word_with_the_reason() -> None:
+    ctl = Controller(control_config())
+    res = ctl.step(image(0.0), 1.0)
+    assert res.reported_running == ["hp1", "hp2"] and res.not_running == {}
+    # hp1 tripped (bit 1), hp2 offline (its status is BAD): neither runs, whatever the command says.
+    res = ctl.step(image(1.0, hp1__status=3.0, hp2__status="bad"), 1.0)
+    assert res.reported_running == []
+    assert res.not_running["hp1"].startswith("tripped") and "bit 1" in res.not_running["hp1"]
+    assert res.not_running["hp2"].startswith("status unknown") and "bad" in res.not_running["hp2"]
+    # A tripped pump is left out by staging from then on; its own word still says why first.
+    res = ctl.step(image(2.0, hp1__status=3.0), 1.0)
+    assert res.not_running["hp1"].startswith("tripped")
+    # Commanded to run but stopped (bit 0 clear), and running on the watchdog fallback (bits 0 and 2).
+    res = Controller(control_config()).step(image(0.0, hp1__status=0.0, hp2__status=5.0), 1.0)
+    assert res.reported_running == ["hp2"] and res.not_running["hp1"].startswith("stopped")
+    assert "watchdog fallback" in res.not_running["hp2"]

@@ -80,6 +80,13 @@ async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseCo
             await conn.execute("INSERT INTO events (time, source, kind, message) VALUES ($1, 'driver:hp1', "
                                "'disconnected', 'connection refused')", START + timedelta(minutes=5))
             await _seed_accounting(conn)
+            # A heat-pump trip: the state alarm's row and its transition, as the alarm manager stores them.
+            await conn.execute("INSERT INTO alarms (id, source, kind, severity, message, state, active, value, since) "
+                               "VALUES ('hp1.status:trip', 'hp1.status', 'state', 'high', 'heat pump hp1 tripped', "
+                               "'unack_active', true, 3, $1)", START + timedelta(minutes=6))
+            await conn.execute("INSERT INTO alarm_events (time, alarm_id, old_state, new_state, value, message) "
+                               "VALUES ($1, 'hp1.status:trip', 'normal', 'unack_active', 3, 'tripped')",
+                               START + timedelta(minutes=6))
             checked = 0
             for path in DASHBOARDS:
                 d = json.loads(path.read_text())
