@@ -125,19 +125,21 @@ def fuzz_settings() -> tuple[list[int], int]:
     return seeds or [1], int(os.environ.get("HEATREC_FUZZ_EXAMPLES", "15"))
 
 
-def run_schemathesis(url: str, token: str, *options: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_schemathesis(url: str, token: str, *options: str, cwd: Path,
+                     deterministic: bool = False) -> subprocess.CompletedProcess[str]:
     """The schemathesis CLI (its pytest plugin lags behind pytest) with every check, once per seed.
 
     Deterministic by default (seed 1); the returned result is the first failing seed's, else the last.
+    `deterministic=True` runs the `make test` case (seed 1, the same cases) whatever `make fuzz` asks.
     Each seed's command is printed, so a finding can be replayed as written.
     """
     st = Path(sys.executable).with_name("st")
-    seeds, examples = fuzz_settings()
+    seeds, examples = ([1], 15) if deterministic else fuzz_settings()
     result: subprocess.CompletedProcess[str] | None = None
     for seed in seeds:
         cmd = [str(st), "run", f"{url}/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {token}",
                "--max-examples", str(examples), "--seed", str(seed), "--no-color", *options]
-        if len(seeds) == 1 and "HEATREC_FUZZ_SEEDS" not in os.environ:
+        if deterministic or (len(seeds) == 1 and "HEATREC_FUZZ_SEEDS" not in os.environ):
             cmd.append("--generation-deterministic")  # make test: the same cases every run
         print("schemathesis:", " ".join(c if not c.startswith("Authorization") else "'Authorization: Bearer …'"
                                         for c in cmd[1:]), flush=True)
