@@ -26,6 +26,7 @@ from service.accounting.store import (
     save_settlement,
 )
 from service.api.params import NO_NUL, iso_times_only
+from service.api.params import operation_ref as _op
 from service.auth import Principal, Role
 from service.config import AccountingConfig, HeatrecConfig
 
@@ -150,10 +151,6 @@ _ERR: dict[int | str, dict[str, Any]] = {
                                                       "or the settlement is in the wrong state"},
     503: {"model": AccountingErrorOut, "description": "the database is unavailable"}}
 
-
-def _op(path: str, method: str = "post") -> str:
-    """An OpenAPI operationRef (JSON pointer to the operation), for links between operations."""
-    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
 
 
 _SAME_SETTLEMENT = {"contract_id": "$request.path.contract_id", "period": "$request.path.period"}

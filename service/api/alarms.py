@@ -15,6 +15,7 @@ from service.alarms.manager import AlarmManager
 from service.alarms.model import Alarm, AlarmEvent
 from service.alarms.store import UnknownCursor, recent_events
 from service.api.paging import CURSOR_HELP, LIMIT_HELP, MAX_LIMIT, Page, page_links
+from service.api.params import operation_ref as _op
 from service.auth import Principal, Role
 
 _ALARM_EXAMPLE: JsonDict = {
@@ -24,10 +25,6 @@ _ALARM_EXAMPLE: JsonDict = {
 _EVENT_EXAMPLE: JsonDict = {
     "time": "2026-03-01T12:05:00Z", "alarm_id": "hp1.supply_temperature:high", "old_state": "unack_active",
     "new_state": "acked_active", "value": 93.2, "by": "operator-anna", "message": "acknowledged"}
-
-def _op(path: str, method: str = "post") -> str:
-    """An OpenAPI operationRef (JSON pointer to the operation), for links between operations."""
-    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
 
 
 _BY_EVENT = {"alarm_id": "$response.body#/alarm_id"}

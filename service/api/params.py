@@ -18,3 +18,8 @@ def iso_times_only(request: Request, names: tuple[str, ...] = ("start", "end")) 
 
 # PostgreSQL text cannot hold NUL: free text stored in the database says so in its schema (not a 422 later).
 NO_NUL = r"^[^\x00]*$"
+
+
+def operation_ref(path: str, method: str = "post") -> str:
+    """An OpenAPI operationRef (a JSON pointer to the operation), for links between operations."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
