@@ -206,15 +206,6 @@ def test_a_settlement_at_t_holds_nothing_after_t_and_cuts_add_up(increments: lis
     assert parts == pytest.approx(whole, rel=1e-9, abs=1e-9)
 
 
-@pytest.fixture
-async def conn(database: DatabaseConfig) -> Any:
-    pool = await connect_pool(database)
-    async with pool.acquire() as c:
-        await migrate(c)
-        yield c
-    await pool.close()
-
-
 async def test_an_open_month_counts_up_to_its_as_of_and_estimates_nothing_beyond(conn: asyncpg.Connection) -> None:
     cfg = config()
     # Ten days and five minutes of a 100 kW meter with readings every 10 minutes (a demo meter's month so far);

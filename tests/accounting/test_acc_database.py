@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -21,15 +20,6 @@ from tests.accounting.acc_support import MARCH_END, MARCH_START, config, constan
 HOURS = 743
 # 100 kW for 743 h = 74,300 kWh = 74,300 x 0.0036 GJ = 267.48 GJ.
 MARCH_GJ = 267.48
-
-
-@pytest.fixture
-async def conn(database: DatabaseConfig) -> AsyncIterator[asyncpg.Connection]:
-    pool = await connect_pool(database)
-    async with pool.acquire() as c:
-        await migrate(c)
-        yield c
-    await pool.close()
 
 
 async def test_golden_month_with_heat_pump_deduction(conn: asyncpg.Connection) -> None:
