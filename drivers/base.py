@@ -22,14 +22,15 @@ from itertools import repeat
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from drivers.backoff import Backoff
-from drivers.errors import CodecError, DriverError, DriverTimeout, WriteRejected
+from drivers.errors import CodecError, DeviceRefused, DriverError, DriverTimeout, WriteRejected
 from service.bus import SampleSink
 from service.config import ModbusDevice, MqttDevice, OpcUaDevice, PointBase
 from service.model import Quality, Sample, utcnow
 
 DeviceT = TypeVar("DeviceT", OpcUaDevice, ModbusDevice, MqttDevice)
 T = TypeVar("T")
-WriteStatus = Literal["ok", "rejected", "mismatch", "timeout", "error"]
+# rejected: refused before anything was sent (envelope, type, unknown point); refused: sent, and the device said no.
+WriteStatus = Literal["ok", "rejected", "refused", "mismatch", "timeout", "error"]
 
 
 class ConnectionState(str, Enum):  # noqa: UP042 - the contract names (str, Enum)
@@ -205,6 +206,8 @@ class Driver(ABC, Generic[DeviceT]):
             detail = f" ({err})" if isinstance(err, DriverTimeout) else ""
             result = WriteResult(pid, "timeout", value,
                                  message=f"no answer within {self.device.timeout_s} s{detail}")
+        except DeviceRefused as err:
+            result = WriteResult(pid, "refused", value, message=str(err))
         except (WriteRejected, CodecError) as err:
             result = WriteResult(pid, "rejected", value, message=str(err))
         except DriverError as err:

@@ -27,6 +27,10 @@ class WriteRejected(DriverError):
     """A write was refused: outside the point's envelope, not writable, or not representable."""
 
 
+class DeviceRefused(WriteRejected):
+    """The device itself refused a write that was sent (an exception response, a bad status code)."""
+
+
 class CodecError(DriverError, ValueError):
     """A value cannot be converted to or from its wire representation."""
 

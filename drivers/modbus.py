@@ -23,6 +23,7 @@ from drivers.base import Driver, describe, raise_if_cancelled, within
 from drivers.errors import (
     CodecError,
     DeviceException,
+    DeviceRefused,
     DriverConnectionError,
     DriverError,
     DriverTimeout,
@@ -439,7 +440,7 @@ class ModbusDriver(Driver[ModbusDevice]):
         try:
             await self._call(what, request)
         except DeviceException as err:
-            raise WriteRejected(f"device refused the {what}: {describe(err)}") from err
+            raise DeviceRefused(f"device refused the {what}: {describe(err)}") from err
 
     def _tolerance(self, point: PointBase, written: float) -> float:
         assert isinstance(point, ModbusPoint)

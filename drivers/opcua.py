@@ -18,7 +18,14 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from drivers.backoff import Backoff
 from drivers.base import Driver, raise_if_cancelled
-from drivers.errors import DeviceException, DriverConnectionError, DriverError, DriverTimeout, WriteRejected
+from drivers.errors import (
+    DeviceException,
+    DeviceRefused,
+    DriverConnectionError,
+    DriverError,
+    DriverTimeout,
+    WriteRejected,
+)
 from service.bus import SampleSink
 from service.config import OpcUaDevice, OpcUaPoint, PointBase
 from service.model import Quality, utcnow
@@ -447,7 +454,7 @@ class OpcUaDriver(Driver[OpcUaDevice]):
                                              Value=ua.DataValue(ua.Variant(typed, vtype)))]
         status = (await self._ua(client.uaclient.write(params), "write"))[0]
         if not status.is_good():
-            raise WriteRejected(f"the server refused the write: {status.name}")
+            raise DeviceRefused(f"the server refused the write: {status.name}")
         back = await self._read_one(node_id)
         if not (back.StatusCode is None or back.StatusCode.is_good()):
             raise DeviceException(f"read back: {back.StatusCode.name}", back.StatusCode.value)

@@ -49,9 +49,12 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a configuration file."""
+    """Validate a configuration file: the schema, references, rule sets and contract prices."""
     from service.accounting.checks import check_accounting
 
+    if (args.file is None) == (args.config_option is None):
+        raise ConfigError("check-config: give the config file once, as FILE or as -c FILE")
+    args.file = args.file or args.config_option
     cfg = load_config(args.file)
     check_accounting(cfg, str(args.file))
     n_points = sum(len(d.points) for d in cfg.devices)
@@ -226,7 +229,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    """One guarded write with read-back (no database); exit 0 ok, 1 failed, 3 refused with nothing sent."""
+    """One guarded write with read-back (no database).
+
+    Exit 0: the device holds the value. 1: the write failed or the device refused it (something was
+    sent). 3: refused with nothing sent (outside the point's min/max, not writable, not representable).
+    """
     import time
 
     from service.commissioning import format_write, parse_value, write_point
@@ -241,6 +248,15 @@ def cmd_write(args: argparse.Namespace) -> int:
     return 3 if result.status == "rejected" else 1
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("heatrec")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(
@@ -248,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="heatrec: telemetry, control and heat accounting for data-centre heat-recovery plants.",
         epilog="Quick start: 'make demo' in the checkout. Configuration keys: docs/CONFIG.md.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"heatrec {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("demo", help="run the demo plant: private PostgreSQL+TimescaleDB, Mosquitto, simulators, "
@@ -270,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     c = sub.add_parser("check-config", help="validate a config file and exit", description=cmd_check_config.__doc__)
-    c.add_argument("file", metavar="FILE", help="plant configuration (TOML)")
+    c.add_argument("file", metavar="FILE", nargs="?", help="plant configuration (TOML)")
+    c.add_argument("-c", "--config", dest="config_option", metavar="FILE",
+                   help="the same, as every other command takes it")
     c.set_defaults(func=cmd_check_config)
 
     t = sub.add_parser("token", help="manage API tokens")
@@ -306,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probe)
 
     w = sub.add_parser("write", help="one guarded write with read-back (commissioning; no database)",
-                       description=cmd_write.__doc__)
+                       description=cmd_write.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
     w.add_argument("point", metavar="POINT", help="full point id, device.point")
     w.add_argument("value", metavar="VALUE", help="number, or true/false for bits")

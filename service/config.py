@@ -43,10 +43,17 @@ class PointBase(_Strict):
     stale_after_s: float | None = Field(default=None, gt=0)
     description: str = ""
 
+    unbounded_writes: bool = Field(default=False, description="explicit opt-out: a writable point without min/max "
+                                                               "(only where the device bounds the value itself)")
+
     @model_validator(mode="after")
     def _envelope(self) -> PointBase:
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.writable and (self.min is None or self.max is None) and not self.unbounded_writes:
+            # A write without an envelope sends whatever it is given (200 °C to a heat pump's setpoint).
+            raise ValueError(f"writable point '{self.id}' needs min and max (its write envelope), or "
+                             "unbounded_writes = true if the device bounds the value itself")
         return self
 
 

@@ -57,7 +57,8 @@ apt_install() {
 # 1. Debian packages --------------------------------------------------------------------
 DEBS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR}
       mosquitto mosquitto-clients cmake make gcc libssl-dev xz-utils ca-certificates python3-venv
-      prometheus wrk)  # promtool lints /metrics in the tests (the daemon is never started); wrk loads bench_api
+      prometheus wrk jq)  # promtool lints /metrics in the tests (the daemon is never started); wrk loads
+                          # bench_api; jq reads var/demo/credentials.json in the README's commands
 # Node.js and npm type-check the Grafana dashboards in the tests; any node on PATH will do.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || DEBS+=(nodejs npm)
 mapfile -t NEED < <(missing_debs "${DEBS[@]}")

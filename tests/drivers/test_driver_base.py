@@ -13,7 +13,7 @@ import pytest
 from drivers import create_driver
 from drivers.backoff import Backoff
 from drivers.base import ConnectionState, Driver, WriteResult
-from drivers.errors import DriverConnectionError, WriteRejected
+from drivers.errors import DeviceRefused, DriverConnectionError
 from drivers.modbus import ModbusDriver
 from drivers.mqtt import MqttDriver
 from drivers.opcua import OpcUaDriver
@@ -97,7 +97,7 @@ class FakeDriver(Driver[ModbusDevice]):
         self.writes_seen.append(value)
         await asyncio.sleep(self.write_delay)
         if value == 13:
-            raise WriteRejected("the device refuses 13")
+            raise DeviceRefused("the device refuses 13")
         self.device_value = min(value, self.device_clamp)
         return value, self.device_value
 
@@ -202,7 +202,7 @@ async def test_write_outcomes(sink: RecordingSink, run_driver: Any) -> None:
     mismatch = await drv.write("sp", 60)
     assert mismatch.status == "mismatch" and mismatch.readback == 50 and not mismatch.ok
     refused = await drv.write("dev.sp", 13)
-    assert refused.status == "rejected" and "refuses 13" in refused.message
+    assert refused.status == "refused" and "refuses 13" in refused.message  # sent, and refused there
     drv.write_delay = 1.0
     timeout = await drv.write("dev.sp", 5)
     assert timeout.status == "timeout"

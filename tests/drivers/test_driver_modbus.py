@@ -187,9 +187,9 @@ async def test_staleness_turns_a_slow_point_stale(modbus_peer: ModbusPeer, sink:
 
 WRITE_MAP = [
     {"id": "setpoint", "address": 0, "type": "int16", "scale": 0.1, "writable": True, "min": 40, "max": 85},
-    {"id": "limit", "address": 2, "type": "float32", "writable": True},
-    {"id": "big", "address": 6, "type": "int16", "scale": 0.1, "writable": True},
-    {"id": "pump_on", "address": 3, "function": "coil", "type": "bool", "writable": True},
+    {"id": "limit", "address": 2, "type": "float32", "writable": True, "unbounded_writes": True},
+    {"id": "big", "address": 6, "type": "int16", "scale": 0.1, "writable": True, "unbounded_writes": True},
+    {"id": "pump_on", "address": 3, "function": "coil", "type": "bool", "writable": True, "min": 0, "max": 1},
     {"id": "measured", "address": 8},
 ]
 

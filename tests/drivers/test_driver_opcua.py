@@ -77,7 +77,7 @@ async def test_values_quality_and_timestamps_arrive(opcua_peer: OpcUaPeer, sink:
 async def test_write_then_read_back_in_the_nodes_type(opcua_peer: OpcUaPeer, sink: RecordingSink,
                                                       run_driver: Any) -> None:
     points = [{"id": "setpoint", "node": opcua_peer.node("setpoint"), "writable": True, "min": 20, "max": 45},
-              {"id": "count", "node": opcua_peer.node("count"), "writable": True},
+              {"id": "count", "node": opcua_peer.node("count"), "writable": True, "unbounded_writes": True},
               {"id": "temperature", "node": opcua_peer.node("temperature")}]
     drv = OpcUaDriver(device(opcua_peer.endpoint, points), sink)
     run_driver(drv)

@@ -50,7 +50,7 @@ def test_browse_paths_parse() -> None:
 
 async def test_browse_path_points_read_and_write(opcua_peer: OpcUaPeer, sink: RecordingSink, wait_for: WaitFor,
                                                  run_driver: Any, caplog: pytest.LogCaptureFixture) -> None:
-    points = [{"id": "supply", "browse_path": supply_path(opcua_peer), "writable": True},
+    points = [{"id": "supply", "browse_path": supply_path(opcua_peer), "writable": True, "unbounded_writes": True},
               {"id": "missing", "browse_path": supply_path(opcua_peer, "nothing_here")},
               {"id": "temperature", "node": opcua_peer.node("temperature")}]
     drv = OpcUaDriver(device(opcua_peer.endpoint, points), sink)

@@ -103,7 +103,8 @@ def _device(peer: SecurePeer, pki: Path, **kw: Any) -> OpcUaDevice:
         "id": "cdu", "protocol": "opcua", "endpoint": peer.endpoint, "poll_interval_s": 0.1, "timeout_s": 5.0,
         "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "certificate_dir": str(pki),
         "username": USER, "password": PASSWORD,
-        "points": [{"id": "temperature", "node": "nsu=urn:heatrec:test;s=dev.temperature", "writable": True}]}
+        "points": [{"id": "temperature", "node": "nsu=urn:heatrec:test;s=dev.temperature", "writable": True,
+                    "unbounded_writes": True}]}
     return OpcUaDevice.model_validate({**base, **kw})
 
 

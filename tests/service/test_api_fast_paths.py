@@ -26,7 +26,8 @@ CFG = parse_config({"devices": [
     {"id": "hp1", "protocol": "modbus", "endpoint": "127.0.0.1:5020", "points": [
         {"id": "supply_temperature", "unit": "degC", "address": 0, "function": "input"},
         {"id": "cop", "address": 1, "function": "input"},
-        {"id": "setpoint", "unit": "degC", "address": 2, "function": "holding", "kind": "setpoint", "writable": True},
+        {"id": "setpoint", "unit": "degC", "address": 2, "function": "holding", "kind": "setpoint", "writable": True,
+         "min": 10.0, "max": 95.0},
         {"id": "power", "unit": "kW \"el\"", "address": 3, "function": "input"}]},
     {"id": "meter1", "protocol": "modbus", "endpoint": "127.0.0.1:5021", "points": [
         {"id": "energy", "unit": "GJ", "address": 0, "function": "input", "kind": "counter"}]}]})

@@ -17,6 +17,7 @@ from service.commissioning import probe
 from service.config import HeatrecConfig, load_config
 from service.localservers import MosquittoServer
 from simulators.runner import Simulation
+from simulators.scenario import FaultSpec
 from tests.support import demo_config_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,6 +156,15 @@ async def test_write_reads_back_and_reaches_the_device(plant: tuple[Path, Heatre
     assert rc == 0, out + err
     assert "hp1.supply_setpoint: ok" in out and "read back 65.5" in out
     assert sim.model.heat_pumps["hp1"].remote_setpoint == pytest.approx(65.5)
+
+
+async def test_a_write_the_device_refuses_exits_1_not_3(plant: tuple[Path, HeatrecConfig, Simulation]) -> None:
+    # Exit 3 means "refused with nothing sent"; a write the device answers with an exception was sent.
+    path, _, sim = plant
+    await sim.inject(FaultSpec(device="hp1", kind="exception"))
+    rc, out, err = await _heatrec("write", "-c", str(path), "hp1.supply_setpoint", "66.0")
+    assert rc == 1, out + err
+    assert "hp1.supply_setpoint: refused" in out and "device refused" in out
 
 
 @pytest.mark.parametrize(("point", "value", "reason"), [

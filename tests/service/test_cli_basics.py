@@ -1,0 +1,29 @@
+"""CLI basics a first day trips over: --version, check-config with -c like every other command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def heatrec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60, check=False)
+
+
+def test_version() -> None:
+    r = heatrec("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"heatrec {version('heatrec')}"
+
+
+def test_check_config_takes_the_file_as_argument_or_with_c() -> None:
+    for args in (("config/demo.toml",), ("-c", "config/demo.toml")):
+        r = heatrec("check-config", *args)
+        assert r.returncode == 0 and "config/demo.toml: OK" in r.stdout, r.stderr
+    for args in ((), ("config/demo.toml", "-c", "config/demo.toml")):
+        r = heatrec("check-config", *args)
+        assert r.returncode == 2 and "give the config file once" in r.stderr and "Traceback" not in r.stderr
