@@ -27,7 +27,8 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: a TOML string is never read as a number or a bool ("false" would be True).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PointBase(_Strict):

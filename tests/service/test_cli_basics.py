@@ -27,3 +27,16 @@ def test_check_config_takes_the_file_as_argument_or_with_c() -> None:
     for args in ((), ("config/demo.toml", "-c", "config/demo.toml")):
         r = heatrec("check-config", *args)
         assert r.returncode == 2 and "give the config file once" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_types_are_strict(tmp_path: Path) -> None:
+    # A quoted number or boolean is an error naming the field, never silently coerced ("false" became true).
+    text = (ROOT / "config" / "demo.toml").read_text()
+    cases = {"port = 55432": ('port = "55432"', "database.port"),
+             "allow_anonymous = true": ('allow_anonymous = "false"', "scada.allow_anonymous")}
+    for original, (quoted, field) in cases.items():
+        assert original in text
+        path = tmp_path / "plant.toml"
+        path.write_text(text.replace(original, quoted, 1))
+        r = heatrec("check-config", str(path))
+        assert r.returncode == 2 and f"{path}: {field}:" in r.stderr, r.stderr
