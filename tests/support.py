@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.config import DatabaseConfig
 from service.localservers import free_port
@@ -150,3 +150,27 @@ def run_schemathesis(url: str, token: str, *options: str, cwd: Path,
             return result
     assert result is not None
     return result
+
+
+@contextlib.asynccontextmanager
+async def meter_telegrams(broker: Any, topic: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every JSON telegram published to `topic`, collected by a separate MQTT client while in the block."""
+    import json
+
+    import aiomqtt
+
+    telegrams: list[dict[str, Any]] = []
+    async with aiomqtt.Client(broker.host, broker.port, username=broker.username, password=broker.password) as mqtt:
+        await mqtt.subscribe(topic, qos=1)
+
+        async def collect() -> None:
+            async for message in mqtt.messages:
+                assert isinstance(message.payload, bytes)
+                telegrams.append(json.loads(message.payload))
+
+        collector = asyncio.create_task(collect())
+        try:
+            yield telegrams
+        finally:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)

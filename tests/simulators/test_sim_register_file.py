@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import aiomqtt
 
 from service.clock import VirtualClock
 from service.config import SimulationConfig
 from simulators.plant import PlantModel
 from simulators.register_state import RegisterFile
 from simulators.runner import Simulation
+from tests.support import meter_telegrams
 
 MakeConfig = Callable[..., SimulationConfig]
 TOPIC = "mbus/heatmeter/71234567"
@@ -55,17 +53,7 @@ async def test_the_meter_continues_where_it_stopped_across_a_restart(mosquitto: 
     cfg = plant_config(broker=f"mqtt://{mosquitto.host}:{mosquitto.port}", mqtt_username=mosquitto.username,
                        mqtt_password=mosquitto.password, meter={"publish_interval_s": 0.1})
     state = tmp_path / "registers.json"
-    telegrams: list[dict[str, Any]] = []
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, username=mosquitto.username,
-                              password=mosquitto.password) as mqtt:
-        await mqtt.subscribe(TOPIC, qos=1)
-
-        async def collect() -> None:
-            async for message in mqtt.messages:
-                assert isinstance(message.payload, bytes)
-                telegrams.append(json.loads(message.payload))
-
-        collector = asyncio.create_task(collect())
+    async with meter_telegrams(mosquitto, TOPIC) as telegrams:
         initial = cfg.heat_meters[0].initial_energy_gj
         async with Simulation(cfg, tick_s=0.1, register_file=state):
             await eventually(lambda: telegrams and telegrams[-1]["energy_gj"] > initial + 1e-4, within=15,
@@ -74,8 +62,6 @@ async def test_the_meter_continues_where_it_stopped_across_a_restart(mosquitto: 
         stopped_at = max(t["energy_gj"] for t in first_run)
         async with Simulation(cfg, tick_s=0.1, register_file=state):
             await eventually(lambda: len(telegrams) > len(first_run), within=15, message="a telegram after restart")
-        collector.cancel()
-        await asyncio.gather(collector, return_exceptions=True)
     second_run = telegrams[len(first_run):]
     # Without the file the second run would start again at the configured initial value (a register restart).
     assert second_run[0]["energy_gj"] >= stopped_at > initial

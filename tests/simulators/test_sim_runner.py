@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-import aiomqtt
 import pytest
 from asyncua import Client
 from pymodbus.client import AsyncModbusTcpClient
@@ -18,6 +15,7 @@ from service.clock import VirtualClock
 from service.config import SimulationConfig
 from simulators.errors import PortInUseError, SimulatorError
 from simulators.runner import Simulation
+from tests.support import meter_telegrams
 
 MakeConfig = Callable[..., SimulationConfig]
 TOPIC = "mbus/heatmeter/71234567"
@@ -35,17 +33,7 @@ async def test_all_faces_run_together_and_stop_cleanly(mosquitto: Any, plant_con
                                                        eventually: Callable[..., Any]) -> None:
     cfg = plant_config(broker=f"mqtt://{mosquitto.host}:{mosquitto.port}", mqtt_username=mosquitto.username,
                        mqtt_password=mosquitto.password, meter={"publish_interval_s": 0.1})
-    telegrams: list[dict[str, Any]] = []
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, username=mosquitto.username,
-                              password=mosquitto.password) as mqtt:
-        await mqtt.subscribe(TOPIC, qos=1)
-
-        async def collect() -> None:
-            async for message in mqtt.messages:
-                assert isinstance(message.payload, bytes)
-                telegrams.append(json.loads(message.payload))
-
-        collector = asyncio.create_task(collect())
+    async with meter_telegrams(mosquitto, TOPIC) as telegrams:
         async with Simulation(cfg, tick_s=0.1) as sim:
             assert set(sim.endpoints()) == {"cdu1", "hp1", "meter1"}
             opc_url = sim.cdus["cdu1"].endpoint
@@ -69,8 +57,6 @@ async def test_all_faces_run_together_and_stop_cleanly(mosquitto: Any, plant_con
             assert not (await modbus.write_register(1, 1, device_id=1)).isError()
             await eventually(lambda: telegrams[-1]["power_kw"] == 0.0, message="meter seeing no heat")
             modbus.close()
-        collector.cancel()
-        await asyncio.gather(collector, return_exceptions=True)
     assert sim.meter_gateway is not None and not sim.meter_gateway.connected
     assert refuses_connections("127.0.0.1", int(opc_url.rsplit(":", 1)[1]))
     assert refuses_connections(mb_host, mb_port)
