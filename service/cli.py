@@ -69,7 +69,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.app import Service
 
     cfg = load_config(args.config)
-    check_accounting(cfg, str(args.config))
+    try:
+        check_accounting(cfg, str(args.config))
+    except ConfigError as err:
+        # Billing must not keep the plant from running (control, SCADA and telemetry come first): say it
+        # loudly; settlements answer with the same message until it is fixed. check-config refuses it.
+        logging.getLogger("heatrec").error("accounting configuration: %s", err)
 
     async def main(stop: asyncio.Event) -> None:
         svc = Service(cfg)
