@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from service.accounting.rules import RuleError, RuleSet, load_rules, required_prices
+from service.accounting.rules import PRICE_FIELDS, RuleError, RuleSet, load_rules, required_prices
 from service.config import ConfigError, HeatrecConfig, SupplyContract
-
-_FIELD = {"substitution": "substitution_price_dkk_per_gj", "cost_based": "cost_based_price_dkk_per_gj"}
 
 
 def contract_problems(contract: SupplyContract, rules: RuleSet, today: date) -> list[tuple[str, str]]:
@@ -19,9 +17,10 @@ def contract_problems(contract: SupplyContract, rules: RuleSet, today: date) -> 
         if p.valid_to <= first or p.valid_from >= last:
             continue  # this entry never governs the contract
         for name in required_prices(p, contract.capacity_mw, contract.heat_pump_lifted):
-            if getattr(contract, _FIELD[name]) is None and _FIELD[name] not in out:
-                out[_FIELD[name]] = (f"needed under rule period '{p.id}' ({p.valid_from}..{p.valid_to}) of "
-                                     f"'{rules.name}', which the contract's term reaches")
+            field = PRICE_FIELDS[name]
+            if getattr(contract, field) is None and field not in out:
+                out[field] = (f"needed under rule period '{p.id}' ({p.valid_from}..{p.valid_to}) of "
+                              f"'{rules.name}', which the contract's term reaches")
     return list(out.items())
 
 

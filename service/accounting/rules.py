@@ -89,6 +89,10 @@ class Segment:
     year: int
 
 
+# The contract field holding each price a rule can bound by.
+PRICE_FIELDS = {"substitution": "substitution_price_dkk_per_gj", "cost_based": "cost_based_price_dkk_per_gj"}
+
+
 def price_bounds(period: RulePeriod) -> tuple[str, ...]:
     """Which contract prices bound the price under this entry: 'substitution', 'cost_based' or both.
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any
 
-from service.accounting.rules import RuleError, RuleSet, Segment, cap_applies, required_prices
+from service.accounting.rules import PRICE_FIELDS, RuleError, RuleSet, Segment, cap_applies, required_prices
 from service.config import SupplyContract
 
 GJ_PER_KWH = 0.0036
@@ -22,7 +22,6 @@ CENT = Decimal("0.01")
 PRICE_STEP = Decimal("0.0001")
 ENERGY_STEP = Decimal("0.000001")  # 1 kJ, the registers' resolution
 UNCHECKED = "price_bound_unchecked"  # a bound of the rule could not be checked: the settlement is provisional
-_PRICE_FIELD = {"substitution": "substitution_price_dkk_per_gj", "cost_based": "cost_based_price_dkk_per_gj"}
 
 
 def dec(x: float) -> Decimal:
@@ -99,8 +98,8 @@ def _floor_price(x: Decimal) -> Decimal:
 def _require_prices(contract: SupplyContract, seg: Segment) -> None:
     """Refuse a segment whose rule needs a price the contract does not give (check-config says so too)."""
     for name in required_prices(seg.period, contract.capacity_mw, contract.heat_pump_lifted):
-        if getattr(contract, _PRICE_FIELD[name]) is None:
-            raise RuleError(f"contract '{contract.id}': {_PRICE_FIELD[name]} is needed to settle "
+        if getattr(contract, PRICE_FIELDS[name]) is None:
+            raise RuleError(f"contract '{contract.id}': {PRICE_FIELDS[name]} is needed to settle "
                             f"{seg.start.date()}..{seg.end.date()} under rule period '{seg.period.id}': "
                             "set it in [[accounting.contracts]]")
 
