@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -220,7 +221,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole demo plant."""
     from service.demo import run_demo
 
-    return run_demo(Path(args.config), Path(args.var_dir))
+    config = Path(args.config)
+    # One data directory per plant file, so an archetype never reuses the demo's database and tokens.
+    return run_demo(config, Path(args.var_dir) if args.var_dir else Path("var") / config.stem)
+
+
+def _quiet_drivers(verbose: bool) -> None:
+    """A one-shot read reports each device's error in its output; the drivers' reconnect chatter would mislead."""
+    if not verbose:
+        logging.getLogger("drivers").setLevel(logging.ERROR)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -228,6 +237,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from service.commissioning import format_probe, probe
 
     cfg = load_config(args.config)
+    _quiet_drivers(args.verbose)
     rows = asyncio.run(probe(cfg, args.device, args.wait))
     print(format_probe(rows, args.json), flush=True)
     return 1 if any(r.quality == "BAD" for r in rows) else 0
@@ -244,6 +254,7 @@ def cmd_write(args: argparse.Namespace) -> int:
     from service.commissioning import format_write, parse_value, write_point
 
     cfg = load_config(args.config)
+    _quiet_drivers(args.verbose)
     value = parse_value(args.value)
     started = time.monotonic()
     result = asyncio.run(write_point(cfg, args.point, value))
@@ -251,6 +262,12 @@ def cmd_write(args: argparse.Namespace) -> int:
     if result.ok:
         return 0
     return 3 if result.status == "rejected" else 1
+
+
+SECRETS_HELP = ("Passwords come from ${VAR} references in the file, filled from the environment or the file's "
+                "env_file (KEY=VALUE lines): by convention HEATREC_DB_PASSWORD ([database], also used when its "
+                "password is empty), HEATREC_MQTT_PASSWORD (MQTT devices) and HEATREC_SCADA_PASSWORD ([scada] "
+                "users). `heatrec demo` writes them to var/<plant>/heatrec.env. docs/CONFIG.md, 'Secrets'.")
 
 
 def _version() -> str:
@@ -275,10 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the demo plant: private PostgreSQL+TimescaleDB, Mosquitto, simulators, "
                                     "service", description=cmd_demo.__doc__)
     d.add_argument("-c", "--config", default="config/demo.toml", help="demo plant config (default: %(default)s)")
-    d.add_argument("--var-dir", default="var/demo", help="where data and credentials live (default: %(default)s)")
+    d.add_argument("--var-dir", metavar="DIR",
+                   help="where data and credentials live (default: var/<config file stem>, e.g. var/demo, "
+                        "var/industrial); the config's env_file should name DIR/heatrec.env")
     d.set_defaults(func=cmd_demo)
 
-    r = sub.add_parser("run", help="run the service for a plant config", description=cmd_run.__doc__)
+    r = sub.add_parser("run", help="run the service for a plant config", description=cmd_run.__doc__,
+                       epilog=SECRETS_HELP)
     r.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
     r.set_defaults(func=cmd_run)
 
@@ -299,21 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("token", help="manage API tokens")
     tsub = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
-    tc = tsub.add_parser("create", help="create a token; prints it once", description=cmd_token_create.__doc__)
+    tc = tsub.add_parser("create", help="create a token; prints it once", description=cmd_token_create.__doc__,
+                         epilog=SECRETS_HELP)
     tc.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
     tc.add_argument("--role", required=True, choices=["viewer", "operator", "admin"], help="what the token may do")
     tc.add_argument("--name", required=True, help="who or what holds the token, e.g. grafana, alice")
     tc.set_defaults(func=cmd_token_create)
-    tl = tsub.add_parser("list", help="list tokens (never shows the tokens)", description=cmd_token_list.__doc__)
+    tl = tsub.add_parser("list", help="list tokens (never shows the tokens)", description=cmd_token_list.__doc__,
+                         epilog=SECRETS_HELP)
     tl.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
     tl.set_defaults(func=cmd_token_list)
-    tr = tsub.add_parser("revoke", help="revoke a token by id or name", description=cmd_token_revoke.__doc__)
+    tr = tsub.add_parser("revoke", help="revoke a token by id or name", description=cmd_token_revoke.__doc__,
+                         epilog=SECRETS_HELP)
     tr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
     tr.add_argument("ident", metavar="ID|NAME", help="token id (from 'token list') or name")
     tr.set_defaults(func=cmd_token_revoke)
 
     st = sub.add_parser("settle", help="settle the supply contracts for a month (heat accounting)",
-                        description=cmd_settle.__doc__)
+                        description=cmd_settle.__doc__, epilog=SECRETS_HELP)
     st.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
     st.add_argument("--period", required=True, metavar="YYYY-MM", help="the month, in the plant's time zone")
     st.add_argument("--contract", action="append", metavar="ID", help="only this contract (repeatable)")
@@ -321,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_settle)
 
     pr = sub.add_parser("probe", help="read every point once and print it (commissioning; no database)",
-                        description=cmd_probe.__doc__)
+                        description=cmd_probe.__doc__, epilog=SECRETS_HELP)
     pr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (TOML)")
     pr.add_argument("--json", action="store_true", help="print a JSON list of {id, value, unit, quality, ...}")
     pr.add_argument("--device", metavar="ID", help="probe only this device")
@@ -344,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         rc: int = args.func(args)
+    except BrokenPipeError:
+        # `heatrec probe ... | head`: the reader left. No traceback; stdout must not be flushed again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except _user_errors() as err:
         print(f"heatrec: error: {err}", file=sys.stderr)
         return 2

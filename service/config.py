@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 import tomllib
@@ -13,6 +15,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 ID_PATTERN = r"^[a-z][a-z0-9_]*$"
+# The dated rule sets heatrec ships (Danish surplus-heat rules); a plant may point rules_dir elsewhere.
+PACKAGED_RULES_DIR = Path(__file__).resolve().parent / "accounting" / "rulesets"
+# Keys holding a path: a relative one written in a config file means relative to that file's directory, so a
+# plant's files travel with it and do not depend on where the service is started (systemd, containers).
+PATH_KEYS = frozenset({"rules_dir", "spool_dir", "certificate_dir", "tls_ca_file", "tls_cert_file", "tls_key_file",
+                       "env_file"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\])+$")
 
@@ -347,7 +355,8 @@ class StorageConfig(_Strict):
     retry_max_s: float = Field(default=10.0, gt=0, le=600,
                                description="longest wait between attempts to reach a database that is away")
     spool_dir: str = Field(default="var/spool",
-                           description="directory of the store-and-forward spool (relative to the working directory)")
+                           description="directory of the store-and-forward spool (the default is relative to the "
+                                       "working directory; a path written in the file, to the file)")
     spool_max_bytes: int = Field(default=1 << 30, ge=4096,
                                  description="spool size bound; beyond it the oldest segment is deleted and counted")
     spool_segment_bytes: int = Field(default=16 << 20, ge=1024,
@@ -707,7 +716,9 @@ _BR18_DH = [Co2Factor(year=2023, kg_per_kwh=0.105, source="BR18 annex 2 table 8,
 class AccountingConfig(_Strict):
     """Billing-grade heat accounting: meters, heat pumps, contracts, KPI factors."""
 
-    rules_dir: str = Field(default="config/rules", description="directory of the dated rule sets (TOML)")
+    rules_dir: str = Field(default=str(PACKAGED_RULES_DIR),
+                           description="directory of the dated rule sets (TOML); default: the rule sets shipped "
+                                       "with heatrec")
     interval_s: int = Field(default=3600, ge=60, le=86400, description="default interval of /api/v1/energy")
     homes_mwh_per_home: float = Field(default=14.0, gt=0, description="heat use of one home per year (MWh)")
     co2_factors: list[Co2Factor] = Field(default_factory=lambda: list(_BR18_DH), min_length=1)
@@ -910,6 +921,9 @@ class ControlConfig(_Strict):
 class HeatrecConfig(_Strict):
     """The whole plant configuration file."""
 
+    env_file: str | None = Field(default=None,
+                                 description="KEY=VALUE lines that ${VAR} references may use; the process "
+                                             "environment wins (systemd EnvironmentFile syntax)")
     plant: PlantConfig = PlantConfig()
     database: DatabaseConfig = DatabaseConfig()
     storage: StorageConfig = StorageConfig()
@@ -922,14 +936,37 @@ class HeatrecConfig(_Strict):
     control: ControlConfig | None = None
 
     @model_validator(mode="after")
-    def _control_refs(self) -> HeatrecConfig:
-        if self.control is None:
-            return self
-        points = {f"{d.id}.{p.id}": p for d in self.devices for p in d.points}
+    def _references(self) -> HeatrecConfig:
+        # Device ids first: a duplicate would otherwise surface as a confusing missing point further on.
+        first: dict[str, int] = {}
+        for i, d in enumerate(self.devices):
+            if d.id in first:
+                raise ValueError(f"devices[{i}].id: device id '{d.id}' appears twice (also devices[{first[d.id]}])")
+            first[d.id] = i
+        points: dict[str, PointBase] = {f"{d.id}.{p.id}": p for d in self.devices for p in d.points}
+        for i, rule in enumerate(self.alarms.limits):
+            if rule.point not in points:
+                raise ValueError(self.unknown_point(f"alarms.limits[{i}].point", rule.point))
+        ids: set[str] = set()
+        for i, st in enumerate(self.alarms.states):
+            if st.point not in points:
+                raise ValueError(self.unknown_point(f"alarms.states[{i}].point", st.point))
+            if st.alarm_id in ids:
+                raise ValueError(f"alarms.states[{i}].name: '{st.name}' is used twice on {st.point}")
+            ids.add(st.alarm_id)
+        for where, point in self.accounting.point_refs() if self.accounting else []:
+            if point not in points:
+                raise ValueError(self.unknown_point(where, point))
+        if self.control is not None:
+            self._check_control(points)
+        return self
+
+    def _check_control(self, points: dict[str, PointBase]) -> None:
+        assert self.control is not None
         for where, ref, writable in self.control.point_refs():
             point = points.get(ref)
             if point is None:
-                raise ValueError(f"{where}: no point '{ref}' among the devices")
+                raise ValueError(self.unknown_point(where, ref))
             if writable and not point.writable:
                 raise ValueError(f"{where}: point '{ref}' is not writable (set writable = true on it)")
         for i, hp in enumerate(self.control.heat_pumps):
@@ -938,52 +975,78 @@ class HeatrecConfig(_Strict):
             if (sp.min is not None and low < sp.min) or (sp.max is not None and high > sp.max):
                 raise ValueError(f"control.heat_pumps[{i}].setpoint: control.setpoint_min..setpoint_max "
                                  f"({low}..{high}) exceeds the point's envelope ({sp.min}..{sp.max})")
-        return self
 
-    @model_validator(mode="after")
-    def _unique_devices(self) -> HeatrecConfig:
-        seen: set[str] = set()
-        for d in self.devices:
-            if d.id in seen:
-                raise ValueError(f"device id '{d.id}' appears twice")
-            seen.add(d.id)
-        known = set(self.point_ids())
-        for i, rule in enumerate(self.alarms.limits):
-            if rule.point not in known:
-                raise ValueError(f"alarms.limits[{i}].point: no point '{rule.point}' among the devices")
-        ids: set[str] = set()
-        for i, st in enumerate(self.alarms.states):
-            if st.point not in known:
-                raise ValueError(f"alarms.states[{i}].point: no point '{st.point}' among the devices")
-            if st.alarm_id in ids:
-                raise ValueError(f"alarms.states[{i}].name: '{st.name}' is used twice on {st.point}")
-            ids.add(st.alarm_id)
-        for where, point in self.accounting.point_refs() if self.accounting else []:
-            if point not in known:
-                raise ValueError(f"{where}: no point '{point}' among the devices")
-        return self
+    def unknown_point(self, where: str, ref: str) -> str:
+        """The error for a reference to no point: what is there instead, so the fix is one look away."""
+        device, _, _ = ref.partition(".")
+        dev = next((d for d in self.devices if d.id == device), None)
+        if dev is None:
+            valid = ", ".join(d.id for d in self.devices) or "none configured"
+            return f"{where}: no point '{ref}' among the devices: no device '{device}' (devices: {valid})"
+        names = [p.id for p in dev.points]
+        close = difflib.get_close_matches(ref.partition(".")[2], names, n=1)
+        hint = f"did you mean '{device}.{close[0]}'? " if close else ""
+        return f"{where}: no point '{ref}' among the devices ({hint}points of {device}: {', '.join(names)})"
 
     def point_ids(self) -> list[str]:
         """Every full point id, `device.point`."""
         return [f"{d.id}.{p.id}" for d in self.devices for p in d.points]
 
 
-def _expand_env(value: Any, path: str, source: str) -> Any:
+def _expand_env(value: Any, path: str, source: str, extra: dict[str, str] | None = None) -> Any:
     """Replace ${VAR} and ${VAR:-default} in strings so secrets can stay out of the file."""
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else k, source) for k, v in value.items()}
+        return {k: _expand_env(v, f"{path}.{k}" if path else k, source, extra) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+        return [_expand_env(v, f"{path}[{i}]", source, extra) for i, v in enumerate(value)]
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in os.environ:
                 return os.environ[name]
+            if extra and name in extra:
+                return extra[name]
             if default is not None:
                 return default
             raise ConfigError(f"{source}: {path}: environment variable {name} is not set "
-                              f"(export it, or write ${{{name}:-default}})")
+                              f"(export it, set it in env_file, or write ${{{name}:-default}})")
         return _ENV_REF.sub(sub, value)
+    return value
+
+
+def read_env_file(path: Path, source: str) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and # comments skipped, one pair of quotes stripped), as systemd reads them."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        # Not fatal: the demo writes its file on first start, and `${VAR:-default}` may cover the rest.
+        logging.getLogger(__name__).warning("%s: env_file %s not found; the variables it would set stay unset "
+                                            "(for a demo plant, `heatrec demo -c %s` writes it)", source, path, source)
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{source}: env_file: cannot read {path}: {exc.strerror}") from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, val = line.removeprefix("export ").partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"{path}:{n}: expected KEY=VALUE (env_file of {source})")
+        if len(val) >= 2 and val[0] == val[-1] and val[0] in "'\"":
+            val = val[1:-1]
+        out[key] = val
+    return out
+
+
+def _resolve_paths(value: Any, base: Path) -> Any:
+    """Make the relative paths written under PATH_KEYS relative to `base` (the config file's directory)."""
+    if isinstance(value, dict):
+        return {k: (str(base / v) if k in PATH_KEYS and isinstance(v, str) and v and not Path(v).is_absolute()
+                    else _resolve_paths(v, base)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_paths(v, base) for v in value]
     return value
 
 
@@ -1016,9 +1079,16 @@ def _describe(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> HeatrecConfig:
-    """Validate an already-parsed TOML document."""
-    data = _expand_env(data, "", source)
+def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> HeatrecConfig:
+    """Validate an already-parsed TOML document; relative paths resolve against `base_dir` when given."""
+    extra: dict[str, str] | None = None
+    env_file = data.get("env_file")
+    if isinstance(env_file, str) and env_file:
+        env_path = Path(env_file) if base_dir is None or Path(env_file).is_absolute() else base_dir / env_file
+        extra = read_env_file(env_path, source)
+    data = _expand_env(data, "", source, extra)
+    if base_dir is not None:
+        data = _resolve_paths(data, base_dir)
     try:
         return HeatrecConfig.model_validate(data)
     except ValidationError as exc:
@@ -1027,7 +1097,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> HeatrecConfi
             loc = tuple(e["loc"])
             if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc += ("protocol",)  # pydantic reports the device; the culprit is its protocol key
-            lines.append(f"{source}: {_format_loc(loc)}: {_describe(e)}")
+            # The whole file's checks (references) name their own field path in the message.
+            lines.append(f"{source}: {_describe(e)}" if not loc else f"{source}: {_format_loc(loc)}: {_describe(e)}")
         raise ConfigError("\n".join(lines)) from None
 
 
@@ -1047,4 +1118,4 @@ def load_config(path: str | Path) -> HeatrecConfig:
         raise ConfigError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: TOML syntax error: {exc}") from None
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), p.parent)

@@ -36,6 +36,17 @@ def _save_credentials(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _save_env_file(path: Path, creds: dict[str, Any]) -> None:
+    """The demo's passwords as KEY=VALUE lines, for the config's env_file: CLI commands then find them too."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# written by `heatrec demo`; the plant config names it in env_file\n"
+                   f"HEATREC_DB_PASSWORD={creds['database']['password']}\n"
+                   f"HEATREC_MQTT_PASSWORD={creds['mqtt']['password']}\n"
+                   f"HEATREC_SCADA_PASSWORD={creds['opcua']['password']}\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
 def demo_ports(cfg: HeatrecConfig) -> dict[str, tuple[str, int]]:
     """Every loopback port the demo will listen on, by what uses it."""
     ports: dict[str, tuple[str, int]] = {"HTTP API": (cfg.api.host, cfg.api.port),
@@ -77,7 +88,7 @@ async def _ensure_tokens(cfg: HeatrecConfig, creds: dict[str, Any]) -> None:
 
 def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
     sim = cfg.simulation
-    lines = ["", "heatrec demo plant is running (Ctrl-C stops everything)",
+    lines = ["", f"heatrec demo is running: {cfg.plant.name} (Ctrl-C stops everything)",
              f"  API          http://{cfg.api.host}:{cfg.api.port}/api/v1   (docs: /docs)",
              f"  database     postgresql://heatrec@{cfg.database.host}:{cfg.database.port}/{cfg.database.name}"
              "  (view: readings)"]
@@ -88,10 +99,12 @@ def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
         lines.append(f"  MQTT broker  {sim.mqtt_broker}")
         lines += [f"  CDU sim      {c.endpoint}   ({c.id}, OPC UA)" for c in sim.cdus]
         lines += [f"  heat pump    {h.endpoint}   ({h.id}, Modbus TCP unit {h.unit_id})" for h in sim.heat_pumps]
+        lines += [f"  heat meter   {m.endpoint}   ({m.id}, Modbus TCP unit {m.unit_id})" if m.protocol == "modbus"
+                  else f"  heat meter   topic {m.topic}   ({m.id}, MQTT)" for m in sim.heat_meters]
     lines += [f"  viewer token    {creds['tokens']['viewer']}",
               f"  operator token  {creds['tokens']['operator']}",
               f"  credentials     {cred_path}",
-              f"  try: curl -H 'Authorization: Bearer {creds['tokens']['viewer']}' "
+              f"  try: curl -s -H 'Authorization: Bearer {creds['tokens']['viewer']}' "
               f"http://{cfg.api.host}:{cfg.api.port}/api/v1/points", ""]
     return "\n".join(lines)
 
@@ -129,6 +142,7 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
     os.environ["HEATREC_MQTT_PASSWORD"] = creds["mqtt"]["password"]
     creds.setdefault("opcua", {"username": "scada", "password": secrets.token_urlsafe(18)})
     os.environ["HEATREC_SCADA_PASSWORD"] = creds["opcua"]["password"]
+    _save_env_file(var_dir / "heatrec.env", creds)
     cfg = load_config(config_path)
     if "spool_dir" not in cfg.storage.model_fields_set:  # the demo keeps all its data under var_dir
         cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"spool_dir": str(var_dir / "spool")})})

@@ -87,6 +87,8 @@ def meter_device(m: SimHeatMeter, sim: SimulationConfig) -> dict[str, Any]:
     dev: dict[str, Any] = {"id": m.id, "protocol": "mqtt", "endpoint": sim.mqtt_broker}
     if sim.mqtt_username:
         dev["username"] = sim.mqtt_username
+    if sim.mqtt_password:
+        dev["password"] = sim.mqtt_password
     return dev | {"points": mqtt_points}
 
 
@@ -118,13 +120,58 @@ def _control(n_pumps: int, capacity_kw: float, cdus: list[str], curve: list[tupl
     }
 
 
+_MQTT_AUTH = {"mqtt_username": "heatrec", "mqtt_password": "${HEATREC_MQTT_PASSWORD:-}"}
+
+
+def _scada(name: str, port: int) -> dict[str, Any]:
+    """A [scada] section: anonymous read, one operator user whose password `heatrec demo` makes."""
+    return {"endpoint": f"opc.tcp://127.0.0.1:{port}", "allow_anonymous": True,
+            "certificate_dir": f"../../var/{name}/pki/scada",
+            "users": [{"username": "scada", "password": "${HEATREC_SCADA_PASSWORD:-}", "role": "operator"}]}
+
+
+def _meter_limits(meters: list[str], low_c: float) -> list[dict[str, Any]]:
+    """Per billing meter: telegrams missing or invalid, and the network supply too cold for the customers."""
+    out: list[dict[str, Any]] = []
+    for m in meters:
+        out.append({"point": f"{m}.power", "quality": True, "severity": "medium",
+                    "message": f"heat meter {m}: readings missing or invalid (billing estimates the gap)"})
+        out.append({"point": f"{m}.flow_temperature", "low": low_c, "deadband": 1.0, "on_delay_s": 60.0,
+                    "severity": "high", "message": f"network supply at {m} below {low_c} °C"})
+    return out
+
+
+def _cdu_limits(cdus: list[str], allowable_max: float) -> list[dict[str, Any]]:
+    """IT cooling first: a CDU supply above its allowable maximum is critical."""
+    return [{"point": f"{c}.secondary_supply_temperature", "high": allowable_max, "deadband": 0.5,
+             "on_delay_s": 5.0, "severity": "critical", "message": f"{c} supply above its allowable maximum"}
+            for c in cdus]
+
+
+def _accounting(meters: list[tuple[str, str, float, float]], pumps: list[tuple[str, float]],
+                contract: dict[str, Any]) -> dict[str, Any]:
+    """An [accounting] section: meters (id, serial, qp, max kW), heat pumps (id, max kW), one contract."""
+    return {
+        "meters": [{"id": m, "serial": serial, "energy_point": f"{m}.energy", "flow_point": f"{m}.flow",
+                    "flow_temperature_point": f"{m}.flow_temperature",
+                    "return_temperature_point": f"{m}.return_temperature", "mid_class": 2, "qp_m3h": qp,
+                    "qi_m3h": qp / 100, "delta_theta_min_k": 3,
+                    "register_wrap_gj": 4294967.296,  # uint32 MJ, as the simulated meters count
+                    "max_power_kw": kw} for m, serial, qp, kw in meters],
+        "heat_pumps": [{"id": h, "electricity_point": f"{h}.electric_energy",
+                        "register_wrap_kwh": 429496729.6,  # uint32 at 0.1 kWh
+                        "max_power_kw": kw} for h, kw in pumps],
+        "contracts": [{"meters": [m for m, *_ in meters], "heat_pumps": [h for h, _ in pumps], **contract}],
+    }
+
+
 ARCHETYPES: dict[str, dict[str, Any]] = {
     "dlc-direct": {
         "comment": "atNorth DEN01-like: 22.5 MW of direct-liquid-cooled IT at 50/60 °C. A direct heat exchanger "
                    "passes up to 12 MW straight to district heating; three heat pumps boost the rest to 75 °C.",
         "plant": "dlc-direct (atNorth DEN01-like)", "api_port": 8100, "db_port": 55532,
         "simulation": {
-            "seed": 11, "outdoor_temperature": 2.0, "mqtt_broker": "mqtt://127.0.0.1:1983",
+            "seed": 11, "outdoor_temperature": 2.0, "mqtt_broker": "mqtt://127.0.0.1:1983", **_MQTT_AUTH,
             "dh_design_demand_kw": 30000.0, "direct_exchange_kw": 12000.0, "direct_exchange_approach_k": 3.0,
             "pipe_loss_fraction": 0.01, "control_port": 8180,
             "cdus": [{"id": f"cdu{i}", "endpoint": f"opc.tcp://127.0.0.1:{4940 + i}", "it_load_kw": 5625.0,
@@ -143,13 +190,21 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
                             target_min=55.0, target_max=75.0, safe_setpoint=75.0,
                             staging={"direct_source_temperature": "cdu1.secondary_return_temperature",
                                      "direct_approach_k": 5.0}),
+        "scada_port": 4940,
+        "limits": _cdu_limits([f"cdu{i}" for i in range(1, 5)], 52.0) + _meter_limits(["meter1", "meter2"], 52.0),
+        "accounting": _accounting(
+            [("meter1", "72000001", 400.0, 25000.0), ("meter2", "72000002", 400.0, 25000.0)],
+            [(f"hp{i}", 3000.0) for i in range(1, 4)],
+            {"id": "den01_supply", "supplier": "DLC data centre A/S", "utility": "Fjernvarme (DEN01-like)",
+             "capacity_mw": 22.5, "agreed_price_dkk_per_gj": 60.0, "substitution_price_dkk_per_gj": 95.0,
+             "cost_based_price_dkk_per_gj": 55.0, "electricity_based_process": True, "heat_pump_lifted": True}),
     },
     "aircooled-heatpump": {
         "comment": "Meta Odense-like: air-cooled halls give 27 °C cooling water; nine heat pumps lift it "
                    "to 75 °C for a network returning at 35-40 °C.",
         "plant": "aircooled-heatpump (Meta Odense-like)", "api_port": 8200, "db_port": 55632,
         "simulation": {
-            "seed": 21, "outdoor_temperature": 0.0, "mqtt_broker": "mqtt://127.0.0.1:2083",
+            "seed": 21, "outdoor_temperature": 0.0, "mqtt_broker": "mqtt://127.0.0.1:2083", **_MQTT_AUTH,
             "dh_design_demand_kw": 25000.0, "pipe_loss_fraction": 0.01, "control_port": 8280,
             "cdus": [{"id": f"loop{i}", "endpoint": f"opc.tcp://127.0.0.1:{5040 + i}", "it_load_kw": 5000.0,
                       "supply_temperature_setpoint": 17.0, "supply_temperature_allowable_max": 20.0,
@@ -161,13 +216,20 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
         },
         "control": _control(9, 2400.0, [f"loop{i}" for i in range(1, 4)], [(-12.0, 80.0), (15.0, 65.0)], 110.0,
                             target_min=60.0, target_max=80.0, safe_setpoint=75.0),
+        "scada_port": 5040,
+        "limits": _cdu_limits([f"loop{i}" for i in range(1, 4)], 20.0) + _meter_limits(["meter1"], 57.0),
+        "accounting": _accounting(
+            [("meter1", "73000001", 600.0, 35000.0)], [(f"hp{i}", 1500.0) for i in range(1, 10)],
+            {"id": "odense_supply", "supplier": "Air-cooled data centre ApS", "utility": "Fjernvarme (Odense-like)",
+             "capacity_mw": 15.0, "agreed_price_dkk_per_gj": 40.0, "substitution_price_dkk_per_gj": 90.0,
+             "cost_based_price_dkk_per_gj": 70.0, "electricity_based_process": True, "heat_pump_lifted": True}),
     },
     "industrial": {
         "comment": "Aalborg Portland-like: high-temperature industrial surplus heat (no CDU, no heat pump) "
                    "exchanged directly into the network; dry coolers take what the network cannot.",
         "plant": "industrial (Aalborg Portland-like)", "api_port": 8300, "db_port": 55732,
         "simulation": {
-            "seed": 31, "outdoor_temperature": -2.0, "mqtt_broker": "mqtt://127.0.0.1:3083",
+            "seed": 31, "outdoor_temperature": -2.0, "mqtt_broker": "mqtt://127.0.0.1:3083", **_MQTT_AUTH,
             "dh_design_demand_kw": 60000.0, "surplus_heat_kw": 45000.0, "surplus_heat_temperature": 95.0,
             "direct_exchange_kw": 50000.0, "direct_exchange_approach_k": 5.0, "pipe_loss_fraction": 0.02,
             "control_port": 8380,
@@ -176,6 +238,14 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
                 {"id": "meter2", "serial": "74000002", "topic": "mbus/heatmeter/74000002"},
             ],
         },
+        # No [control]: nothing here for heatrec to steer (the kiln's heat and the exchanger are the process's).
+        "scada_port": 5340,
+        "limits": _meter_limits(["meter1", "meter2"], 70.0),
+        "accounting": _accounting(
+            [("meter1", "74000001", 1000.0, 60000.0), ("meter2", "74000002", 1000.0, 60000.0)], [],
+            {"id": "aalborg_supply", "supplier": "Cement works A/S", "utility": "Fjernvarme (Aalborg-like)",
+             "capacity_mw": 45.0, "agreed_price_dkk_per_gj": 45.0, "substitution_price_dkk_per_gj": 80.0,
+             "cost_based_price_dkk_per_gj": 40.0}),
     },
 }
 
@@ -219,7 +289,9 @@ def render_archetype(name: str) -> str:
     sim = SimulationConfig.model_validate(a["simulation"])
     lines = [f"# {name}: {a['comment']}",
              "# GENERATED by `.venv/bin/python -m simulators.device_map`; edit ARCHETYPES there, not here.",
-             f"# Run: heatrec simulate -c config/plants/{name}.toml  (see docs/simulators.md)", ""]
+             f"# Run: heatrec demo -c config/plants/{name}.toml  (everything, data in var/{name}/; docs/simulators.md)",
+             f"# Passwords: `heatrec demo` writes var/{name}/heatrec.env, so every heatrec command finds them.",
+             f'env_file = "../../var/{name}/heatrec.env"', ""]
     _table(lines, "[plant]", {"name": a["plant"]})
     lines.append("")
     _table(lines, "[database]", {"host": "127.0.0.1", "port": a["db_port"], "name": "heatrec", "user": "heatrec",
@@ -229,12 +301,19 @@ def render_archetype(name: str) -> str:
     for dev in device_entries(sim):
         lines.append("")
         _table(lines, "[[devices]]", dev)
+    lines.append("")
+    _table(lines, "[scada]", _scada(name, a["scada_port"]))
+    alarms: dict[str, Any] = {"device_offline_delay_s": 10.0, "limits": a["limits"]}
+    if sim.heat_pumps:
+        # Device-state alarms on every heat pump's status word (bit 1 trip, bit 2 watchdog fallback).
+        alarms["states"] = heat_pump_state_alarms([h.id for h in sim.heat_pumps])
+    lines.append("")
+    _table(lines, "[alarms]", alarms)
+    lines.append("")
+    _table(lines, "[accounting]", a["accounting"])
     if "control" in a:
         lines.append("")
         _table(lines, "[control]", a["control"])
-    if sim.heat_pumps:
-        lines += ["", "# Device-state alarms on every heat pump's status word (bit 1 trip, bit 2 watchdog fallback)."]
-        _table(lines, "[alarms]", {"states": heat_pump_state_alarms([h.id for h in sim.heat_pumps])})
     lines.append("")
     _table(lines, "[simulation]", a["simulation"])
     return "\n".join(lines) + "\n"

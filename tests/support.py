@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -28,7 +29,12 @@ DEMO_PORTS = ("8000", "55432", "4840", "4841", "5020", "1883")
 
 def demo_config_text(ports: dict[str, int] | None = None) -> str:
     """config/demo.toml with every port moved to a free one (or to `ports[old] = new`)."""
-    text = (Path(__file__).resolve().parents[1] / "config" / "demo.toml").read_text()
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "config" / "demo.toml").read_text()
+    # The copy lives elsewhere: keep its certificates where the demo's are, and read no password file (the
+    # tests set the environment themselves, and a developer's running demo must not leak into them).
+    text = text.replace('"../var/demo/pki/', f'"{root}/var/demo/pki/')
+    text = re.sub(r'(?m)^env_file = .*\n', "", text)
     for old in DEMO_PORTS:
         new = (ports or {}).get(old) or free_port()
         text = text.replace(f":{old}\"", f":{new}\"").replace(f"port = {old}\n", f"port = {new}\n")

@@ -62,7 +62,7 @@ def test_demo_runs_all_protocols_and_stops_clean(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     proc = _start(cfg, var, log)
     try:
-        _wait(lambda: "demo plant is running" in log.read_text() or proc.poll() is not None, 120, "demo banner")
+        _wait(lambda: "heatrec demo is running" in log.read_text() or proc.poll() is not None, 120, "demo banner")
         assert proc.poll() is None, log.read_text()
         creds = json.loads((var / "credentials.json").read_text())
         assert oct((var / "credentials.json").stat().st_mode & 0o777) == "0o600"
@@ -83,7 +83,7 @@ def test_demo_runs_all_protocols_and_stops_clean(tmp_path: Path) -> None:
     # Second start: same data directory, same tokens, earlier samples still there.
     proc = _start(cfg, var, log)
     try:
-        _wait(lambda: "demo plant is running" in log.read_text() or proc.poll() is not None, 120, "second start")
+        _wait(lambda: "heatrec demo is running" in log.read_text() or proc.poll() is not None, 120, "second start")
         assert proc.poll() is None, log.read_text()
         creds2 = json.loads((var / "credentials.json").read_text())
         assert creds2["tokens"] == creds["tokens"]

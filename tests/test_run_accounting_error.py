@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def break_rules_dir(path: Path, nowhere: Path) -> int:
     """Point the plant's rules_dir at a missing folder and give the API and SCADA free ports; the API port."""
     port = free_port()
-    text = path.read_text().replace('rules_dir = "config/rules"', f'rules_dir = "{nowhere}"', 1)
+    text = path.read_text().replace("[accounting]\n", f'[accounting]\nrules_dir = "{nowhere}"\n', 1)
     text = re.sub(r"(\[api\]\nhost = \"127\.0\.0\.1\"\nport = )\d+", rf"\g<1>{port}", text, count=1)
     text = re.sub(r"opc\.tcp://127\.0\.0\.1:4840\"", f'opc.tcp://127.0.0.1:{free_port()}"', text, count=1)
     assert str(nowhere) in text and f"port = {port}" in text

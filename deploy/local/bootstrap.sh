@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for Debian bookworm: PostgreSQL 15 + TimescaleDB (Apache edition, built
-# from Debian trixie's source package), Mosquitto, and the project's .venv with its test extra.
+# from Debian trixie's source package), Mosquitto, Chromium (headless, for the docs test), and the
+# project's .venv with its test extra.
 # A second run with everything present only checks and takes seconds.
 set -euo pipefail
 
@@ -57,8 +58,10 @@ apt_install() {
 # 1. Debian packages --------------------------------------------------------------------
 DEBS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR}
       mosquitto mosquitto-clients cmake make gcc libssl-dev xz-utils ca-certificates python3-venv
-      prometheus wrk jq)  # promtool lints /metrics in the tests (the daemon is never started); wrk loads
-                          # bench_api; jq reads var/demo/credentials.json in the README's commands
+      prometheus wrk jq chromium fonts-dejavu-core)
+# promtool lints /metrics in the tests (the daemon is never started); wrk loads bench_api; jq reads
+# var/demo/credentials.json in the README's commands; headless chromium renders /docs and /redoc offline
+# in tests/service/test_api_docs_offline.py, with DejaVu so the text is drawn (no recommended fonts here).
 # Node.js and npm type-check the Grafana dashboards in the tests; any node on PATH will do.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || DEBS+=(nodejs npm)
 mapfile -t NEED < <(missing_debs "${DEBS[@]}")

@@ -1,4 +1,4 @@
-"""Dated rule sets from config/rules/*.toml: pick the one in force on a date, split periods at changes."""
+"""Dated rule sets (shipped in service/accounting/rulesets/): pick the one in force on a date, split periods."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def parse_rules(data: dict[str, Any], source: str) -> RuleSet:
 
 
 def load_rules(rules_dir: str | Path, name: str) -> RuleSet:
-    """Read config/rules/<name>.toml."""
+    """Read <rules_dir>/<name>.toml."""
     path = Path(rules_dir) / f"{name}.toml"
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -147,8 +147,9 @@ class AccountingErrorOut(BaseModel):
 
 
 _ERR: dict[int | str, dict[str, Any]] = {
-    409: {"model": AccountingErrorOut, "description": "the rule set has no figure for these dates (config/rules), "
-                                                      "or the settlement is in the wrong state"},
+    409: {"model": AccountingErrorOut,
+          "description": "the rule set has no figure for these dates (accounting.rules_dir), "
+                         "or the settlement is in the wrong state"},
     503: {"model": AccountingErrorOut, "description": "the database is unavailable"}}
 
 

@@ -19,6 +19,7 @@ from service.api.accounting import add_accounting_routes
 from service.api.alarms import add_alarm_routes
 from service.api.auth_limiter import FailedAuthLimiter
 from service.api.control import add_control_routes
+from service.api.docs_assets import add_docs_routes
 from service.api.latency import LatencyMiddleware
 from service.api.points_view import PointsView
 from service.api.state import ServiceState
@@ -146,8 +147,11 @@ def _document_errors(routes: Iterable[BaseRoute]) -> None:
 
 def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = None) -> FastAPI:
     """Build the API around the running service's state."""
+    # docs_url and redoc_url off: FastAPI's pages load from a CDN; add_docs_routes serves them offline.
     app = FastAPI(title="heatrec", version="0.1.0",
-                  description="Telemetry, control and heat accounting for heat-recovery plants.")
+                  description="Telemetry, control and heat accounting for heat-recovery plants.",
+                  docs_url=None, redoc_url=None)
+    add_docs_routes(app)
     app.state.heatrec = state
     app.state.auth_limiter = auth_limiter or FailedAuthLimiter()
     app.state.token_cache = TokenCache(state.config.api.token_cache_s)
@@ -169,8 +173,13 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
         return resp
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json" and any(e["loc"][:1] == ("body",) for e in exc.errors()):
+            # `curl -d` without -H sends a form: say so, rather than that the object is not an object.
+            return _error(422, f"invalid request: the body must be JSON, sent with 'Content-Type: application/json' "
+                               f"(got {ctype or 'no Content-Type'})", details=details)
         return _error(422, "invalid request: " + "; ".join(f"{d['field']}: {d['message']}" for d in details),
                       details=details)
 

@@ -170,12 +170,15 @@ class ControlLoop:
             return ControlStatus(mode=c.mode, supply_temperature_target=None, target_source=source,
                                  supply_temperature=None, constraint="starting", safe_state=False,
                                  heat_pump_setpoints={h.id: None for h in self.cfg.heat_pumps},
-                                 outdoor_temperature=None, override=c.override, manual_setpoint=c.manual_setpoint)
+                                 outdoor_temperature=None, override=c.override, manual_setpoint=c.manual_setpoint,
+                                 target_requested=c.override)
         return ControlStatus(
             mode=c.mode, supply_temperature_target=_round(r.target), target_source=source,
             supply_temperature=_round(r.measured), constraint=r.constraint, safe_state=r.safe_state,
             heat_pump_setpoints={k: _round(v) for k, v in r.setpoints.items()}, outdoor_temperature=r.outdoor,
-            target_requested=_round(r.target_requested), override=c.override, manual_setpoint=c.manual_setpoint,
+            # An override set since the last cycle is what is requested now; the target ramps towards it.
+            target_requested=_round(c.override if c.override is not None else r.target_requested),
+            override=c.override, manual_setpoint=c.manual_setpoint,
             heat_pumps_running=r.reported_running, heat_pumps_not_running=r.not_running,
             cdu_headroom_k=_round(r.cdu_headroom_k),
             safe_state_reason=r.safe_state_reason, strategy="direct" if r.strategy == "direct" else "boost",

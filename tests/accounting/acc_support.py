@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from service.config import DatabaseConfig, HeatrecConfig, parse_config
+from service.config import PACKAGED_RULES_DIR, DatabaseConfig, HeatrecConfig, parse_config
 from service.storage.points import sync_points
 
-ROOT = Path(__file__).resolve().parents[2]
 TZ = ZoneInfo("Europe/Copenhagen")
 # In UTC: arithmetic on datetimes sharing a ZoneInfo is wall-clock arithmetic.
 MARCH_START = datetime(2024, 3, 1, tzinfo=TZ).astimezone(UTC)
@@ -34,7 +32,7 @@ def config_dict(db: DatabaseConfig | None = None, **contract: Any) -> dict[str, 
                 {"id": "electric_energy", "kind": "counter", "unit": "kWh", "address": 14, "function": "input",
                  "type": "uint32", "scale": 0.1}]}],
         "accounting": {
-            "rules_dir": str(ROOT / "config" / "rules"),
+            "rules_dir": str(PACKAGED_RULES_DIR),
             "meters": [{"id": "m1", "energy_point": "m1.energy", "flow_point": "m1.flow",
                         "flow_temperature_point": "m1.flow_temperature",
                         "return_temperature_point": "m1.return_temperature", "qp_m3h": 10.0, "qi_m3h": 0.1,

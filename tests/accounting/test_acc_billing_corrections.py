@@ -27,13 +27,13 @@ from service.api.app import create_app
 from service.api.state import ServiceState
 from service.auth import create_token
 from service.bus import SampleBus
-from service.config import ConfigError, DatabaseConfig, SupplyContract, parse_config
+from service.config import PACKAGED_RULES_DIR, ConfigError, DatabaseConfig, SupplyContract, parse_config
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
 from tests.accounting.acc_support import MARCH_START, TZ, config, config_dict, constant_meter, write
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = load_rules(ROOT / "config" / "rules", "dk_surplus_heat")
+RULES = load_rules(PACKAGED_RULES_DIR, "dk_surplus_heat")
 
 
 def contract(**kw: Any) -> SupplyContract:
@@ -103,7 +103,7 @@ endpoint = "mqtt://127.0.0.1:1883"
 points = [{{ id = "energy", kind = "counter", topic = "mbus/m1", json_path = "$.e" }}]
 
 [accounting]
-rules_dir = "{ROOT / 'config' / 'rules'}"
+rules_dir = "{PACKAGED_RULES_DIR}"
 meters = [{{ id = "m1", energy_point = "m1.energy", qp_m3h = 10.0, qi_m3h = 0.1, max_power_kw = 500.0 }}]
 
 [[accounting.contracts]]

@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 
 from service.accounting.rules import RuleError, RuleSet, load_rules, parse_rules, split_period
 from service.accounting.settlement import SegmentResult, Settlement, settle_segment
-from service.config import SupplyContract
+from service.config import PACKAGED_RULES_DIR, SupplyContract
 
-ROOT = Path(__file__).resolve().parents[2]
 TZ = ZoneInfo("Europe/Copenhagen")
-RULES = load_rules(ROOT / "config" / "rules", "dk_surplus_heat")
+RULES = load_rules(PACKAGED_RULES_DIR, "dk_surplus_heat")
 
 
 def contract(**kw: Any) -> SupplyContract:
@@ -170,7 +169,7 @@ def test_period_straddling_a_new_year_uses_each_years_figures() -> None:
 
 
 def test_rule_change_inside_a_month_from_a_custom_rule_file(tmp_path: Path) -> None:
-    text = (ROOT / "config" / "rules" / "dk_surplus_heat.toml").read_text()
+    text = (PACKAGED_RULES_DIR / "dk_surplus_heat.toml").read_text()
     text = text.replace("valid_to = 2025-07-01", "valid_to = 2025-07-10").replace(
         "valid_from = 2025-07-01", "valid_from = 2025-07-10")
     (tmp_path / "custom.toml").write_text(text)
@@ -187,7 +186,7 @@ def test_bad_rule_files_are_refused(tmp_path: Path) -> None:
         parse_rules({"name": "x"}, "x.toml")
     with pytest.raises(RuleError, match="no charge rate for 2031"):
         RULES.rate(2031)
-    text = (ROOT / "config" / "rules" / "dk_surplus_heat.toml").read_text()
+    text = (PACKAGED_RULES_DIR / "dk_surplus_heat.toml").read_text()
     (tmp_path / "gap.toml").write_text(text.replace("valid_from = 2025-07-01", "valid_from = 2025-08-01"))
     with pytest.raises(RuleError, match="without gap or overlap"):
         load_rules(tmp_path, "gap")

@@ -67,6 +67,21 @@ async def test_an_empty_control_request_is_refused_as_the_schema_says(api: dict[
     assert r.status_code == 422 and "empty request" in r.json()["error"]
 
 
+async def test_a_body_sent_as_a_form_is_refused_naming_the_content_type(api: dict[str, Any]) -> None:
+    # Finding: `curl -X PUT -d '{...}'` (no -H) got "Input should be a valid dictionary", which hides the cause.
+    body = '{"supply_temperature_target": 73.5}'
+    for headers, got in (({"Content-Type": "application/x-www-form-urlencoded"}, "application/x-www-form-urlencoded"),
+                         ({"Content-Type": "text/plain"}, "text/plain")):
+        r = await api["client"].put("/api/v1/control", content=body, headers=auth(api, "operator") | headers)
+        assert r.status_code == 422, r.text
+        assert "Content-Type: application/json" in r.json()["error"] and got in r.json()["error"]
+    ok = await api["client"].put("/api/v1/control", content=body,
+                                 headers=auth(api, "operator") | {"Content-Type": "application/json"})
+    assert ok.status_code == 200, ok.text
+    # The answer shows the request taking effect: requested now, the target ramping towards it.
+    assert ok.json()["override"] == 73.5 and ok.json()["target_requested"] == 73.5
+
+
 async def test_token_create_use_revoke(api: dict[str, Any]) -> None:
     c = api["client"]
     body = {"role": "viewer", "name": "grafana"}
