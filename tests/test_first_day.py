@@ -110,7 +110,8 @@ def test_the_readme_first_day_as_written(tmp_path: Path) -> None:
         assert put["override"] == put["target_requested"] == 73.5 and put["target_source"] == "override"
         assert get["override"] == 73.5
         assert any(e["target"] == "control.supply_temperature_target" and e["requested"] == 73.5
-                   and e["outcome"] == "accepted" and e["principal"] == "demo-operator" for e in audit["entries"]), audit
+                   and e["outcome"] == "accepted" and e["principal"] == "demo-operator"
+                   for e in audit["entries"]), audit
 
         # The CLI against the running demo, nothing exported: the passwords come from the config's env_file.
         for line in block(".venv/bin/heatrec probe").strip().split("\n"):
