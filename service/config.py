@@ -1021,7 +1021,7 @@ def read_env_file(path: Path, source: str) -> dict[str, str]:
     except FileNotFoundError:
         # Not fatal: the demo writes its file on first start, and `${VAR:-default}` may cover the rest.
         logging.getLogger(__name__).warning("%s: env_file %s not found; the variables it would set stay unset "
-                                            "(for a demo plant, `heatrec demo -c %s` writes it)", source, path, source)
+                                            "(create it; a demo plant's is written by `heatrec demo`)", source, path)
         return {}
     except OSError as exc:
         raise ConfigError(f"{source}: env_file: cannot read {path}: {exc.strerror}") from None

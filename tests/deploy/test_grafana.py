@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 DS_UID = "heatrec-timescaledb"
+# Panels, targets and query variables name the datasource through the dashboard variable DS_HEATREC: file
+# provisioning resolves it at run time (to its current value, the provisioned uid), and the UI import replaces
+# ${DS_HEATREC} with the datasource picked for the __inputs entry of the same name.
+DS_INPUT = "DS_HEATREC"
+DS_REF = "${" + DS_INPUT + "}"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 END = START + timedelta(hours=2)
 
@@ -44,6 +49,29 @@ def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in d["panels"] if p["type"] != "row"]
 
 
+def query_variables(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The SQL template variables (the datasource variable DS_HEATREC is not a query)."""
+    return [v for v in d["templating"]["list"] if v["type"] != "datasource"]
+
+
+def provisioned_datasource() -> dict[str, Any]:
+    import yaml
+
+    [ds] = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "heatrec.yaml").read_text())["datasources"]
+    assert isinstance(ds, dict)
+    return ds
+
+
+def datasource_refs(node: Any) -> list[Any]:
+    """Every value of a "datasource" key anywhere in a dashboard."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "datasource"] + [
+            r for v in node.values() for r in datasource_refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in datasource_refs(v)]
+    return []
+
+
 def test_dashboards_are_well_formed() -> None:
     assert {p.stem for p in DASHBOARDS} == {"plant-overview", "energy", "data-quality", "settlements"}
     uids = set()
@@ -56,14 +84,35 @@ def test_dashboards_are_well_formed() -> None:
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
         for p in panels(d):
             assert set(p["gridPos"]) == {"h", "w", "x", "y"} and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
-            assert p["datasource"]["uid"] == DS_UID
+            assert p["datasource"]["uid"] == DS_REF
             for t in p["targets"]:
-                assert t["datasource"]["uid"] == DS_UID and t["rawSql"].strip() and t["format"] in (
+                assert t["datasource"]["uid"] == DS_REF and t["rawSql"].strip() and t["format"] in (
                     "time_series", "table")
-        for v in d["templating"]["list"]:
-            assert v["datasource"]["uid"] == DS_UID and v["query"]
-    ds = (GRAFANA / "provisioning" / "datasources" / "heatrec.yaml").read_text()
-    assert f"uid: {DS_UID}" in ds and "timescaledb: true" in ds
+        for v in query_variables(d):
+            assert v["datasource"]["uid"] == DS_REF and v["query"]
+    ds = provisioned_datasource()
+    assert ds["uid"] == DS_UID and ds["jsonData"]["timescaledb"] is True
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_dashboard_imports_through_the_ui_and_provisions_by_uid(path: Path) -> None:
+    """`__inputs` asks for the datasource on import; provisioning resolves the same references by variable."""
+    ds = provisioned_datasource()
+    d = json.loads(path.read_text())
+    [inp] = d["__inputs"]
+    assert inp["name"] == DS_INPUT and inp["type"] == "datasource" and inp["pluginId"] == ds["type"]
+    requires = {(r["type"], r["id"]) for r in d["__requires"]}
+    assert {("grafana", "grafana"), ("datasource", ds["type"])} <= requires
+    assert {("panel", p["type"]) for p in panels(d)} <= requires
+    # The datasource variable comes first (query variables use it) and, unchanged, picks the provisioned one.
+    var = d["templating"]["list"][0]
+    assert (var["name"], var["type"], var["query"]) == (DS_INPUT, "datasource", ds["type"])
+    assert var["current"]["value"] == ds["uid"] and not var.get("multi") and not var.get("includeAll")
+    refs = datasource_refs(d)
+    assert refs and all(r == {"type": ds["type"], "uid": DS_REF} for r in refs), refs
+    # What Grafana's import does with the picked datasource: every reference then names it.
+    imported = json.loads(path.read_text().replace(DS_REF, "picked-uid"))
+    assert all(r["uid"] == "picked-uid" for r in datasource_refs(imported))
 
 
 async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseConfig) -> None:
@@ -91,7 +140,7 @@ async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseCo
             for path in DASHBOARDS:
                 d = json.loads(path.read_text())
                 variables: dict[str, Any] = {}
-                for v in d["templating"]["list"]:
+                for v in query_variables(d):
                     options = [r[0] for r in await conn.fetch(v["query"])]
                     default = v["current"]["value"]
                     for name in default if isinstance(default, list) else [default]:
@@ -160,11 +209,38 @@ def test_dashboards_match_grafana_schema() -> None:
                            capture_output=True, text=True, timeout=300, check=False)
         assert r.returncode == 0, f"npm install failed: {r.stderr[-2000:]}"
     for path in DASHBOARDS:
+        # __inputs and __requires are the import envelope, not the dashboard model: @grafana/schema has no type
+        # for them (test_dashboard_imports_through_the_ui_and_provisions_by_uid checks them).
+        model = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("__inputs", "__requires")}
         src = cache / f"check_{path.stem.replace('-', '_')}.ts"
         src.write_text("import type { Dashboard } from '@grafana/schema';\n"
-                       f"const dashboard: Dashboard = {path.read_text()};\nexport default dashboard;\n")
+                       f"const dashboard: Dashboard = {json.dumps(model, indent=2)};\nexport default dashboard;\n")
     tsc = cache / "node_modules" / "typescript" / "bin" / "tsc"
     r = subprocess.run(["node", str(tsc), "--noEmit", "--strict", "--moduleResolution", "node", "--skipLibCheck",
                         *[f"check_{p.stem.replace('-', '_')}.ts" for p in DASHBOARDS]],
                        cwd=cache, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, f"dashboards do not match @grafana/schema:\n{r.stdout}{r.stderr}"
+
+
+def test_provisioning_outside_compose_is_documented() -> None:
+    """DEPLOY.md says where each provisioning file goes and which environment the datasource file reads, as
+    compose sets them up."""
+    import yaml
+
+    doc = (ROOT / "docs" / "DEPLOY.md").read_text()
+    section = doc[doc.index("\n## Grafana outside compose\n"):].split("\n## ", 2)[1]
+    grafana = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]["grafana"]
+    targets = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    assert targets["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    for kind in ("datasources", "dashboards"):
+        [file] = (GRAFANA / "provisioning" / kind).glob("*.yaml")
+        assert f"`deploy/grafana/provisioning/{kind}/{file.name}`" in section
+        assert f"`/etc/grafana/provisioning/{kind}/`" in section
+    [provider] = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "heatrec.yaml").read_text())["providers"]
+    path = provider["options"]["path"]
+    assert targets[path] == "./grafana/dashboards" and f"`{path}/`" in section
+    variables = set(re.findall(r"\$\{(\w+)\}", (GRAFANA / "provisioning" / "datasources" / "heatrec.yaml").read_text()))
+    assert variables and variables <= set(grafana["environment"]), variables
+    for name in variables:
+        assert f"`{name}`" in section, f"{name} (the datasource file reads it) is not in 'Grafana outside compose'"
+    assert "`__inputs`" in section and f"`{DS_INPUT}`" in section
