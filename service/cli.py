@@ -50,14 +50,16 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a configuration file: the schema, references, rule sets and contract prices."""
+    """Validate a configuration file: schema, references, rule sets, contract prices, files and state dirs."""
     from service.accounting.checks import check_accounting
+    from service.preflight import check_paths
 
     if (args.file is None) == (args.config_option is None):
         raise ConfigError("check-config: give the config file once, as FILE or as -c FILE")
     args.file = args.file or args.config_option
     cfg = load_config(args.file)
     check_accounting(cfg, str(args.file))
+    check_paths(cfg, str(args.file))
     n_points = sum(len(d.points) for d in cfg.devices)
     print(f"{args.file}: OK: plant '{cfg.plant.name}', {len(cfg.devices)} devices, {n_points} points"
           + (", simulation section present" if cfg.simulation else ""))

@@ -81,3 +81,21 @@ def test_malformed_env_file_line_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert f"{path.parent / 'secrets.env'}:2: expected KEY=VALUE" in str(err.value)
+
+
+def test_check_config_finds_missing_files_and_unwritable_state(tmp_path: Path) -> None:
+    """What `run` would trip over later is reported now, every item with its field."""
+    from service.preflight import check_paths
+
+    (tmp_path / "afile").write_text("")
+    path = tmp_path / "plant.toml"
+    path.write_text('[storage]\nspool_dir = "afile/spool"\n\n[api]\ntls_cert_file = "certs/api.pem"\n'
+                    'tls_key_file = "certs/api.key"\n')
+    with pytest.raises(ConfigError) as err:
+        check_paths(load_config(path), str(path))
+    lines = str(err.value).split("\n")
+    assert lines[0] == f"{path}: api.tls_cert_file: {tmp_path / 'certs/api.pem'} not found"
+    assert lines[1] == f"{path}: api.tls_key_file: {tmp_path / 'certs/api.key'} not found"
+    assert lines[2].startswith(f"{path}: storage.spool_dir: {tmp_path / 'afile'} is not a directory")
+    path.write_text('[storage]\nspool_dir = "state/spool"\n')
+    check_paths(load_config(path), str(path))  # a directory the service may create is fine
