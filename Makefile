@@ -9,7 +9,9 @@ help:
 	@echo "make setup   install PostgreSQL 15 + TimescaleDB, Mosquitto and .venv (idempotent)"
 	@echo "make demo    setup, then run the demo plant (Ctrl-C stops it; data stays in var/demo)"
 	@echo "make test    setup, then lint (ruff, mypy) and the whole test suite"
+	@echo "make unit    setup, then the tests that start no server, process or connection (under a minute)"
 	@echo "make lint    ruff and mypy only"
+	@echo "make bench   setup, then every benchmark as docs/BENCHMARKS.md runs it, in turn (the soak alone takes 10 min)"
 	@echo "make fuzz    setup, then schemathesis with 3 random seeds x 100 examples (HEATREC_FUZZ_SEEDS, HEATREC_FUZZ_EXAMPLES)"
 	@echo "make clean-demo  delete the demo's data (var/demo)"
 
@@ -25,6 +27,23 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest
+
+# The integration tests (marked by tests/conftest.py, or in their module) are left out; HEATREC_UNIT_ONLY=1 makes
+# any test that still listens, connects or spawns a process fail (tests/isolation.py).
+unit: setup
+	HEATREC_UNIT_ONLY=1 $(PY) -m pytest -m "not integration"
+
+# One after the other, with the arguments docs/BENCHMARKS.md gives: run side by side they would skew each other.
+bench: setup
+	$(PY) bench/bench_ingest.py --rows 200000 --batch 20000
+	$(PY) bench/bench_soak.py --seconds 600 --rate 20000
+	$(PY) bench/bench_simulator.py --seconds 30
+	$(PY) bench/bench_modbus.py --polls 300
+	$(PY) bench/bench_mqtt.py --telegrams 20000 --rounds 3
+	$(PY) bench/bench_opcua.py --nodes 1000 --hz 10 --seconds 10
+	$(PY) bench/bench_api.py --rounds 3 --duration 5
+	$(PY) bench/bench_settle.py --meters 10 --days 365
+	$(PY) bench/bench_control.py --seconds 30
 
 # A wider, randomised OpenAPI fuzz than the deterministic one in `make test`: new seeds each run (printed;
 # replay one with HEATREC_FUZZ_SEEDS=N). Findings become regression tests in tests/service/test_api_contract.py.

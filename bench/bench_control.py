@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/bench_control.py [--seconds 30] [--period 0.1] [--rate 20000]
 
-1. IAE (K·s) per scenario of the closed-loop suite (simulators/closed_loop.py, simulated time, no
+1. IAE (K·s) per scenario of the closed-loop suite (bench/closed_loop.py, simulated time, no
    network): heatrec's controller (PID + feedforward + CDU limit + staging) against a plain PI with the
    same gains, the same arbiter and the same CDU limit but no feedforward. Target: total ratio ≤ 0.6.
 2. Cycle jitter of ControlLoop on the real clock (how late each cycle starts against its fixed
@@ -18,12 +18,14 @@ import os
 import time
 from datetime import UTC, datetime
 
+# Beside this script: `python bench/bench_control.py` puts bench/ first on sys.path.
+from closed_loop import METER, control_config, run, suite
+
 from drivers.base import WriteResult
 from service.bus import SampleBus
 from service.control.loop import ControlLoop
 from service.model import Quality, Sample
 from service.tasks import cancel_and_wait
-from simulators.closed_loop import METER, control_config, run, suite
 
 INPUTS = {METER: 70.0, "hp1.outdoor_temperature": 0.0, "cdu1.secondary_supply_temperature": 30.0,
           "cdu1.supply_temperature_allowable_max": 35.0, "hp1.status": 1.0, "hp2.status": 1.0,

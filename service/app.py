@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import uvicorn
@@ -22,6 +23,7 @@ from service.api.state import ServiceState
 from service.audit import AuditLog
 from service.bus import SampleBus
 from service.config import ApiConfig, HeatrecConfig
+from service.control.arbiter import Priority
 from service.control.loop import ControlLoop
 from service.localservers.errors import LocalServerError
 from service.metrics import build_registry
@@ -33,6 +35,7 @@ from service.storage.retention import enable_rollups, run_retention
 from service.storage.spool import Spool, spool_path
 from service.storage.writer import SampleWriter
 from service.tasks import cancel_and_wait
+from service.writes import WriteArbiter, WriteRequest
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class Service:
         self.alarm_publisher: AlarmPublisher | None = None  # [alarms.mqtt]
         self.scada: ScadaServer | None = None
         self.control: ControlLoop | None = None
+        self.arbiter: WriteArbiter | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.api_port: int | None = None
@@ -138,14 +142,23 @@ class Service:
                 self.alarm_publisher = AlarmPublisher(cfg.alarms.mqtt, lambda: alarms.engine.alarms.values())
                 alarms.observe(self.alarm_publisher.offer)
             audit = AuditLog(pool)
+            by_device = {d.device_id: d for d in self.drivers}
+
+            async def device_write(point_id: str, value: float) -> WriteResult:
+                return await by_device[point_id.split(".", 1)[0]].write(point_id, value)
+
+            # The only holder of the drivers' write: every writer goes through it (docs/ARCHITECTURE.md).
+            self.arbiter = WriteArbiter({f"{d.id}.{p.id}": p for d in cfg.devices for p in d.points},
+                                        device_write, audit=audit.record)
             if cfg.control is not None:
-                # The arbiter's only way to the devices: each driver's guarded write (envelope, read-back).
-                by_device = {d.device_id: d for d in self.drivers}
+                arbiter = self.arbiter
 
-                async def write(point_id: str, value: float) -> WriteResult:
-                    return await by_device[point_id.split(".", 1)[0]].write(point_id, value)
+                async def control_write(point_id: str, value: float) -> WriteResult:
+                    return await arbiter.submit(WriteRequest(point_id, value, Priority.AUTOMATIC, "control"))
 
-                self.control = ControlLoop(cfg.control, self.bus, write, audit=audit.record)
+                self.control = ControlLoop(cfg.control, self.bus, control_write, audit=audit.record,
+                                           caps=lambda caps: arbiter.set_caps("cdu_limit", caps),
+                                           state_path=Path(cfg.control.state_file))
             if cfg.scada is not None:
                 self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms)
                 await self.scada.start()

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from service.config import ConfigError, HeatrecConfig, load_config
 from service.localservers.errors import LocalServerError
+from service.signals import run_until_signal
 from service.storage.database import DatabaseUnavailable
 
 # Errors whose message already says what to do: printed as one line, no traceback.
@@ -34,19 +34,6 @@ def setup_logging(verbose: bool) -> None:
     for noisy in ("asyncua", "aiomqtt", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run `main(stop)` with SIGINT/SIGTERM setting `stop`, so shutdown is orderly."""
-
-    async def wrapper() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(wrapper())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -26,7 +26,9 @@ from service.config import (
     OpcUaPoint,
     PointBase,
 )
+from service.control.arbiter import Priority
 from service.model import Quality, Sample
+from service.writes import WriteArbiter, WriteRequest
 
 # An MQTT device has nothing to read: a probe waits this long for the publishers (meters commonly
 # publish every few seconds; retained messages arrive at once).
@@ -183,8 +185,8 @@ async def write_point(cfg: HeatrecConfig, point_id: str, value: float) -> WriteR
     reason = Driver.envelope_violation(point, value)
     if reason is not None:
         return WriteResult(point_id, "rejected", value, message=reason)
-    # max_rate is not checked here: a rate needs the time of the previous write, which a single
-    # command does not have; the service's arbiter enforces it.
+    # The same gate as the service's writers, at operator priority. A single command has no previous write,
+    # so the point's max_rate (a limit between successive writes) has nothing to act on here.
     try:
         driver: AnyDriver = create_driver(device, _Collector())
     except DriverError as err:
@@ -200,7 +202,9 @@ async def write_point(cfg: HeatrecConfig, point_id: str, value: float) -> WriteR
         if connected not in done:
             why = driver.last_error or f"no connection within {device.timeout_s} s"
             return WriteResult(point_id, "error", value, message=f"cannot connect to {device.endpoint}: {why}")
-        return await driver.write(point_id, value)
+        arbiter = WriteArbiter({point_id: point}, driver.write)
+        return await arbiter.submit(WriteRequest(point_id, value, Priority.OPERATOR, "cli", "commissioning",
+                                                 "operator"))
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -20,7 +20,7 @@ PACKAGED_RULES_DIR = Path(__file__).resolve().parent / "accounting" / "rulesets"
 # Keys holding a path: a relative one written in a config file means relative to that file's directory, so a
 # plant's files travel with it and do not depend on where the service is started (systemd, containers).
 PATH_KEYS = frozenset({"rules_dir", "spool_dir", "certificate_dir", "tls_ca_file", "tls_cert_file", "tls_key_file",
-                       "env_file"})
+                       "env_file", "state_file"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\])+$")
 
@@ -863,6 +863,15 @@ class ControlConfig(_Strict):
     setpoint_rate_k_per_s: float = Field(default=0.5, gt=0, description="largest setpoint change per second")
     deadband_k: float = Field(default=0.05, ge=0, description="smaller setpoint changes wait for the refresh")
     refresh_s: float = Field(default=10.0, gt=0, description="unchanged setpoints are written again this often")
+    start_grace_s: float = Field(default=30.0, ge=0, le=600,
+                                 description="at start, wait this long for the first inputs before a safe state")
+    request_expiry_default_s: float = Field(default=28800.0, gt=0,
+                                            description="an operator override or manual mode without expires_in_s "
+                                                        "ends after this (one 8-hour shift)")
+    request_expiry_max_s: float = Field(default=259200.0, gt=0,
+                                        description="longest expires_in_s an operator may ask (3 days)")
+    state_file: str = Field(default="var/control-state.json",
+                            description="mode, override and manual setpoint in force, restored at start")
     safe_setpoint: float | None = Field(
         default=None, description="written to every heat pump in the safe state; none = stop writing and let "
                                   "each heat pump's watchdog fall back to its local setpoint")
@@ -876,6 +885,9 @@ class ControlConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlConfig:
+        if self.request_expiry_default_s > self.request_expiry_max_s:
+            raise ValueError(f"request_expiry_default_s ({self.request_expiry_default_s}) is above "
+                             f"request_expiry_max_s ({self.request_expiry_max_s})")
         if self.target_min > self.target_max:
             raise ValueError(f"target_min ({self.target_min}) is above target_max ({self.target_max})")
         if self.setpoint_min > self.setpoint_max:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from service.config import ConfigError, HeatrecConfig, load_config
 from service.localservers import MosquittoServer, PostgresCluster, check_ports_free
+from service.signals import run_until_signal
 
 log = logging.getLogger(__name__)
 SCADA_PORT = 4840  # reserved for the SCADA OPC UA server (contract), checked so the demo owns it
@@ -127,7 +128,6 @@ async def _status_lines(svc: Any, stop: asyncio.Event, every_s: float = 10.0) ->
 def run_demo(config_path: Path, var_dir: Path) -> int:
     """Start PostgreSQL, Mosquitto, simulators and the service; stop them all on Ctrl-C/SIGTERM."""
     from service.app import Service, bind_api_socket
-    from service.cli import run_until_signal
     from simulators.runner import Simulation
 
     if not config_path.exists():
@@ -146,6 +146,9 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
     cfg = load_config(config_path)
     if "spool_dir" not in cfg.storage.model_fields_set:  # the demo keeps all its data under var_dir
         cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"spool_dir": str(var_dir / "spool")})})
+    if cfg.control is not None and "state_file" not in cfg.control.model_fields_set:
+        cfg = cfg.model_copy(update={"control": cfg.control.model_copy(
+            update={"state_file": str(var_dir / "control-state.json")})})
     if cfg.simulation is None:
         raise ConfigError(f"{config_path}: simulation: the demo needs a [simulation] section")
     check_ports_free(demo_ports(cfg))

@@ -4,15 +4,58 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from service.app import Service
+    from drivers.base import Driver
+    from service.alarms.manager import AlarmManager
+    from service.alarms.mqtt_publisher import AlarmPublisher
+    from service.bus import SampleBus
+    from service.control.loop import ControlLoop
+    from service.storage.writer import SampleWriter
+
+
+class MetricsSource(Protocol):
+    """The parts of the running service the metrics read (service.app.Service is one).
+
+    Declared here rather than imported from service.app, which builds the registry: the composition
+    root depends on the metrics, never the other way round.
+    """
+
+    @property
+    def bus(self) -> SampleBus:
+        """The sample bus."""
+        ...
+
+    @property
+    def drivers(self) -> Sequence[Driver[Any]]:
+        """One driver per device."""
+        ...
+
+    @property
+    def alarms(self) -> AlarmManager | None:
+        """The alarm manager, once started."""
+        ...
+
+    @property
+    def alarm_publisher(self) -> AlarmPublisher | None:
+        """The alarm MQTT publisher, when [alarms.mqtt] is configured."""
+        ...
+
+    @property
+    def writer(self) -> SampleWriter | None:
+        """The storage writer, once started."""
+        ...
+
+    @property
+    def control(self) -> ControlLoop | None:
+        """The control loop, when [control] is configured."""
+        ...
 
 _DRIVER_STATES = ("connecting", "connected", "backing_off", "stopped")
 _DRIVER_HELP = {
@@ -30,7 +73,7 @@ _DRIVER_HELP = {
 class ServiceCollector(Collector):
     """Turns the service's own counters into metric families on every scrape (no double bookkeeping)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: MetricsSource) -> None:
         self._svc = service
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -122,7 +165,7 @@ class ServiceCollector(Collector):
             yield from _control_families(svc)
 
 
-def _control_families(svc: Service) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+def _control_families(svc: MetricsSource) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
     """The control loop: cycles, overruns, cycle time and jitter, writes, safe state."""
     assert svc.control is not None
     c = svc.control.stats
@@ -146,7 +189,7 @@ def _control_families(svc: Service) -> Iterator[CounterMetricFamily | GaugeMetri
                             value=1.0 if svc.control.status().safe_state else 0.0)
 
 
-def build_registry(service: Service) -> tuple[CollectorRegistry, Histogram]:
+def build_registry(service: MetricsSource) -> tuple[CollectorRegistry, Histogram]:
     """A registry of its own per service (tests run several) plus the API latency histogram."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))

@@ -32,6 +32,8 @@ def _state_dirs(cfg: HeatrecConfig) -> Iterator[tuple[str, str]]:
             yield f"devices[{i}].certificate_dir", d.certificate_dir  # type: ignore[union-attr]
     if cfg.scada is not None:
         yield "scada.certificate_dir", cfg.scada.certificate_dir
+    if cfg.control is not None:
+        yield "control.state_file", str(Path(cfg.control.state_file).parent)
 
 
 def _dir_problem(path: Path) -> str | None:

@@ -17,16 +17,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from simulators.errors import SimulatorError
+from simulators.faults import Fault, FaultBoard
 from simulators.net import ensure_port_free
+from simulators.plant import PlantModel
 from simulators.scenario import FaultSpec
-
-if TYPE_CHECKING:
-    from simulators.runner import Simulation
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,39 @@ MAX_BODY = 64 * 1024
 Handler = Callable[[str, bytes], Awaitable[tuple[int, Any]]]
 
 
-class ControlServer:
-    """Serves the control routes for one Simulation on host:port (port 0: any free port)."""
+class Controllable(Protocol):
+    """What the endpoint reads and drives (simulators.runner.Simulation is one).
 
-    def __init__(self, sim: Simulation, host: str = "127.0.0.1", port: int = 0) -> None:
+    Declared here so that the runner, which starts this endpoint, is not imported back by it.
+    """
+
+    @property
+    def model(self) -> PlantModel:
+        """The plant model, for /state."""
+        ...
+
+    @property
+    def faults(self) -> FaultBoard:
+        """The active faults."""
+        ...
+
+    async def inject(self, spec: FaultSpec) -> Fault:
+        """Inject a fault; SimulatorError when the device cannot have it."""
+        ...
+
+    async def clear_fault(self, fault_id: int) -> Fault | None:
+        """Clear one fault; None when it is not active."""
+        ...
+
+    async def clear_faults(self, device: str | None = None) -> list[Fault]:
+        """Clear every active fault."""
+        ...
+
+
+class ControlServer:
+    """Serves the control routes for one simulation on host:port (port 0: any free port)."""
+
+    def __init__(self, sim: Controllable, host: str = "127.0.0.1", port: int = 0) -> None:
         self._sim = sim
         self._host = host
         self._port = port

@@ -17,6 +17,7 @@ from service.clock import Clock, RealClock
 from service.config import SimulationConfig
 from service.tasks import cancel_and_wait
 from simulators.cdu_opcua import CduOpcUaServer
+from simulators.control_http import ControlServer
 from simulators.errors import SimulatorError
 from simulators.faults import Fault, FaultBoard
 from simulators.heat_meter_modbus import HeatMeterModbusServer
@@ -104,8 +105,6 @@ class Simulation:
                     username=self.cfg.mqtt_username, password=self.cfg.mqtt_password,
                     backoff_max_s=self._mqtt_backoff_max_s, faults=self.faults))
             if self.control_port is not None:
-                from simulators.control_http import ControlServer  # only when asked for
-
                 control = await stack.enter_async_context(ControlServer(self, port=self.control_port))
                 self.control_url = control.url
             await self._apply_scenario()  # events at 0 s and the profile's first value

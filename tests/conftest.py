@@ -6,20 +6,75 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from service.config import DatabaseConfig
 from service.localservers import MosquittoServer, PostgresCluster, free_port
+from tests.isolation import UNIT_ONLY_ENV, UnitGuard, failure_text, mark_integration
 from tests.support import demo_config_text
+
+# `make unit` sets HEATREC_UNIT_ONLY=1: then no test may start a server, a process or use the network.
+_GUARD = UnitGuard() if os.environ.get(UNIT_ONLY_ENV) == "1" else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the unit guard before any fixture runs (session fixtures included)."""
+    if _GUARD is not None:
+        _GUARD.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the unit guard."""
+    if _GUARD is not None:
+        _GUARD.uninstall()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server fixture as integration (`make unit` deselects them)."""
+    mark_integration(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """Tell the guard which test is running, so a refused attempt is charged to it."""
+    if _GUARD is not None:
+        _GUARD.current = item.nodeid
+    try:
+        return (yield)
+    finally:
+        if _GUARD is not None:
+            _GUARD.current = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                           pytest.TestReport]:
+    """Fail a test that tried to start a server, even when the code under test swallowed the refusal."""
+    report = yield
+    violations = _GUARD.take(item.nodeid) if _GUARD is not None else []
+    if violations:
+        report.outcome = "failed"
+        report.longrepr = failure_text(violations, str(report.longrepr or ""))
+    return report
 
 
 @pytest.fixture(scope="session")
 def server_root() -> Iterator[Path]:
     """A scratch directory the postgres/mosquitto system users can traverse (pytest's is 0700)."""
     d = Path(tempfile.mkdtemp(prefix="heatrec-test-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp_path() -> Iterator[Path]:
+    """A per-test directory other users (postgres, mosquitto, heatrec) can traverse, outside pytest's basetemp:
+    pytest resets its basetemp root to 0700 whenever another pytest session starts (e.g. `make fuzz` in a test)."""
+    d = Path(tempfile.mkdtemp(prefix="heatrec-shared-"))
     os.chmod(d, 0o755)
     yield d
     shutil.rmtree(d, ignore_errors=True)

@@ -9,6 +9,7 @@ import re
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,9 @@ def demo_config_text(ports: dict[str, int] | None = None) -> str:
     # tests set the environment themselves, and a developer's running demo must not leak into them).
     text = text.replace('"../var/demo/pki/', f'"{root}/var/demo/pki/')
     text = re.sub(r'(?m)^env_file = .*\n', "", text)
+    # Each copy keeps its operator requests apart: a restored override must never leak from another test.
+    text = text.replace("[control]\n", f'[control]\nstate_file = "{tempfile.mkdtemp(prefix="heatrec-control-")}'
+                                        '/control-state.json"\n', 1)
     for old in DEMO_PORTS:
         new = (ports or {}).get(old) or free_port()
         text = text.replace(f":{old}\"", f":{new}\"").replace(f"port = {old}\n", f"port = {new}\n")

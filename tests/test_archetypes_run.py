@@ -52,10 +52,6 @@ class Plant:
 
 def _scratch_checkout(tmp_path: Path) -> Path:
     """config/ copied as it is in the checkout; the plants' relative paths (../../var/<name>) land in here."""
-    os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:  # the postgres/mosquitto users must reach var/ under pytest's 0700 dirs
-        if parent.name.startswith("pytest-"):
-            os.chmod(parent, 0o755)
     shutil.copytree(ROOT / "config", tmp_path / "config")
     return tmp_path
 
@@ -76,7 +72,8 @@ def _all_good(p: Plant, api: str, token: str) -> bool:
 
 
 @pytest.mark.integration
-def test_every_archetype_runs_a_minute_all_good_and_the_cli_works_against_it(tmp_path: Path) -> None:
+def test_every_archetype_runs_a_minute_all_good_and_the_cli_works_against_it(shared_tmp_path: Path) -> None:
+    tmp_path = shared_tmp_path  # postgres and mosquitto must reach var/ below it
     work = _scratch_checkout(tmp_path)
     template = documented_command()
     env = os.environ.copy()

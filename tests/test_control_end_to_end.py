@@ -146,3 +146,17 @@ async def test_operator_and_scada_control_reach_the_heat_pump(plant_config_file:
                 r = await http.get("/api/v1/audit", params={"limit": 5}, headers=auth(viewer))
                 assert [e["principal"] for e in r.json()["entries"][:2]] == ["scada:scada", "scada:scada"]
                 assert [e["outcome"] for e in r.json()["entries"][:2]] == ["accepted", "refused"]
+
+                # An override from SCADA ends: ExpiresInS shows the default hold; writing it sets a new end.
+                async with op:
+                    target = op.get_node(ua.NodeId("control.SupplyTemperatureTarget", ns))
+                    expires = op.get_node(ua.NodeId("control.ExpiresInS", ns))
+                    await target.write_value(ua.Variant(74.0, ua.VariantType.Double))
+                    left = await expires.read_value()
+                    assert 28_700 < left <= 28_800, left  # request_expiry_default_s, one shift
+                    await expires.write_value(ua.Variant(600.0, ua.VariantType.Double))
+                    assert 590 < await expires.read_value() <= 600
+                    st = await status()
+                    assert st["override"] == 74.0 and st["override_expires_at"] is not None
+                    await target.write_value(ua.Variant(math.nan, ua.VariantType.Double))
+                    assert math.isnan(await expires.read_value())

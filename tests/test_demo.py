@@ -4,7 +4,6 @@ SIGTERM leaves no process behind, and the next start reuses the data and the tok
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -51,11 +50,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 @pytest.mark.integration
-def test_demo_runs_all_protocols_and_stops_clean(tmp_path: Path) -> None:
-    os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:  # the postgres/mosquitto users must reach var/ under pytest's 0700 dir
-        if parent.name.startswith("pytest-"):
-            os.chmod(parent, 0o755)
+def test_demo_runs_all_protocols_and_stops_clean(shared_tmp_path: Path) -> None:
+    tmp_path = shared_tmp_path  # the postgres/mosquitto users must reach var/
     cfg = tmp_path / "demo.toml"
     cfg.write_text(demo_config_text())
     var = tmp_path / "var"

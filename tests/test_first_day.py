@@ -42,10 +42,6 @@ def _move_ports(text: str, ports: dict[str, int]) -> str:
 
 def _scratch(tmp_path: Path, ports: dict[str, int]) -> Path:
     """config/ and .venv of the checkout in a fresh directory, the demo's ports moved in its config."""
-    os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:  # postgres and mosquitto must reach var/ below pytest's 0700 directory
-        if parent.name.startswith("pytest-"):
-            os.chmod(parent, 0o755)
     shutil.copytree(ROOT / "config", tmp_path / "config")
     demo = tmp_path / "config" / "demo.toml"
     demo.write_text(_move_ports(demo.read_text(), ports))
@@ -71,7 +67,8 @@ def test_make_demo_runs_what_the_readme_names() -> None:
 
 
 @pytest.mark.integration
-def test_the_readme_first_day_as_written(tmp_path: Path) -> None:
+def test_the_readme_first_day_as_written(shared_tmp_path: Path) -> None:
+    tmp_path = shared_tmp_path  # postgres and mosquitto must reach var/ below it
     ports = {str(p): free_port() for p in sorted(DEMO_PORTS)}
     work = _scratch(tmp_path, ports)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEATREC_")}

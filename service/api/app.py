@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -19,14 +19,16 @@ from service.api.accounting import add_accounting_routes
 from service.api.alarms import add_alarm_routes
 from service.api.auth_limiter import FailedAuthLimiter
 from service.api.control import add_control_routes
+from service.api.deps import ErrorOut, require
 from service.api.docs_assets import add_docs_routes
+from service.api.history import router as history_router
 from service.api.latency import LatencyMiddleware
 from service.api.points_view import PointsView
 from service.api.state import ServiceState
 from service.api.stream import add_stream_routes
 from service.api.token_cache import TokenCache
 from service.api.tokens import add_token_routes
-from service.auth import Principal, Role, lookup_token
+from service.auth import Principal
 
 
 class ComponentHealth(BaseModel):
@@ -78,49 +80,6 @@ class PointList(BaseModel):
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
-
-
-def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
-    """Dependency that authenticates the bearer token and checks its role."""
-
-    async def dep(request: Request) -> Principal:
-        state: ServiceState = request.app.state.heatrec
-        limiter: FailedAuthLimiter = request.app.state.auth_limiter
-        client = request.client.host if request.client else "unknown"
-        wait = limiter.retry_after(client)
-        if wait is not None:
-            raise HTTPException(429, f"too many failed authentications from {client}: retry in {wait:.0f} s",
-                                headers={"Retry-After": str(max(1, round(wait)))})
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>' "
-                                     "(create one with 'heatrec token create')",
-                                headers={"WWW-Authenticate": "Bearer"})
-        cache: TokenCache = request.app.state.token_cache
-        principal = await cache.principal(token.strip(), lambda t: lookup_token(state.pool, t))
-        if principal is None:
-            limiter.failed(client)
-            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        if not principal.allows(role):
-            raise HTTPException(403, f"this needs the {role} role; token '{principal.name}' "
-                                     f"has {principal.role}")
-        return principal
-
-    return dep
-
-
-class ErrorOut(BaseModel):
-    """Every error response: a message that says what to do, and the status repeated."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"error": "missing bearer token: send 'Authorization: Bearer <token>' (create one with 'heatrec token "
-                  "create')", "status": 401},
-        {"error": "invalid request: query.limit: Input should be less than or equal to 1000", "status": 422,
-         "details": [{"field": "query.limit", "message": "Input should be less than or equal to 1000"}]}]})
-    error: str
-    status: int
-    details: list[dict[str, str]] | None = None
 
 
 _ERRORS = {400: "malformed request body", 401: "missing, invalid or revoked token", 403: "role too low",
@@ -219,7 +178,6 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
     add_accounting_routes(app, require)
     add_token_routes(app, require)
     add_stream_routes(app, require)
-    from service.api.history import router as history_router  # here: history.py imports require from us
     _document_errors(history_router.routes)
     app.include_router(history_router)
     _document_errors(app.routes)

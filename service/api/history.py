@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict
 
-from service.api.app import ErrorOut, require
+from service.api.deps import ErrorOut, require
 from service.api.params import iso_times_only
 from service.auth import Principal
 from service.storage.history import (

@@ -45,6 +45,7 @@ class StepResult:
     reported_running: list[str] = field(default_factory=list)
     not_running: dict[str, str] = field(default_factory=dict)  # pump id -> why it is not running
     decisions: dict[str, Decision] = field(default_factory=dict)
+    caps: dict[str, float] = field(default_factory=dict)  # point -> safety cap in force (the CDU limit)
 
 
 class Controller:
@@ -103,6 +104,11 @@ class Controller:
         elif now - self._frozen_since >= self.cfg.frozen_after_s:
             return Reading(None, "frozen")
         return r
+
+    @property
+    def seen_inputs(self) -> bool:
+        """Whether every input has been usable at least once since start."""
+        return self._seen_inputs
 
     def _raw_target(self, outdoor: Reading) -> tuple[float | None, TargetSource]:
         cfg = self.cfg
@@ -268,6 +274,7 @@ class Controller:
             target_requested=raw, target_source=source, measured=pv, outdoor=outdoor.value, constraint=constraint,
             safe_state=safe_reason is not None, safe_state_reason=safe_reason, setpoints=setpoints,
             running=running, cdu_headroom_k=headroom, strategy="direct" if self._direct else "boost",
+            caps={c.point: c.high for c in caps},
             decisions=decisions, reported_running=reported, not_running=not_running)
         self.last = result
         return result

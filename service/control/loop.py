@@ -6,11 +6,14 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.bus import SampleBus
 from service.clock import Clock, RealClock
 from service.config import ControlConfig
+from service.control import state as saved
 from service.control.controller import Controller, StepResult
 from service.control.model import (
     ControlRequest,
@@ -30,15 +33,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 WriteFn = Callable[[str, float], Awaitable["WriteResult"]]
+CapsFn = Callable[[dict[str, float]], None]
 
 
 class ControlLoop:
     """Runs the supply-temperature controller every period over a frozen image of the sample bus."""
 
     def __init__(self, cfg: ControlConfig, bus: SampleBus, write: WriteFn, clock: Clock | None = None,
-                 audit: AuditSink | None = None) -> None:
+                 audit: AuditSink | None = None, *, caps: CapsFn | None = None,
+                 state_path: Path | None = None) -> None:
         self.cfg = cfg
         self.controller = Controller(cfg)
+        self._caps = caps  # the write arbiter: the CDU limit bounds every writer, not only this loop
+        self._state_path = state_path  # None: requests in force are not kept across restarts (tests)
+        self._override_until: datetime | None = None
+        self._override_by = ""
+        self._manual_until: datetime | None = None
+        self._manual_by = ""
+        self._started_at: float | None = None
+        self._starting = True  # waiting (start_grace_s) for the first inputs
         self.stats = ControlStats()
         self._bus = bus
         self._write = write
@@ -77,7 +90,17 @@ class ControlLoop:
         now = self._clock.monotonic()
         dt = self.cfg.period_s if self._last_cycle is None else max(now - self._last_cycle, 0.0)
         self._last_cycle = now
+        if self._started_at is None:
+            self._started_at = now
+        await self._expire_requests()
         result = self.controller.step(self.image(), dt)
+        if self._starting:
+            if result.safe_state and not self.controller.seen_inputs \
+                    and now - self._started_at < self.cfg.start_grace_s:
+                return result  # the first samples are on their way: no safe state, no writes, no audit yet
+            self._starting = False
+        if self._caps is not None:
+            self._caps(result.caps)
         await self._track_safe_state(result)
         due = self._due_writes(result.writes, now)
         if due:
@@ -132,6 +155,7 @@ class ControlLoop:
 
     async def run(self) -> None:
         """Fixed-period cycles until cancelled; late cycles count as jitter, missed periods as overruns."""
+        await self.restore()
         period = self.cfg.period_s
         clock = self._clock
         start = clock.monotonic()
@@ -166,19 +190,22 @@ class ControlLoop:
         r = c.last
         source: TargetSource = "override" if c.override is not None else (
             "fixed" if self.cfg.target == "fixed" else "curve")
-        if r is None:
+        if r is None or self._starting:
             return ControlStatus(mode=c.mode, supply_temperature_target=None, target_source=source,
                                  supply_temperature=None, constraint="starting", safe_state=False,
                                  heat_pump_setpoints={h.id: None for h in self.cfg.heat_pumps},
                                  outdoor_temperature=None, override=c.override, manual_setpoint=c.manual_setpoint,
-                                 target_requested=c.override)
+                                 target_requested=c.override, override_expires_at=self._override_until,
+                                 manual_expires_at=self._manual_until if c.mode == "manual" else None,
+                                 cycles=self.stats.cycles)
         return ControlStatus(
             mode=c.mode, supply_temperature_target=_round(r.target), target_source=source,
             supply_temperature=_round(r.measured), constraint=r.constraint, safe_state=r.safe_state,
             heat_pump_setpoints={k: _round(v) for k, v in r.setpoints.items()}, outdoor_temperature=r.outdoor,
             # An override set since the last cycle is what is requested now; the target ramps towards it.
             target_requested=_round(c.override if c.override is not None else r.target_requested),
-            override=c.override, manual_setpoint=c.manual_setpoint,
+            override=c.override, manual_setpoint=c.manual_setpoint, override_expires_at=self._override_until,
+            manual_expires_at=self._manual_until if c.mode == "manual" else None,
             heat_pumps_running=r.reported_running, heat_pumps_not_running=r.not_running,
             cdu_headroom_k=_round(r.cdu_headroom_k),
             safe_state_reason=r.safe_state_reason, strategy="direct" if r.strategy == "direct" else "boost",
@@ -187,8 +214,8 @@ class ControlLoop:
     def health(self) -> tuple[str, str]:
         """("ok"|"degraded", detail) for the health endpoint."""
         r = self.controller.last
-        if r is None:
-            return "ok", "control starting"
+        if r is None or self._starting:
+            return "ok", "control starting: waiting for the first inputs"
         if r.safe_state:
             return "degraded", f"control in safe state: {r.safe_state_reason}"
         if self._failing:
@@ -228,6 +255,7 @@ class ControlLoop:
                                               '"mode": "manual" with it', conflict=True)
             if "mode" in fields and req.mode is None:
                 raise ControlRequestError("mode must be auto, manual or off")
+            hold_s = self._hold_seconds(req)
         except ControlRequestError as err:
             await self._record("control.set", "control", req.model_dump(exclude_unset=True), None, "refused",
                                str(err), principal, role)
@@ -244,6 +272,18 @@ class ControlLoop:
         if sp is not None and sp != c.manual_setpoint:
             changes.append(("heat_pump_setpoint", c.manual_setpoint, sp))
             c.manual_setpoint = sp
+        until = self._clock.now() + timedelta(seconds=hold_s)
+        if c.override is not None and ("supply_temperature_target" in fields or "expires_in_s" in fields):
+            self._override_until, self._override_by = until, principal
+        elif c.override is None:
+            self._override_until = None
+        if c.mode == "manual" and ({"mode", "heat_pump_setpoint", "expires_in_s"} & fields):
+            self._manual_until, self._manual_by = until, principal
+        elif c.mode != "manual":
+            self._manual_until = None
+        if "expires_in_s" in fields:
+            changes.append(("expires_at", None, until.isoformat(timespec="seconds")))
+        self._save()
         for name, old, new in changes:
             log.info("control %s: %s -> %s by %s (%s)", name, old, new, principal, role)
             detail = f"old={_fmt(old)} new={_fmt(new)}"
@@ -259,6 +299,86 @@ class ControlLoop:
             await self._record("control.set", "control", req.model_dump(exclude_unset=True), None, "unchanged",
                                "the request matches what is in force", principal, role)
         return self.status()
+
+    # --- requests in force: expiry and restart -------------------------------------------------
+
+    def _hold_seconds(self, req: ControlRequest) -> float:
+        """How long this request's override or manual mode holds; refuses what cannot be held."""
+        cfg, c = self.cfg, self.controller
+        if req.expires_in_s is None:
+            if "expires_in_s" in req.model_fields_set:
+                raise ControlRequestError("expires_in_s must be a number of seconds (requests always end)")
+            return cfg.request_expiry_default_s
+        if not 0 < req.expires_in_s <= cfg.request_expiry_max_s:
+            raise ControlRequestError(f"expires_in_s {req.expires_in_s} is outside 0..{cfg.request_expiry_max_s} s "
+                                      "(control.request_expiry_max_s)")
+        overriding = req.supply_temperature_target is not None or (
+            "supply_temperature_target" not in req.model_fields_set and c.override is not None)
+        manual = (req.mode or c.mode) == "manual"
+        if not overriding and not manual:
+            raise ControlRequestError("expires_in_s applies to an override or manual mode, and neither is in "
+                                      "force or asked", conflict=True)
+        return req.expires_in_s
+
+    async def _expire_requests(self) -> None:
+        """End an override or manual mode whose time is up: back to the curve / to auto, bumplessly, audited."""
+        now, c = self._clock.now(), self.controller
+        if self._override_until is not None and now >= self._override_until:
+            old, by = c.override, self._override_by
+            c.override, self._override_until = None, None
+            log.info("control override %s by %s expired: back to the curve", old, by)
+            await self._record("control.expired", "control.supply_temperature_target", old, None, "expired",
+                               f"override {_fmt(old)} by {by} ended; the target ramps back to the curve")
+            self._save()
+        if self._manual_until is not None and now >= self._manual_until:
+            by = self._manual_by
+            self._manual_until = None
+            if c.mode == "manual":
+                c.set_mode("auto")  # the PID starts from the held output: bumpless
+                log.info("control manual mode by %s expired: back to auto", by)
+                await self._record("control.expired", "control.mode", "manual", "auto", "expired",
+                                   f"manual mode by {by} ended; automatic control from the held setpoint")
+            self._save()
+
+    def _save(self) -> None:
+        if self._state_path is None:
+            return
+        c = self.controller
+        try:
+            saved.save(self._state_path, saved.RequestsInForce(
+                c.mode, c.override, self._override_until, self._override_by, c.manual_setpoint,
+                self._manual_until, self._manual_by))
+        except OSError as err:  # the request holds in memory; only a restart would lose it
+            log.error("control state not saved to %s: %s", self._state_path, err)
+
+    async def restore(self) -> None:
+        """At start: put back the requests in force before the stop, unless their time ran out meanwhile."""
+        if self._state_path is None:
+            return
+        st = saved.load(self._state_path)
+        if st is None:
+            return
+        c, now = self.controller, self._clock.now()
+        restored = []
+        if st.override is not None and st.override_until is not None and st.override_until > now \
+                and self.cfg.target_min <= st.override <= self.cfg.target_max:
+            c.override, self._override_until, self._override_by = st.override, st.override_until, st.override_by
+            restored.append(f"override {st.override} until {st.override_until.isoformat(timespec='seconds')}")
+        mode = st.mode
+        if mode == "manual" and (st.manual_until is None or st.manual_until <= now):
+            mode = "auto"  # manual mode's time ran out while stopped
+        if mode == "manual" and st.manual_setpoint is not None:
+            c.manual_setpoint = min(max(st.manual_setpoint, self.cfg.setpoint_min), self.cfg.setpoint_max)
+            self._manual_until, self._manual_by = st.manual_until, st.manual_by
+            restored.append(f"manual at {c.manual_setpoint} °C until "
+                            f"{st.manual_until.isoformat(timespec='seconds') if st.manual_until else '?'}")
+        if mode != c.mode:
+            c.mode = mode
+            restored.append(f"mode {mode}")
+        if restored:
+            log.info("control restored from %s: %s", self._state_path, "; ".join(restored))
+            await self._record("control.restored", "control", None, None, "restored", "; ".join(restored))
+        self._save()
 
     async def _record(self, action: str, target: str, requested: Any, applied: Any, outcome: str, detail: str,
                       principal: str = "heatrec", role: str = "controller") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -30,8 +31,10 @@ class ControlRequest(BaseModel):
     mode: Mode | None = None
     supply_temperature_target: float | None = None  # an explicit null clears the override (back to the curve)
     heat_pump_setpoint: float | None = None  # manual mode only; applied to every heat pump
+    # How long the override or manual mode of this request holds (default: control.request_expiry_default_s).
+    expires_in_s: float | None = None
 
-    @field_validator("supply_temperature_target", "heat_pump_setpoint", mode="before")
+    @field_validator("supply_temperature_target", "heat_pump_setpoint", "expires_in_s", mode="before")
     @classmethod
     def _number(cls, v: object) -> object:
         # Strict mode already refuses strings and booleans; ints are fine as °C but NaN/inf are not.
@@ -57,7 +60,9 @@ class ControlStatus(BaseModel):
     outdoor_temperature: float | None
     target_requested: float | None = None  # before the ramp limit
     override: float | None = None
+    override_expires_at: datetime | None = None  # when the override ends and the target returns to the curve
     manual_setpoint: float | None = None
+    manual_expires_at: datetime | None = None  # when manual mode ends and control returns to auto
     heat_pumps_running: list[str] = []  # running by their own status word (commanded, when a pump has none)
     heat_pumps_not_running: dict[str, str] = {}  # pump id -> why not (tripped, stopped, offline, staging);
     # a pump running on its watchdog fallback is listed in both

@@ -3,6 +3,8 @@
 A write to Mode or SupplyTemperatureTarget is an operator request to the arbiter, like a PUT on
 /api/v1/control: it is validated and audited there, and the OPC UA status code tells the client the
 outcome (Good, BadOutOfRange for a refused value). Writing NaN to the target clears the override.
+ExpiresInS shows the seconds left of the override (or manual mode) in force, NaN when neither is; writing it
+sets them anew.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from asyncua import Node, Server, ua
@@ -31,9 +34,14 @@ _VARIABLES: dict[str, tuple[ua.VariantType, bool]] = {
     "SupplyTemperature": (ua.VariantType.Double, False),
     "SafeState": (ua.VariantType.Boolean, False),
     "Constraint": (ua.VariantType.String, False),
+    "ExpiresInS": (ua.VariantType.Double, True),
 }
 WriteFn = Callable[[ua.WriteParameters, User], Awaitable[list[ua.StatusCode]]]
 _INTERNAL = User(role=UserRole.Admin)  # asyncua's default for server-internal writes
+
+
+def _seconds_left(until: datetime | None) -> float:
+    return math.nan if until is None else max((until - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _status(code: int) -> ua.StatusCode:
@@ -103,6 +111,11 @@ class ControlNodes:
                     self.writes_refused += 1
                     return _status(ua.StatusCodes.BadTypeMismatch)
                 req = ControlRequest(supply_temperature_target=None if math.isnan(value) else float(value))
+            elif name == "ExpiresInS":
+                if not isinstance(value, float | int) or isinstance(value, bool) or math.isnan(value):
+                    self.writes_refused += 1
+                    return _status(ua.StatusCodes.BadTypeMismatch)
+                req = ControlRequest(expires_in_s=float(value))
             else:
                 return _status(ua.StatusCodes.BadNotWritable)
             principal = f"scada:{user.name}" if user.name else "scada"
@@ -129,10 +142,12 @@ class ControlNodes:
             "SupplyTemperature": math.nan if st.supply_temperature is None else float(st.supply_temperature),
             "SafeState": bool(st.safe_state),
             "Constraint": st.constraint or "",
+            "ExpiresInS": _seconds_left(st.override_expires_at or st.manual_expires_at),
         }
         for name, value in values.items():
             vtype = _VARIABLES[name][0]
-            bad = isinstance(value, float) and math.isnan(value)
+            # NaN is "no value yet" for a measurement; for ExpiresInS it is the answer "nothing in force".
+            bad = isinstance(value, float) and math.isnan(value) and name != "ExpiresInS"
             await self._server.write_attribute_value(self._nodes[name].nodeid, ua.DataValue(
                 ua.Variant(value, vtype),
                 StatusCode=_status(ua.StatusCodes.BadWaitingForInitialData if bad else ua.StatusCodes.Good)))

@@ -117,6 +117,7 @@ agreed_price_dkk_per_gj = 125.0
     return path
 
 
+@pytest.mark.integration  # heatrec check-config as a child process
 def test_check_config_names_the_missing_price_field(tmp_path: Path) -> None:
     bad = _plant(tmp_path, "capacity_mw = 0.1\nvalid_from = 2024-01-01")
     r = subprocess.run([sys.executable, "-m", "service.cli", "check-config", str(bad)], capture_output=True,

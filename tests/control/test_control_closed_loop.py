@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulators.closed_loop import Metrics, Scenario, control_config, run, suite
+from bench.closed_loop import Metrics, Scenario, control_config, run, suite
 
 SCENARIOS = {s.name: s for s in suite()}
 

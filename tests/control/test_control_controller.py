@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.closed_loop import METER, control_config
 from service.control.controller import Controller
 from service.control.model import ProcessImage, Reading
-from simulators.closed_loop import METER, control_config
 
 GOOD = {METER: 70.0, "hp1.outdoor_temperature": 0.0, "cdu1.secondary_supply_temperature": 30.0,
         "cdu1.supply_temperature_allowable_max": 35.0, "hp1.status": 1.0, "hp2.status": 1.0,

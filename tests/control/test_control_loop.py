@@ -8,6 +8,7 @@ import itertools
 import pydantic
 import pytest
 
+from bench.closed_loop import METER, control_config
 from drivers.base import WriteResult
 from service.audit import AuditEntry
 from service.bus import SampleBus
@@ -16,7 +17,6 @@ from service.control.loop import ControlLoop
 from service.control.model import ControlRequest, ControlRequestError, ControlStats
 from service.model import Quality, Sample
 from service.tasks import cancel_and_wait
-from simulators.closed_loop import METER, control_config
 from tests.support import wait_until
 
 INPUTS = {METER: 70.0, "hp1.outdoor_temperature": 0.0, "cdu1.secondary_supply_temperature": 30.0,
@@ -165,7 +165,7 @@ async def test_run_cycles_on_the_real_clock_until_cancelled() -> None:
         writes.append(point)
         return WriteResult(point, "ok", value, value, value)
 
-    loop = ControlLoop(control_config(period_s=0.02), bus, write)
+    loop = ControlLoop(control_config(period_s=0.02, start_grace_s=0.0), bus, write)
     task = asyncio.create_task(loop.run())
     await wait_until(lambda: loop.stats.cycles >= 10, 10.0, "ten control cycles")
     await cancel_and_wait(task)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from drivers.base import ConnectionState
 from drivers.factory import create_driver
 from service.bus import SampleBus
@@ -16,6 +18,8 @@ from service.tasks import cancel_and_wait
 from simulators.heat_pump_modbus import HeatPumpModbusServer
 from simulators.plant import PlantModel
 from tests.support import wait_until
+
+pytestmark = pytest.mark.integration  # the simulated heat pump's Modbus server on loopback
 
 DEMO = load_config(Path(__file__).resolve().parents[2] / "config" / "demo.toml")
 

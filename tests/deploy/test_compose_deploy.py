@@ -117,6 +117,7 @@ def test_every_variable_compose_passes_is_documented() -> None:
                 assert f"`{var}`" in doc, f"{name}: {var} is not documented in docs/DEPLOY.md"
 
 
+@pytest.mark.integration  # heatrec check-config as a child process
 def test_plant_example_checks_with_what_compose_provides(tmp_path: Path) -> None:
     """check-config with exactly the heatrec service's environment (nothing else of ours), from elsewhere."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEATREC_")} | compose_environment("heatrec")
@@ -293,6 +294,7 @@ def _image_tree(dest: Path) -> Path:
     return dest / install_dir.lstrip("/")
 
 
+@pytest.mark.integration  # pip builds and installs the wheel in child processes
 @pytest.mark.timeout(600)  # the build fetches the pyproject's build requirements, as the image build does
 def test_image_installs_everything_heatrec_needs_at_run_time(tmp_path: Path) -> None:
     """`pip install .` of exactly what the Dockerfile copies: migrations, rule sets, drivers, simulators, the CLI."""

@@ -188,6 +188,7 @@ def test_dashboard_json_is_canonical(path: Path) -> None:
     assert path.read_text().endswith("\n") and json.loads(path.read_text())["editable"] is False
 
 
+@pytest.mark.integration  # npm install and tsc as child processes
 def test_dashboards_match_grafana_schema() -> None:
     """Each dashboard, as a TypeScript object literal typed `Dashboard` from @grafana/schema, compiles strictly.
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # a whole pytest run of its own, as a child process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -113,13 +113,9 @@ def heatrec_user() -> pwd.struct_passwd:
 
 
 @pytest.fixture
-def base(tmp_path: Path) -> Path:
+def base(shared_tmp_path: Path) -> Path:
     """The test's root: every stand-in lives below it, traversable by heatrec (pytest's own dirs are 0700)."""
-    os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:
-        if parent.name.startswith("pytest-"):
-            os.chmod(parent, 0o755)
-    return tmp_path
+    return shared_tmp_path
 
 
 def stand_ins(base: Path) -> dict[str, Path]:

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -16,6 +17,8 @@ from service.config import ModbusDevice
 from service.localservers import free_port
 from service.model import Quality
 from tests.drivers.conftest import RecordingSink, WaitFor
+
+pytestmark = pytest.mark.integration  # a pymodbus server on loopback
 
 
 class Gateway:

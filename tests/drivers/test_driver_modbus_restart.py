@@ -15,6 +15,8 @@ from service.model import Quality
 from simulators.heat_pump_modbus import HeatPumpModbusServer
 from simulators.plant import PlantModel
 
+pytestmark = pytest.mark.integration  # the simulated heat pump's Modbus server on loopback
+
 if TYPE_CHECKING:
     from conftest import RecordingSink, WaitFor
 

@@ -22,6 +22,8 @@ from service.localservers import free_port
 from service.model import Quality
 from tests.drivers.conftest import RecordingSink, WaitFor
 
+pytestmark = pytest.mark.integration  # an asyncua server on loopback
+
 T = TypeVar("T")
 USER, PASSWORD = "operator", "s3cret-pw"
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.closed_loop import control_config
 from drivers.base import WriteResult
 from service.api.app import create_app
 from service.api.state import ServiceState
@@ -22,7 +23,6 @@ from service.control.loop import ControlLoop
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
 from service.storage.points import sync_points
-from simulators.closed_loop import control_config
 from tests.accounting.acc_support import config
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -34,6 +35,8 @@ from service.app import _ApiServer, bind_api_socket
 from service.config import load_config
 from service.localservers import free_port
 from tests.support import running_service, wait_until
+
+pytestmark = pytest.mark.integration  # uvicorn on loopback and headless chromium as a child process
 
 CHROMIUM_TIMEOUT_S = 90
 # Virtual time runs as fast as the page allows and waits for pending loads (the OpenAPI fetch), so the

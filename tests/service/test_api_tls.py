@@ -40,6 +40,7 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
+@pytest.mark.integration  # uvicorn with TLS on loopback
 async def test_https_when_configured(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
     api = ApiConfig(port=free_port(), tls_cert_file=str(cert), tls_key_file=str(key))

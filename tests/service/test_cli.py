@@ -31,6 +31,7 @@ def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_help_lists_every_command() -> None:
     r = heatrec("--help")
     assert r.returncode == 0
@@ -38,12 +39,14 @@ def test_help_lists_every_command() -> None:
         assert cmd in r.stdout
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_check_config_demo_passes() -> None:
     r = heatrec("check-config", "config/demo.toml")
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout and "3 devices" in r.stdout
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_check_config_unknown_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text((ROOT / "config/demo.toml").read_text().replace('unit_id = 1\n', 'unit_id = 1\nunitid = 2\n', 1))
@@ -53,11 +56,13 @@ def test_check_config_unknown_key(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_run_with_missing_config() -> None:
     line = one_line_error(heatrec("run", "-c", "no/such.toml"))
     assert "file not found" in line
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_run_with_unreachable_database(tmp_path: Path) -> None:
     cfg = tmp_path / "plant.toml"
     cfg.write_text(f"[database]\nport = {free_port()}\nconnect_timeout_s = 2\n[api]\nport = {free_port()}\n")
@@ -65,6 +70,7 @@ def test_run_with_unreachable_database(tmp_path: Path) -> None:
     assert "cannot reach PostgreSQL" in line
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_run_with_api_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,6 +82,7 @@ def test_run_with_api_port_in_use(tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 (HTTP API) is already in use" in line
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_demo_reports_missing_postgres_and_mosquitto(tmp_path: Path) -> None:
     cfg = tmp_path / "demo.toml"
     cfg.write_text(demo_config_text())

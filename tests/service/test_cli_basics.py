@@ -7,6 +7,10 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # heatrec as a child process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -43,6 +43,7 @@ def test_a_misspelt_point_reference_names_what_is_there(tmp_path: Path) -> None:
     assert "no device 'hp9' (devices: cdu1, hp1, meter1)" in str(err.value)
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     # `heatrec probe ... | head -1`: the reader is gone before heatrec writes; no traceback, SIGPIPE's status.
     path = tmp_path / "plant.toml"
@@ -56,6 +57,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in err and "BrokenPipeError" not in err
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_probe_reports_each_device_error_once_without_reconnect_talk(tmp_path: Path) -> None:
     path = tmp_path / "plant.toml"
     path.write_text(demo_config_text())
@@ -67,6 +69,7 @@ def test_probe_reports_each_device_error_once_without_reconnect_talk(tmp_path: P
         assert r.stdout.count(f"error: {device}: ") == 1, r.stdout
 
 
+@pytest.mark.integration  # heatrec as a child process
 def test_help_names_the_password_variables() -> None:
     for cmd in (["run"], ["token", "create"], ["settle"], ["probe"]):
         r = subprocess.run([sys.executable, "-m", "service.cli", *cmd, "--help"], cwd=ROOT, capture_output=True,

@@ -8,11 +8,14 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import load_config
 from service.localservers import MosquittoServer
 from tests.support import running_service, wait_until
+
+pytestmark = pytest.mark.integration  # the running service, and promtool as a child process
 
 
 async def test_metrics_pass_promtool_lint(plant_config_file: Path, mosquitto: MosquittoServer) -> None:

@@ -78,7 +78,7 @@ def test_examples_are_valid_instances_of_their_models() -> None:
     from fastapi.routing import APIRoute
     from pydantic import BaseModel
 
-    from service.api.app import ErrorOut
+    from service.api.deps import ErrorOut
 
     app = create_app(ServiceState(CFG, SampleBus(), None))  # type: ignore[arg-type]
     models: set[type[BaseModel]] = {ErrorOut}

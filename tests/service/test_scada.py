@@ -38,6 +38,7 @@ async def scada(tmp_path: Path) -> AsyncIterator[tuple[ScadaServer, SampleBus]]:
         yield srv, bus
 
 
+@pytest.mark.integration  # the SCADA OPC UA server on loopback
 async def test_values_status_units_and_timestamps(scada: tuple[ScadaServer, SampleBus]) -> None:
     srv, bus = scada
     async with Client(srv.endpoint, timeout=10) as client:
@@ -69,6 +70,7 @@ async def test_values_status_units_and_timestamps(scada: tuple[ScadaServer, Samp
         assert dv.Value.Value == 72.0  # the last usable value, flagged as such
 
 
+@pytest.mark.integration  # the SCADA OPC UA server on loopback
 async def test_anonymous_cannot_write_and_bad_password_is_refused(scada: tuple[ScadaServer, SampleBus]) -> None:
     srv, _ = scada
     async with Client(srv.endpoint, timeout=10) as client:
@@ -84,6 +86,7 @@ async def test_anonymous_cannot_write_and_bad_password_is_refused(scada: tuple[S
     client.disconnect_socket()
 
 
+@pytest.mark.integration  # the SCADA OPC UA server on loopback
 async def test_operator_session_over_signed_and_encrypted_channel(scada: tuple[ScadaServer, SampleBus],
                                                                    tmp_path: Path) -> None:
     srv, _ = scada
@@ -124,6 +127,7 @@ def test_permission_rules_by_role() -> None:
     assert users.get_user(None) is None  # anonymous switched off
 
 
+@pytest.mark.integration  # the SCADA OPC UA server on loopback
 async def test_none_policy_can_be_switched_off(tmp_path: Path) -> None:
     cfg = ScadaConfig(endpoint=f"opc.tcp://127.0.0.1:{free_port()}", allow_anonymous=False,
                       security_policies=["Basic256Sha256_SignAndEncrypt"], certificate_dir=str(tmp_path / "pki"))

@@ -18,7 +18,8 @@ from simulators.errors import PortInUseError
 from simulators.plant import PlantModel
 
 # One server for the module: asyncua spends ~2 s building its standard address space per server.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# integration: the CDU's OPC UA server on loopback
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 VARIABLES = {

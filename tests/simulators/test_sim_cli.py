@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from pymodbus.client import AsyncModbusTcpClient
+
+pytestmark = pytest.mark.integration  # heatrec simulate as a child process
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,6 +24,8 @@ from simulators.heat_meter_mqtt import MALFORMED_PAYLOAD
 from simulators.runner import Simulation
 from simulators.scenario import FaultSpec
 
+pytestmark = pytest.mark.integration  # the simulators' servers on loopback
+
 DT = AsyncModbusTcpClient.DATATYPE
 DEVICE_FAILURE = 4
 

@@ -44,6 +44,7 @@ def decode_int16(reg: int, scale: float) -> float:
     return float(AsyncModbusTcpClient.convert_from_registers([reg], DT.INT16)) * scale  # type: ignore[arg-type]
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 async def test_input_registers_carry_the_model_state(model: PlantModel, client: AsyncModbusTcpClient) -> None:
     rr = await client.read_input_registers(0, count=14, device_id=UNIT)  # one block read incl. reserved 7-9
     assert not rr.isError()
@@ -64,6 +65,7 @@ async def test_input_registers_carry_the_model_state(model: PlantModel, client: 
     assert 500 < heat < 1100 and 100 < power < 400  # type: ignore[operator]
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 async def test_every_point_of_the_demo_config_is_served(client: AsyncModbusTcpClient) -> None:
     demo = load_config(DEMO_CONFIG)
     device = next(d for d in demo.devices if isinstance(d, ModbusDevice))
@@ -74,6 +76,7 @@ async def test_every_point_of_the_demo_config_is_served(client: AsyncModbusTcpCl
         assert len(rr.registers) == point.register_count
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 async def test_setpoint_write_takes_effect_and_reads_back(model: PlantModel, client: AsyncModbusTcpClient,
                                                           server: HeatPumpModbusServer,
                                                           clock: VirtualClock) -> None:
@@ -88,6 +91,7 @@ async def test_setpoint_write_takes_effect_and_reads_back(model: PlantModel, cli
     assert decode_int16(rr.registers[0], 0.1) == pytest.approx(65.5, abs=0.05)
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 @pytest.mark.parametrize("celsius", [39.9, 85.1, -10.0])
 async def test_out_of_range_setpoint_gets_illegal_data_value(model: PlantModel, client: AsyncModbusTcpClient,
                                                              celsius: float) -> None:
@@ -98,6 +102,7 @@ async def test_out_of_range_setpoint_gets_illegal_data_value(model: PlantModel, 
     assert (await client.read_holding_registers(0, count=1, device_id=UNIT)).registers == [700]
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 async def test_a_rejected_multi_register_write_changes_nothing(model: PlantModel,
                                                                client: AsyncModbusTcpClient) -> None:
     rr = await client.write_registers(0, [600, 9, 1], device_id=UNIT)  # SG-Ready 9 does not exist
@@ -109,6 +114,7 @@ async def test_a_rejected_multi_register_write_changes_nothing(model: PlantModel
     assert hp.remote_setpoint == 60.0 and hp.sg_ready == 1 and hp.watchdog_armed
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 async def test_sg_ready_blocked_clears_the_running_bit(
         model: PlantModel, client: AsyncModbusTcpClient, server: HeatPumpModbusServer,
         clock: VirtualClock) -> None:
@@ -121,6 +127,7 @@ async def test_sg_ready_blocked_clears_the_running_bit(
     assert client.convert_from_registers(regs[10:12], DT.FLOAT32) == 0.0
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 async def test_watchdog_fallback_shows_in_the_status_word(
         model: PlantModel, client: AsyncModbusTcpClient, server: HeatPumpModbusServer,
         clock: VirtualClock) -> None:
@@ -139,6 +146,7 @@ async def test_watchdog_fallback_shows_in_the_status_word(
     assert (await client.read_holding_registers(2, count=1, device_id=UNIT)).registers == [2]
 
 
+@pytest.mark.integration  # the heat pump's Modbus server on loopback
 async def test_protocol_errors_name_the_mistake(client: AsyncModbusTcpClient) -> None:
     rr = await client.read_input_registers(14, count=3, device_id=UNIT)  # past register 15, the last
     assert rr.isError() and rr.exception_code == ILLEGAL_ADDRESS

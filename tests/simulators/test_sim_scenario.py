@@ -55,6 +55,7 @@ def test_outdoor_profile_has_seasons_and_days() -> None:
     assert summer == pytest.approx(8 + 8 + 3, abs=0.1)
 
 
+@pytest.mark.integration  # the simulators' servers on loopback
 async def test_a_scenario_drives_load_weather_and_faults(tmp_path: Path, clock: VirtualClock) -> None:
     path = tmp_path / "s.toml"
     path.write_text("""

@@ -1,8 +1,10 @@
 """Closed-loop runs on simulated time: the pure controller against the plant model, no network.
 
-Used by tests/control and bench/bench_control.py. The plant's protocol faces are bypassed: the harness
-maps model state to a process image with the demo's point ids and applies the controller's writes to
-the model's command methods, so a scenario of hours runs in well under a second.
+Used by bench/bench_control.py and tests/control (as `bench.closed_loop`). The plant's protocol faces
+are bypassed: the harness maps model state to a process image with the demo's point ids and applies
+the controller's writes to the model's command methods, so a scenario of hours runs in well under a
+second. It lives here, not in simulators/, because it couples the service's controller to the plant
+model: simulators never import the service runtime (tests/test_layering.py).
 """
 
 from __future__ import annotations
