@@ -6,6 +6,7 @@ simulators' asyncua, pymodbus and MQTT faces on loopback, and the API served by 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from pathlib import Path
@@ -19,6 +20,11 @@ from service.config import load_config
 from service.storage.database import connect_pool
 from simulators.runner import Simulation
 from tests.support import running_service, wait_until
+
+
+def _queue_getters() -> int:
+    """Live tasks waiting in an asyncio.Queue.get of their own (the SSE stream makes them)."""
+    return sum(1 for t in asyncio.all_tasks() if not t.done() and "Queue.get" in repr(t.get_coro()))
 
 
 async def test_all_three_protocols_reach_database_and_api(plant_config_file: Path) -> None:
@@ -67,6 +73,7 @@ async def test_all_three_protocols_reach_database_and_api(plant_config_file: Pat
                 assert (await client.get("/api/v1/stream")).status_code == 401
                 seen: list[dict[str, object]] = []
                 subscribers = len(svc.bus.subscriptions)
+                getters_before = _queue_getters()
                 async with client.stream("GET", "/api/v1/stream", params={"points": "hp1."},
                                          headers={"Authorization": f"Bearer {token}"}) as stream:
                     assert stream.headers["content-type"].startswith("text/event-stream")
@@ -80,6 +87,8 @@ async def test_all_three_protocols_reach_database_and_api(plant_config_file: Pat
                                 break
                 assert all(str(e["point"]).startswith("hp1.") and e["quality"] == "GOOD" for e in seen)
                 await wait_until(lambda: len(svc.bus.subscriptions) == subscribers, 10, "stream subscription released")
+                # The stream's queue getters end with it: none left pending once the client has gone.
+                await wait_until(lambda: _queue_getters() <= getters_before, 10, "stream's getter tasks ended")
 
                 # SCADA reads the same live values over OPC UA.
                 assert svc.scada is not None
