@@ -117,8 +117,11 @@ class Service:
         cfg = self.cfg
         sock = api_socket or bind_api_socket(cfg.api.host, cfg.api.port)
         self.api_port = sock.getsockname()[1]
-        pool = await connect_pool(cfg.database)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            # What is opened is closed in reverse order: after a failed start as after a stop.
+            stack.callback(sock.close)
+            pool = await connect_pool(cfg.database)
+            stack.push_async_callback(pool.close)
             async with pool.acquire() as conn:
                 applied = await migrate(conn)
                 keys = await sync_points(conn, cfg)
@@ -132,6 +135,7 @@ class Service:
             spool = Spool(spool_path(cfg.storage.spool_dir, cfg.database), max_bytes=cfg.storage.spool_max_bytes,
                           segment_bytes=cfg.storage.spool_segment_bytes)
             spool.open()
+            stack.callback(spool.close)
             self.writer = SampleWriter(pool, sub, cfg.storage, keys, spool)
             self.drivers = [create_driver(d, self.bus) for d in cfg.devices]
             self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, pool,
@@ -161,6 +165,7 @@ class Service:
                                            state_path=Path(cfg.control.state_file))
             if cfg.scada is not None:
                 self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms)
+                stack.push_async_callback(self.scada.stop)  # also after a start that failed half-way
                 await self.scada.start()
             registry, latency = build_registry(self)
             app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms,
@@ -198,9 +203,3 @@ class Service:
                 if rollup_task is not None:
                     await cancel_and_wait(rollup_task)
                 writer_task.cancel()
-            spool.close()
-        finally:
-            if self.scada is not None:
-                await self.scada.stop()
-            sock.close()
-            await pool.close()
