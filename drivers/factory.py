@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drivers.backoff import Backoff
 from drivers.base import Driver
-from drivers.modbus import ModbusDriver
+from drivers.modbus import ModbusDriver, ModbusLinks
 from drivers.mqtt import MqttDriver
 from drivers.opcua import OpcUaDriver
 from service.bus import SampleSink
@@ -14,12 +14,14 @@ AnyDriver = Driver[OpcUaDevice] | Driver[ModbusDevice] | Driver[MqttDevice]
 
 
 def create_driver(device: OpcUaDevice | ModbusDevice | MqttDevice, sink: SampleSink, *,
-                  backoff: Backoff | None = None) -> AnyDriver:
-    """The generic driver for the device's protocol, publishing to `sink`; not started yet."""
+                  backoff: Backoff | None = None, modbus_links: ModbusLinks | None = None) -> AnyDriver:
+    """The generic driver for the device's protocol, publishing to `sink`; not started yet.
+
+    Modbus devices built with the same `modbus_links` share one connection per endpoint (gateways)."""
     if isinstance(device, OpcUaDevice):
         return OpcUaDriver(device, sink, backoff=backoff)
     if isinstance(device, ModbusDevice):
-        return ModbusDriver(device, sink, backoff=backoff)
+        return ModbusDriver(device, sink, backoff=backoff, links=modbus_links)
     if isinstance(device, MqttDevice):
         return MqttDriver(device, sink, backoff=backoff)
     raise TypeError(f"no driver for protocol {getattr(device, 'protocol', type(device).__name__)!r}")

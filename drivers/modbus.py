@@ -10,7 +10,7 @@ import operator
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
@@ -191,33 +191,45 @@ class BlockDecoder:
         return good, failed
 
 
-class ModbusLink:
-    """One TCP connection to a Modbus endpoint, shared by every device (unit id) behind it.
+class ModbusLinks:
+    """The Modbus TCP connections of one owner (the service, a probe), one per endpoint.
 
-    Gateways commonly accept few connections and handle one request at a time, so the devices of
-    one endpoint share a client and take turns through `lock`; the connection closes when the last
-    device lets go of it.
+    Gateways commonly accept few connections and handle one request at a time, so the devices behind
+    one endpoint share a link; whoever builds the drivers owns the registry, so two services (or a
+    test and a service) in one process never share a connection by accident.
     """
 
-    _links: ClassVar[dict[tuple[int, str, int], ModbusLink]] = {}
+    def __init__(self) -> None:
+        self._links: dict[tuple[str, int], ModbusLink] = {}
 
-    def __init__(self, key: tuple[int, str, int]) -> None:
-        self.key = key
+    def acquire(self, host: str, port: int) -> ModbusLink:
+        """The link to host:port, created on first use; every acquire is matched by a `release`."""
+        link = self._links.get((host, port))
+        if link is None:
+            link = self._links[(host, port)] = ModbusLink(self, host, port)
+        link.users += 1
+        return link
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def _forget(self, link: ModbusLink) -> None:
+        if self._links.get((link.host, link.port)) is link:
+            del self._links[(link.host, link.port)]
+
+
+class ModbusLink:
+    """One TCP connection to a Modbus endpoint, shared by every device (unit id) behind it; they take
+    turns through `lock`, and the connection closes when the last device lets go of it."""
+
+    def __init__(self, owner: ModbusLinks, host: str, port: int) -> None:
+        self._owner = owner
+        self.host, self.port = host, port
         self.client: AsyncModbusTcpClient | None = None
         self.lock = asyncio.Lock()  # one request at a time on the wire, across all units
         self.users = 0
         self.last_request_end = 0.0  # loop time the previous request finished, for request pauses
         self._connecting = asyncio.Lock()
-
-    @classmethod
-    def for_endpoint(cls, host: str, port: int) -> ModbusLink:
-        """The link to host:port in the running event loop, created on first use."""
-        key = (id(asyncio.get_running_loop()), host, port)
-        link = cls._links.get(key)
-        if link is None:
-            link = cls._links[key] = ModbusLink(key)
-        link.users += 1
-        return link
 
     async def connect(self, name: str) -> AsyncModbusTcpClient:
         """The connected client, connecting (or re-connecting a dropped one) if needed."""
@@ -226,7 +238,7 @@ class ModbusLink:
                 return self.client
             if self.client is not None:
                 self.client.close()
-            _, host, port = self.key
+            host, port = self.host, self.port
             # Our own timeouts (asyncio.timeout per request, per device) decide; pymodbus' timer is
             # set beyond any device's so it never cuts in, and its reconnect and retries are off
             # because our backoff re-creates the connection.
@@ -242,7 +254,7 @@ class ModbusLink:
         """A device stops using the link; the last one closes the connection."""
         self.users -= 1
         if self.users <= 0:
-            self._links.pop(self.key, None)
+            self._owner._forget(self)
             if self.client is not None:
                 self.client.close()
                 self.client = None
@@ -259,8 +271,10 @@ class ModbusDriver(Driver[ModbusDevice]):
 
     protocol = "modbus"
 
-    def __init__(self, device: ModbusDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, device: ModbusDevice, sink: SampleSink, *, backoff: Backoff | None = None,
+                 links: ModbusLinks | None = None) -> None:
         super().__init__(device, sink, backoff=backoff)
+        self._links = links if links is not None else ModbusLinks()  # alone: a connection of its own
         self._initial_plan = plan_reads(device.points, device.max_registers_per_read,
                                         device.max_gap_registers)
         self._plan = list(self._initial_plan)
@@ -279,7 +293,7 @@ class ModbusDriver(Driver[ModbusDevice]):
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
         host, port = self.device.host_port
-        link = ModbusLink.for_endpoint(host, port)
+        link = self._links.acquire(host, port)
         stack.callback(self._let_go, link)
         self._client = await link.connect(self.device_id)
         self._link = link

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from drivers import create_driver
 from drivers.base import Driver, WriteResult
+from drivers.modbus import ModbusLinks
 from service.accounting.rollup_task import run_rollups
 from service.alarms.manager import AlarmManager
 from service.alarms.mqtt_publisher import AlarmPublisher
@@ -137,7 +138,8 @@ class Service:
             spool.open()
             stack.callback(spool.close)
             self.writer = SampleWriter(pool, sub, cfg.storage, keys, spool)
-            self.drivers = [create_driver(d, self.bus) for d in cfg.devices]
+            links = ModbusLinks()  # the devices behind one Modbus gateway share its connection
+            self.drivers = [create_driver(d, self.bus, modbus_links=links) for d in cfg.devices]
             self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, pool,
                                        lambda: {d.device_id: str(d.state.value) for d in self.drivers})
             await self.alarms.start()

@@ -17,6 +17,7 @@ from typing import Any
 from drivers.base import ConnectionState, Driver, WriteResult
 from drivers.errors import DriverError
 from drivers.factory import AnyDriver, create_driver
+from drivers.modbus import ModbusLinks
 from service.config import (
     ConfigError,
     HeatrecConfig,
@@ -83,10 +84,10 @@ def probe_wait_s(device: Any) -> float:
     return device.timeout_s + read_s + 0.5
 
 
-async def _probe_device(device: Any, wait_s: float | None) -> list[ProbeRow]:
+async def _probe_device(device: Any, wait_s: float | None, links: ModbusLinks) -> list[ProbeRow]:
     collector = _Collector()
     try:
-        driver: AnyDriver = create_driver(device, collector)
+        driver: AnyDriver = create_driver(device, collector, modbus_links=links)
     except DriverError as err:  # e.g. a node id that does not parse: this device's points only are BAD
         return [ProbeRow(f"{device.id}.{p.id}", None, p.unit, Quality.BAD.name, None, point_source(device, p),
                          str(err)) for p in device.points]
@@ -126,7 +127,8 @@ async def probe(cfg: HeatrecConfig, device_id: str | None = None, wait_s: float 
         raise ConfigError(f"no device '{device_id}' in the configuration "
                           f"(devices: {', '.join(d.id for d in cfg.devices) or 'none'})")
     # Concurrent, so a dead device costs its own timeout and nobody else's.
-    results = await asyncio.gather(*(_probe_device(d, wait_s) for d in devices))
+    links = ModbusLinks()  # units behind one gateway share its connection, as in the service
+    results = await asyncio.gather(*(_probe_device(d, wait_s, links) for d in devices))
     return [row for rows in results for row in rows]
 
 

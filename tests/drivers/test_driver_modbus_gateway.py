@@ -12,7 +12,7 @@ import pytest_asyncio
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus import ModbusDriver
+from drivers.modbus import ModbusDriver, ModbusLinks
 from service.config import ModbusDevice
 from service.localservers import free_port
 from service.model import Quality
@@ -80,7 +80,8 @@ def _device(dev_id: str, port: int, unit: int, **extra: Any) -> ModbusDevice:
 
 async def test_units_behind_one_gateway_share_one_connection_and_a_dead_unit_stays_apart(
         gateway: Gateway, sink: RecordingSink, run_driver: Callable[..., Any], wait_for: WaitFor) -> None:
-    drivers = [ModbusDriver(_device(f"u{u}", gateway.port, u), sink) for u in (1, 2, 9)]
+    links = ModbusLinks()  # the service owns one registry: every unit behind the gateway shares its link
+    drivers = [ModbusDriver(_device(f"u{u}", gateway.port, u), sink, links=links) for u in (1, 2, 9)]
     for d in drivers:
         run_driver(d)
     await wait_for(lambda: _value(sink, "u1.value") == 100 and _value(sink, "u2.value") == 200, 5, "units 1 and 2")
@@ -102,8 +103,9 @@ async def test_units_behind_one_gateway_share_one_connection_and_a_dead_unit_sta
 
 async def test_request_pause_spaces_requests_on_the_connection(
         gateway: Gateway, sink: RecordingSink, run_driver: Callable[..., Any], wait_for: WaitFor) -> None:
+    links = ModbusLinks()
     for u in (1, 2):
-        run_driver(ModbusDriver(_device(f"u{u}", gateway.port, u, request_pause_s=0.15), sink))
+        run_driver(ModbusDriver(_device(f"u{u}", gateway.port, u, request_pause_s=0.15), sink, links=links))
     await wait_for(lambda: len(gateway.requests) >= 6, 10, "six requests")
     times = [t for _, t in gateway.requests[:6]]
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -113,7 +115,9 @@ async def test_request_pause_spaces_requests_on_the_connection(
 
 async def test_last_device_closes_the_shared_connection(gateway: Gateway, sink: RecordingSink,
                                                         wait_for: WaitFor) -> None:
-    tasks = [asyncio.create_task(ModbusDriver(_device(f"u{u}", gateway.port, u), sink).run()) for u in (1, 2)]
+    links = ModbusLinks()
+    tasks = [asyncio.create_task(ModbusDriver(_device(f"u{u}", gateway.port, u), sink, links=links).run())
+             for u in (1, 2)]
     await wait_for(lambda: sink.latest("u1.value") is not None and sink.latest("u2.value") is not None, 5,
                    "both units read")
     tasks[0].cancel()
@@ -124,3 +128,14 @@ async def test_last_device_closes_the_shared_connection(gateway: Gateway, sink: 
     tasks[1].cancel()
     await asyncio.gather(tasks[1], return_exceptions=True)
     await wait_for(lambda: gateway.connections == 0, 5, "connection closed")
+    assert len(links) == 0, "the owner's registry forgets a link nobody uses"
+
+
+async def test_owners_never_share_a_connection(gateway: Gateway, sink: RecordingSink,
+                                               run_driver: Callable[..., Any], wait_for: WaitFor) -> None:
+    # Two services (or a probe beside a service) in one process: each owns its registry, so each its link.
+    for u in (1, 2):
+        run_driver(ModbusDriver(_device(f"u{u}", gateway.port, u), sink, links=ModbusLinks()))
+    await wait_for(lambda: sink.latest("u1.value") is not None and sink.latest("u2.value") is not None, 5,
+                   "both units read")
+    assert gateway.connections == 2
