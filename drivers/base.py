@@ -22,9 +22,9 @@ from itertools import repeat
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from drivers.backoff import Backoff
+from drivers.config import ModbusDevice, MqttDevice, OpcUaDevice, PointBase
 from drivers.errors import CodecError, DeviceRefused, DriverError, DriverTimeout, WriteRejected
 from service.bus import SampleSink
-from service.config import ModbusDevice, MqttDevice, OpcUaDevice, PointBase
 from service.model import Quality, Sample, utcnow
 
 DeviceT = TypeVar("DeviceT", OpcUaDevice, ModbusDevice, MqttDevice)

@@ -12,8 +12,8 @@ import math
 import struct
 from collections.abc import Sequence
 
+from drivers.config import ModbusPoint
 from drivers.errors import CodecError
-from service.config import ModbusPoint
 
 # struct formats (big-endian, the canonical order before byte/word swapping)
 _FORMATS: dict[str, str] = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I",

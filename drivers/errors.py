@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from service.errors import HeatrecError
 
-class DriverError(Exception):
+
+class DriverError(HeatrecError):
     """Root of every error a driver raises; callers never see a protocol library's exceptions."""
 
 

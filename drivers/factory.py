@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from drivers.backoff import Backoff
 from drivers.base import Driver
+from drivers.config import ModbusDevice, MqttDevice, OpcUaDevice
 from drivers.modbus import ModbusDriver, ModbusLinks
 from drivers.mqtt import MqttDriver
 from drivers.opcua import OpcUaDriver
 from service.bus import SampleSink
-from service.config import ModbusDevice, MqttDevice, OpcUaDevice
 
 AnyDriver = Driver[OpcUaDevice] | Driver[ModbusDevice] | Driver[MqttDevice]
 

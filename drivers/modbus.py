@@ -20,6 +20,7 @@ from pymodbus.pdu import ModbusPDU
 from drivers import codec
 from drivers.backoff import Backoff
 from drivers.base import Driver, describe, raise_if_cancelled, within
+from drivers.config import ModbusDevice, ModbusPoint, PointBase
 from drivers.errors import (
     CodecError,
     DeviceException,
@@ -30,7 +31,6 @@ from drivers.errors import (
     WriteRejected,
 )
 from service.bus import SampleSink
-from service.config import ModbusDevice, ModbusPoint, PointBase
 from service.model import Quality, utcnow
 
 MAX_BITS_PER_READ = 2000  # Modbus limit for coils and discrete inputs in one request
@@ -39,7 +39,7 @@ _FAST_FORMATS: dict[str, str] = {"bool": ">H", "int16": ">h", "uint16": ">H", "i
                                  "float32": ">f", "float64": ">d"}
 _READERS = {"holding": "read_holding_registers", "input": "read_input_registers", "coil": "read_coils",
             "discrete": "read_discrete_inputs"}  # client method per function
-MAX_TIMEOUT_S = 120.0  # the largest timeout_s a device may have (service.config)
+MAX_TIMEOUT_S = 120.0  # the largest timeout_s a device may have (drivers.config)
 
 BlockKey = tuple[str, int, int]
 

@@ -17,10 +17,10 @@ from paho.mqtt.client import topic_matches_sub
 
 from drivers.backoff import Backoff
 from drivers.base import Driver, raise_if_cancelled
+from drivers.config import MqttDevice, MqttPoint, PointBase
 from drivers.errors import DriverConnectionError, MalformedPayload
 from drivers.mqtt_link import PahoLink, TlsFileError, client_tls_context
 from service.bus import SampleSink
-from service.config import MqttDevice, MqttPoint, PointBase
 from service.model import Quality, Sample, utcnow
 
 KEEPALIVE_S = 30  # a silently dead broker is noticed after about 1.5 keepalives

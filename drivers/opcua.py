@@ -18,6 +18,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from drivers.backoff import Backoff
 from drivers.base import Driver, raise_if_cancelled
+from drivers.config import OpcUaDevice, OpcUaPoint, PointBase
 from drivers.errors import (
     DeviceException,
     DeviceRefused,
@@ -27,7 +28,6 @@ from drivers.errors import (
     WriteRejected,
 )
 from service.bus import SampleSink
-from service.config import OpcUaDevice, OpcUaPoint, PointBase
 from service.model import Quality, utcnow
 
 T = TypeVar("T")

@@ -1,4 +1,15 @@
-"""Typed plant configuration: TOML validated by pydantic, errors that name the field."""
+"""Typed plant configuration: the whole file's model, its loader, and the checks across sections.
+
+Each section's models live with their owner and are re-exported here, so `from service.config import X`
+keeps working for every model: the point and device maps in drivers/config.py, the simulated plant in
+simulators/config.py, `[alarms]` in service/alarms/config.py, `[control]` in service/control/config.py.
+What stays here: the root model HeatrecConfig with the checks that reach across sections (points named
+by alarms, accounting and control must exist), the small sections without a subsystem module of their
+own (plant, database, storage, api, scada) and `[accounting]` (its default rules_dir is
+PACKAGED_RULES_DIR, defined here next to PATH_KEYS), and the loader that turns pydantic's locations
+into messages naming the file and the field. Over 400 lines for that reason: the loader and the root
+model's checks belong together, and the sections still here are plain data.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +20,49 @@ import re
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-ID_PATTERN = r"^[a-z][a-z0-9_]*$"
+# Re-exported for the service's users: each section's models live with their owner (module docstring).
+from drivers.config import (
+    REGISTER_COUNT,
+    Device,
+    DeviceBase,
+    ModbusDevice,
+    ModbusPoint,
+    ModbusType,
+    MqttDevice,
+    MqttPoint,
+    OpcUaDevice,
+    OpcUaPoint,
+    PointBase,
+)
+from service.alarms.config import AlarmsConfig, AlarmsMqttConfig, LimitAlarm, StateAlarm
+from service.control.config import (
+    ControlCdu,
+    ControlConfig,
+    ControlCurvePoint,
+    ControlHeatPump,
+    ControlPid,
+    ControlStaging,
+)
+from service.errors import HeatrecError
+from service.schema import ID_PATTERN, POINT_REF_PATTERN, StrictModel
+from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
+
+__all__ = [
+    "ID_PATTERN", "PACKAGED_RULES_DIR", "PATH_KEYS", "REGISTER_COUNT",
+    "AccountingConfig", "AccountingHeatPump", "AccountingMeter", "AlarmsConfig", "AlarmsMqttConfig", "ApiConfig",
+    "Co2Factor", "ConfigError", "ControlCdu", "ControlConfig", "ControlCurvePoint", "ControlHeatPump",
+    "ControlPid", "ControlStaging", "DatabaseConfig", "Device", "DeviceBase", "HeatrecConfig", "LimitAlarm",
+    "ModbusDevice", "ModbusPoint", "ModbusType", "MqttDevice", "MqttPoint", "OpcUaDevice", "OpcUaPoint",
+    "PlantConfig", "PointBase", "ScadaConfig", "ScadaPolicy", "ScadaUser", "SimCdu", "SimHeatMeter",
+    "SimHeatPump", "SimulationConfig", "StateAlarm", "StorageConfig", "StrictModel", "SupplyContract",
+    "load_config", "parse_config", "read_env_file",
+]
+
 # The dated rule sets heatrec ships (Danish surplus-heat rules); a plant may point rules_dir elsewhere.
 PACKAGED_RULES_DIR = Path(__file__).resolve().parent / "accounting" / "rulesets"
 # Keys holding a path: a relative one written in a config file means relative to that file's directory, so a
@@ -22,310 +70,20 @@ PACKAGED_RULES_DIR = Path(__file__).resolve().parent / "accounting" / "rulesets"
 PATH_KEYS = frozenset({"rules_dir", "spool_dir", "certificate_dir", "tls_ca_file", "tls_cert_file", "tls_key_file",
                        "env_file", "state_file"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\])+$")
-
-ModbusType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-                     "float32", "float64", "string"]
-REGISTER_COUNT: dict[str, int] = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2,
-                                  "int64": 4, "uint64": 4, "float32": 2, "float64": 4}
 
 
-class ConfigError(Exception):
+class ConfigError(HeatrecError):
     """The configuration cannot be used; the message names the file and the field."""
 
 
-class _Strict(BaseModel):
-    # Strict: a TOML string is never read as a number or a bool ("false" would be True).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class PointBase(_Strict):
-    """Keys common to every point, whatever its protocol."""
-
-    id: str = Field(pattern=ID_PATTERN, description="point id, unique within its device")
-    unit: str = Field(default="", description="engineering unit, e.g. degC, kW, m3/h, GJ")
-    kind: Literal["measurement", "setpoint", "status", "counter"] = "measurement"
-    writable: bool = False
-    min: float | None = None
-    max: float | None = None
-    max_rate: float | None = Field(default=None, gt=0, description="largest change per second a write may make")
-    stale_after_s: float | None = Field(default=None, gt=0)
-    description: str = ""
-
-    unbounded_writes: bool = Field(default=False, description="explicit opt-out: a writable point without min/max "
-                                                               "(only where the device bounds the value itself)")
-
-    @model_validator(mode="after")
-    def _envelope(self) -> PointBase:
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        if self.writable and (self.min is None or self.max is None) and not self.unbounded_writes:
-            # A write without an envelope sends whatever it is given (200 °C to a heat pump's setpoint).
-            raise ValueError(f"writable point '{self.id}' needs min and max (its write envelope), or "
-                             "unbounded_writes = true if the device bounds the value itself")
-        return self
-
-
-class OpcUaPoint(PointBase):
-    """A point read from an OPC UA node, named by NodeId or by browse path."""
-
-    node: str | None = Field(default=None, min_length=1,
-                             description="NodeId string, e.g. ns=2;s=cdu1.supply_temperature")
-    browse_path: str | None = Field(default=None, min_length=1,
-                                    description="path of index:BrowseName elements from the Root node, "
-                                                "e.g. 0:Objects/2:Plant/2:cdu1/2:supply_temperature")
-
-    @field_validator("browse_path")
-    @classmethod
-    def _browse_path(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return v
-        if info.data.get("node") is not None:
-            raise ValueError("give either node or browse_path, not both")
-        for element in v.split("/"):
-            index, sep, name = element.partition(":")
-            if not sep or not index.isdigit() or not name:
-                raise ValueError(f"'{v}': element '{element}' is not index:BrowseName, e.g. 2:cdu1")
-        return v
-
-    @model_validator(mode="after")
-    def _addressed(self) -> OpcUaPoint:
-        if self.node is None and self.browse_path is None:
-            raise ValueError("a point needs node or browse_path")
-        return self
-
-    @property
-    def address(self) -> str:
-        """The node id or browse path, whichever is configured, for messages."""
-        return self.node or self.browse_path or ""
-
-
-class ModbusPoint(PointBase):
-    """A point read from Modbus registers or bits."""
-
-    address: int = Field(ge=0, le=65535, description="0-based register or bit address")
-    function: Literal["holding", "input", "coil", "discrete"] = "holding"
-    type: ModbusType = "int16"
-    length: int = Field(default=0, ge=0, le=123, description="registers, for type string only")
-    scale: float = 1.0
-    offset: float = 0.0
-    byte_order: Literal["big", "little"] = "big"
-    word_order: Literal["big", "little"] = "big"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModbusPoint:
-        bits = self.function in ("coil", "discrete")
-        if bits and self.type != "bool":
-            raise ValueError(f"function '{self.function}' holds single bits: type must be 'bool'")
-        if self.type == "string" and self.length == 0:
-            raise ValueError("type 'string' needs 'length' (number of registers)")
-        if self.writable and self.function in ("input", "discrete"):
-            raise ValueError(f"function '{self.function}' is read-only: it cannot be writable")
-        if self.scale == 0:
-            raise ValueError("scale must not be 0")
-        return self
-
-    @property
-    def register_count(self) -> int:
-        """How many 16-bit registers (or bits) the point occupies."""
-        if self.function in ("coil", "discrete"):
-            return 1
-        return self.length if self.type == "string" else REGISTER_COUNT[self.type]
-
-
-class MqttPoint(PointBase):
-    """A point taken from an MQTT topic: JSON with a path, or a plain numeric payload."""
-
-    topic: str = Field(min_length=1, description="topic filter; + and # wildcards, {device} and {point} levels")
-    topic_key: str | None = Field(default=None, min_length=1,
-                                  description="text of the {point} level naming this point (default: its id)")
-    json_path: str | None = Field(default=None, description="$.a.b into a JSON payload; omit for plain numbers")
-    timestamp_path: str | None = Field(default=None, description="$.path of an ISO 8601 or epoch source time")
-
-    @field_validator("json_path", "timestamp_path")
-    @classmethod
-    def _path(cls, v: str | None) -> str | None:
-        if v is not None and not _JSON_PATH.match(v):
-            raise ValueError(f"'{v}' is not a JSON path like $.a.b or $.a[0]")
-        return v
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, v: str) -> str:
-        levels = v.split("/")
-        for i, level in enumerate(levels):
-            if level in ("+", "{point}", "{device}"):
-                continue
-            if level == "#":
-                if i != len(levels) - 1:
-                    raise ValueError(f"'{v}': '#' is only allowed as the last level")
-                continue
-            if any(c in level for c in "+#{}"):
-                raise ValueError(f"'{v}': wildcards and placeholders ({{point}}, {{device}}) must fill a whole level")
-        if levels.count("{point}") > 1:
-            raise ValueError(f"'{v}': at most one {{point}} level")
-        return v
-
-    @field_validator("topic_key")
-    @classmethod
-    def _topic_key(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None:
-            return v
-        if any(c in v for c in "/+#"):
-            raise ValueError(f"'{v}' is not a topic level (no '/', '+' or '#')")
-        topic = info.data.get("topic")  # absent when the topic itself was invalid
-        if topic is not None and "{point}" not in topic.split("/"):
-            raise ValueError(f"topic_key needs a {{point}} level in topic '{topic}'")
-        return v
-
-    @property
-    def key(self) -> str:
-        """The text of the topic's {point} level that addresses this point."""
-        return self.topic_key or self.id
-
-
-class DeviceBase(_Strict):
-    """Keys common to every device."""
-
-    id: str = Field(pattern=ID_PATTERN)
-    endpoint: str
-    description: str = ""
-    poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
-    timeout_s: float = Field(default=3.0, gt=0, le=120)
-    username: str | None = None
-    password: str | None = None
-    backoff_initial_s: float = Field(default=0.5, gt=0, le=60,
-                                     description="first reconnect delay; doubles per failed attempt")
-    backoff_max_s: float = Field(default=30.0, gt=0, le=3600, description="cap of the reconnect delay")
-
-    @model_validator(mode="after")
-    def _backoff(self) -> DeviceBase:
-        if self.backoff_initial_s > self.backoff_max_s:
-            raise ValueError(f"backoff_initial_s ({self.backoff_initial_s}) is greater than "
-                             f"backoff_max_s ({self.backoff_max_s})")
-        return self
-
-    def _check_points(self, points: list[Any]) -> None:
-        seen: set[str] = set()
-        for p in points:
-            if p.id in seen:
-                raise ValueError(f"point id '{p.id}' appears twice in device '{self.id}'")
-            seen.add(p.id)
-
-
-class OpcUaDevice(DeviceBase):
-    """An OPC UA server, e.g. a CDU controller."""
-
-    protocol: Literal["opcua"]
-    security_policy: Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] = "None"
-    security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    subscribe: bool = Field(default=False, description="data-change subscription instead of polling")
-    sampling_interval_s: float | None = Field(default=None, gt=0, le=3600,
-                                              description="server-side sampling of subscribed nodes "
-                                                          "(default: poll_interval_s)")
-    deadband: float = Field(default=0.0, ge=0,
-                            description="absolute deadband of subscribed nodes; 0 reports every change")
-    queue_size: int = Field(default=1, ge=1, le=10_000,
-                            description="values the server queues per subscribed node between publishes")
-    certificate_dir: str = Field(default="var/pki",
-                                 description="where the client's application certificate and key live; "
-                                             "generated on first use of a security policy")
-    application_uri: str = Field(default="urn:heatrec:client", min_length=1,
-                                 description="the client's ApplicationUri, also written into its certificate")
-    session_timeout_s: float = Field(default=60.0, ge=5, le=3600,
-                                     description="session lifetime the server keeps without hearing from us; "
-                                                 "bounds how long a session orphaned by a lost connection lives")
-    points: list[OpcUaPoint] = Field(min_length=1)
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        u = urlsplit(v)
-        if u.scheme != "opc.tcp" or not u.hostname or u.port is None:
-            raise ValueError(f"'{v}' is not an OPC UA endpoint like opc.tcp://host:port[/path]")
-        return v
-
-    @model_validator(mode="after")
-    def _unique(self) -> OpcUaDevice:
-        self._check_points(self.points)
-        if (self.security_policy == "None") != (self.security_mode == "None"):
-            raise ValueError(f"security_policy '{self.security_policy}' and security_mode "
-                             f"'{self.security_mode}' do not fit: both are \"None\", or neither is")
-        return self
-
-
-class ModbusDevice(DeviceBase):
-    """A Modbus TCP server, e.g. a heat pump controller or a heat meter."""
-
-    protocol: Literal["modbus"]
-    unit_id: int = Field(default=1, ge=0, le=255)
-    max_registers_per_read: int = Field(default=125, ge=1, le=125)
-    max_gap_registers: int = Field(default=8, ge=0, le=124,
-                                   description="unmapped registers a coalesced read may bridge")
-    request_pause_s: float = Field(default=0.0, ge=0, le=10,
-                                   description="quiet time before each request on the connection, "
-                                               "for slow gateways")
-    points: list[ModbusPoint] = Field(min_length=1)
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        host, _, port = v.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in v:
-            raise ValueError(f"'{v}' is not a Modbus TCP endpoint like host:port")
-        return v
-
-    @model_validator(mode="after")
-    def _unique(self) -> ModbusDevice:
-        self._check_points(self.points)
-        return self
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        """Endpoint split into host and port."""
-        host, _, port = self.endpoint.rpartition(":")
-        return host, int(port)
-
-
-class MqttDevice(DeviceBase):
-    """An MQTT broker topic family, e.g. an M-Bus-to-MQTT gateway publishing heat meters."""
-
-    protocol: Literal["mqtt"]
-    client_id: str | None = None
-    qos: Literal[0, 1, 2] = 1
-    tls_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// (system CAs if unset)")
-    tls_cert_file: str | None = Field(default=None, description="client certificate (PEM) for mqtts://")
-    tls_key_file: str | None = Field(default=None, description="private key (PEM) of tls_cert_file")
-    clean_session: bool = Field(default=False,
-                                description="discard the broker-side session on connect; a session is only "
-                                            "kept when client_id is set")
-    points: list[MqttPoint] = Field(min_length=1)
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        u = urlsplit(v)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname or u.port is None:
-            raise ValueError(f"'{v}' is not an MQTT endpoint like mqtt://host:port or mqtts://host:port")
-        return v
-
-    @model_validator(mode="after")
-    def _unique(self) -> MqttDevice:
-        self._check_points(self.points)
-        return self
-
-
-Device = Annotated[OpcUaDevice | ModbusDevice | MqttDevice, Field(discriminator="protocol")]
-
-
-class PlantConfig(_Strict):
+class PlantConfig(StrictModel):
     """Plant identity."""
 
     name: str = "heat-recovery plant"
     timezone: str = "Europe/Copenhagen"
 
 
-class DatabaseConfig(_Strict):
+class DatabaseConfig(StrictModel):
     """PostgreSQL + TimescaleDB connection."""
 
     host: str = "127.0.0.1"
@@ -340,7 +98,7 @@ class DatabaseConfig(_Strict):
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}"
 
 
-class StorageConfig(_Strict):
+class StorageConfig(StrictModel):
     """Batching of the sample writer, its store-and-forward spool, and retention."""
 
     batch_size: int = Field(default=5000, ge=1, le=100_000, description="samples per COPY batch at most")
@@ -373,7 +131,7 @@ class StorageConfig(_Strict):
                                                           "edition offers compression; unset never compresses")
 
 
-class ApiConfig(_Strict):
+class ApiConfig(StrictModel):
     """HTTP API listener."""
 
     host: str = "127.0.0.1"
@@ -396,96 +154,12 @@ class ApiConfig(_Strict):
         return "https" if self.tls_cert_file else "http"
 
 
-class SimCdu(_Strict):
-    """A simulated CDU served over OPC UA."""
-
-    id: str = Field(pattern=ID_PATTERN)
-    endpoint: str = "opc.tcp://127.0.0.1:4841"
-    it_load_kw: float = Field(default=800.0, gt=0)
-    supply_temperature_setpoint: float = 30.0
-    supply_temperature_allowable_max: float = 35.0
-    setpoint_min: float = Field(default=15.0, description="lowest supply setpoint the CDU accepts over OPC UA")
-    setpoint_max: float = Field(default=45.0, description="highest supply setpoint the CDU accepts over OPC UA")
-
-
-class SimHeatPump(_Strict):
-    """A simulated heat pump served over Modbus TCP."""
-
-    id: str = Field(pattern=ID_PATTERN)
-    endpoint: str = "127.0.0.1:5020"
-    unit_id: int = Field(default=1, ge=0, le=255)
-    capacity_kw: float = Field(default=1000.0, gt=0)
-    carnot_efficiency: float = Field(default=0.5, gt=0, le=1)
-    supply_setpoint: float = Field(default=70.0, description="local setpoint, also the watchdog fallback")
-    setpoint_min: float = Field(default=40.0, description="lowest remote setpoint accepted over Modbus")
-    setpoint_max: float = Field(default=85.0, description="highest remote setpoint accepted over Modbus")
-    time_constant_s: float = Field(default=60.0, gt=0, description="first-order lag of the supply temperature")
-    dead_time_s: float = Field(default=0.0, ge=0, le=3600,
-                               description="delay before a new supply target starts to act (transport, staging)")
-    min_load_fraction: float = Field(default=0.0, ge=0, lt=1,
-                                     description="modulation floor: below this share of capacity the pump stops")
-    trip_temperature: float = Field(default=90.0, description="condenser (supply) temperature that trips the pump")
-    initial_electric_energy_kwh: float = Field(default=0.0, ge=0,
-                                               description="electricity meter register at simulation start")
-    watchdog_timeout_s: float = Field(default=60.0, gt=0,
-                                      description="fall back to the local setpoint this long after the "
-                                                  "last heartbeat write (armed by the first one)")
-
-
-class SimHeatMeter(_Strict):
-    """A simulated EN 1434 heat meter published by an M-Bus-to-MQTT gateway."""
-
-    id: str = Field(pattern=ID_PATTERN)
-    protocol: Literal["mqtt", "modbus"] = Field(default="mqtt", description="M-Bus-to-MQTT gateway or Modbus TCP")
-    endpoint: str = Field(default="127.0.0.1:5030", description="host:port of a Modbus meter")
-    unit_id: int = Field(default=1, ge=0, le=255, description="unit id of a Modbus meter")
-    serial: str = "71234567"
-    topic: str = "mbus/heatmeter/71234567"
-    publish_interval_s: float = Field(default=1.0, gt=0)
-    initial_energy_gj: float = Field(default=0.0, ge=0, description="energy register at simulation start")
-    initial_volume_m3: float = Field(default=0.0, ge=0, description="volume register at simulation start")
-    register_wrap_gj: float = Field(default=4294967.296, gt=0,
-                                    description="the energy register rolls over to 0 here (uint32 MJ by default)")
-
-
-class SimulationConfig(_Strict):
-    """The simulated plant that `heatrec simulate` and `heatrec demo` serve."""
-
-    seed: int = 1
-    outdoor_temperature: float = 5.0
-    dh_design_demand_kw: float | None = Field(
-        default=None, gt=0, description="network heat demand at the design outdoor temperature; none = unlimited")
-    dh_design_outdoor_temperature: float = Field(default=-12.0, description="outdoor temperature of full demand")
-    dh_heating_limit_temperature: float = Field(default=17.0, description="above this only hot-water demand is left")
-    dh_base_demand_fraction: float = Field(default=0.15, ge=0, le=1,
-                                           description="hot-water share of the design demand, all year")
-    direct_exchange_kw: float = Field(default=0.0, ge=0,
-                                      description="capacity of the direct heat exchanger (source to DH); 0 = none")
-    direct_exchange_approach_k: float = Field(default=3.0, ge=0,
-                                              description="DH water leaves the exchanger this far below the source")
-    pipe_loss_fraction: float = Field(default=0.005, ge=0, lt=0.5,
-                                      description="share of the recovered heat lost before the meters")
-    surplus_heat_kw: float = Field(default=0.0, ge=0, description="an industrial surplus-heat source (no CDU)")
-    dry_cooler_capacity_kw: float | None = Field(
-        default=None, ge=0, description="heat the dry coolers can reject; none = unlimited. Heat that neither "
-                                        "recovery nor dry coolers take raises the CDU supply temperature")
-    surplus_heat_temperature: float = Field(default=90.0, gt=0, lt=150, description="its temperature, °C")
-    control_port: int | None = Field(default=None, ge=0, lt=65536,
-                                     description="HTTP fault-injection endpoint on 127.0.0.1; none = off")
-    mqtt_broker: str = "mqtt://127.0.0.1:1883"
-    mqtt_username: str | None = None
-    mqtt_password: str | None = None
-    cdus: list[SimCdu] = Field(default_factory=list)
-    heat_pumps: list[SimHeatPump] = Field(default_factory=list)
-    heat_meters: list[SimHeatMeter] = Field(default_factory=list)
-
-
 ScadaPolicy = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt",
                      "Aes128Sha256RsaOaep_Sign", "Aes128Sha256RsaOaep_SignAndEncrypt",
                      "Aes256Sha256RsaPss_Sign", "Aes256Sha256RsaPss_SignAndEncrypt"]
 
 
-class ScadaUser(_Strict):
+class ScadaUser(StrictModel):
     """A user of the SCADA OPC UA server."""
 
     username: str = Field(min_length=1)
@@ -493,7 +167,7 @@ class ScadaUser(_Strict):
     role: Literal["viewer", "operator", "admin"] = "viewer"
 
 
-class ScadaConfig(_Strict):
+class ScadaConfig(StrictModel):
     """The OPC UA server SCADA reads the plant from."""
 
     endpoint: str = "opc.tcp://127.0.0.1:4840"
@@ -514,122 +188,10 @@ class ScadaConfig(_Strict):
         return v
 
 
-_POINT_REF_PATTERN = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
+_POINT_REF = POINT_REF_PATTERN
 
 
-class LimitAlarm(_Strict):
-    """Limit and quality alarms on one point."""
-
-    point: str = Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$", description="full point id, device.point")
-    high: float | None = Field(default=None, description="alarm when the value rises above this")
-    low: float | None = Field(default=None, description="alarm when the value falls below this")
-    deadband: float = Field(default=0.0, ge=0, description="the value must come back this far inside to clear")
-    on_delay_s: float = Field(default=0.0, ge=0, description="the condition must last this long to alarm")
-    quality: bool = Field(default=True, description="also alarm when the point's quality is BAD or STALE")
-    severity: Literal["low", "medium", "high", "critical"] = "medium"
-    message: str = ""
-
-    @model_validator(mode="after")
-    def _limits(self) -> LimitAlarm:
-        if self.high is not None and self.low is not None and self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
-
-
-class StateAlarm(_Strict):
-    """An alarm on a point's discrete value: a bit of a status word, a code, or a set of vendor codes."""
-
-    point: str = Field(pattern=_POINT_REF_PATTERN, description="full point id, device.point (a status word or code)")
-    name: str = Field(pattern=ID_PATTERN, description="the alarm's name; its id is POINT:NAME")
-    bit: int | None = Field(default=None, ge=0, le=63, description="alarm on this bit of the value (0 = lowest)")
-    bit_value: Literal[0, 1] = Field(default=1, description="with bit: the bit's value that alarms")
-    equals: int | None = Field(default=None, description="alarm when the value equals this code")
-    codes: dict[str, str] | None = Field(default=None, description="alarm on any of these codes, each with its "
-                                                                   "text (vendor fault codes): { \"17\" = \"...\" }")
-    on_delay_s: float = Field(default=0.0, ge=0, description="the condition must last this long to alarm")
-    severity: Literal["low", "medium", "high", "critical"] = "high"
-    message: str = ""
-
-    @model_validator(mode="after")
-    def _one_condition(self) -> StateAlarm:
-        given = [k for k in ("bit", "equals", "codes") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of bit, equals or codes" + (f" (got {', '.join(given)})" if given
-                                                                           else ""))
-        if self.name in ("high", "low", "quality"):
-            raise ValueError(f"name '{self.name}' is taken by the limit alarms of a point: choose another")
-        for code in self.codes or {}:
-            try:
-                int(code)
-            except ValueError:
-                raise ValueError(f"codes: key '{code}' is not an integer code") from None
-        return self
-
-    @property
-    def alarm_id(self) -> str:
-        """POINT:NAME."""
-        return f"{self.point}:{self.name}"
-
-
-class AlarmsMqttConfig(_Strict):
-    """Publish every alarm state change as retained JSON to an MQTT broker (SCADA, HMIs)."""
-
-    url: str = Field(description="mqtt://host[:port] or mqtts://host[:port] of the broker")
-    topic_prefix: str = Field(default="heatrec/alarms", description="alarms go to PREFIX/ALARM_ID")
-    username: str | None = None
-    password: str | None = Field(default=None, description="use ${VAR} to keep it out of the file")
-    client_id: str | None = Field(default=None, description="MQTT client id; the broker picks one if unset")
-    qos: Literal[0, 1, 2] = 1
-    retain: bool = Field(default=True, description="retained: a client that subscribes later gets the current state")
-    queue_size: int = Field(default=1000, ge=1, le=1_000_000,
-                            description="changes held while the broker is away; the oldest are dropped beyond it")
-    tls_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// (system CAs if unset)")
-    tls_cert_file: str | None = Field(default=None, description="client certificate (PEM) for mqtts://")
-    tls_key_file: str | None = Field(default=None, description="private key (PEM) of tls_cert_file")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        u = urlsplit(v)
-        try:
-            u.port  # noqa: B018 - raises ValueError for a port that is not a number
-        except ValueError:
-            raise ValueError(f"'{v}' has an invalid port") from None
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname or u.path not in ("", "/"):
-            raise ValueError(f"'{v}' is not a broker URL like mqtt://host:1883 or mqtts://host:8883")
-        return v
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#\0"):
-            raise ValueError(f"'{v}' is not a topic prefix like heatrec/alarms (no wildcards, no leading or "
-                             "trailing '/')")
-        return v
-
-    @model_validator(mode="after")
-    def _tls(self) -> AlarmsMqttConfig:
-        if self.tls_key_file is not None and self.tls_cert_file is None:
-            raise ValueError("tls_key_file needs tls_cert_file")
-        return self
-
-
-class AlarmsConfig(_Strict):
-    """Alarm rules; every device also gets an offline alarm."""
-
-    device_offline_delay_s: float = Field(default=10.0, ge=0, description="a device not connected this long alarms")
-    device_offline_severity: Literal["low", "medium", "high", "critical"] = "high"
-    evaluate_interval_s: float = Field(default=1.0, gt=0, le=60)
-    limits: list[LimitAlarm] = Field(default_factory=list)
-    states: list[StateAlarm] = Field(default_factory=list, description="alarms on discrete values (status bits, "
-                                                                        "codes)")
-    mqtt: AlarmsMqttConfig | None = Field(default=None, description="also publish alarm changes over MQTT")
-
-
-_POINT_REF = _POINT_REF_PATTERN
-
-
-class AccountingMeter(_Strict):
+class AccountingMeter(StrictModel):
     """A billing heat meter: its register point, the points that cross-check it, and its class data."""
 
     id: str = Field(pattern=ID_PATTERN, description="meter id used in settlements and the API")
@@ -654,7 +216,7 @@ class AccountingMeter(_Strict):
         return self
 
 
-class AccountingHeatPump(_Strict):
+class AccountingHeatPump(StrictModel):
     """A heat pump's electricity register, for the 3 x electricity deduction, COP and PUE."""
 
     id: str = Field(pattern=ID_PATTERN)
@@ -664,7 +226,7 @@ class AccountingHeatPump(_Strict):
     gap_s: float = Field(default=900.0, gt=0, description="readings further apart than this make a gap")
 
 
-class SupplyContract(_Strict):
+class SupplyContract(StrictModel):
     """A surplus-heat supply contract: who sells to whom through which meters, and its price terms."""
 
     id: str = Field(pattern=ID_PATTERN)
@@ -700,7 +262,7 @@ class SupplyContract(_Strict):
         return self
 
 
-class Co2Factor(_Strict):
+class Co2Factor(StrictModel):
     """Avoided CO2 per kWh of heat in a year; years between are interpolated linearly."""
 
     year: int = Field(ge=1990, le=2100)
@@ -713,7 +275,7 @@ _BR18_DH = [Co2Factor(year=2023, kg_per_kwh=0.105, source="BR18 annex 2 table 8,
             Co2Factor(year=2030, kg_per_kwh=0.0713, source="BR18 annex 2 table 8, district heating 2030")]
 
 
-class AccountingConfig(_Strict):
+class AccountingConfig(StrictModel):
     """Billing-grade heat accounting: meters, heat pumps, contracts, KPI factors."""
 
     rules_dir: str = Field(default=str(PACKAGED_RULES_DIR),
@@ -762,175 +324,7 @@ class AccountingConfig(_Strict):
         return out
 
 
-class ControlCurvePoint(_Strict):
-    """One breakpoint of the outdoor compensation curve."""
-
-    outdoor: float = Field(description="outdoor temperature, °C")
-    supply: float = Field(description="network supply temperature target at that outdoor temperature, °C")
-
-
-class ControlPid(_Strict):
-    """PID gains; output and setpoint in °C."""
-
-    kp: float = Field(default=1.0, ge=0, description="proportional gain, K of setpoint per K of error")
-    ti_s: float | None = Field(default=60.0, gt=0, description="integral time; none = no integral action")
-    td_s: float = Field(default=0.0, ge=0, description="derivative time (on the measurement); 0 = none")
-    derivative_filter: float = Field(default=8.0, gt=0, description="N: the derivative is filtered with Td/N")
-    tracking_time_s: float | None = Field(default=None, gt=0,
-                                          description="anti-windup back-calculation time; none = sqrt(Ti·Td) or Ti")
-
-
-class ControlHeatPump(_Strict):
-    """One heat pump the loop setpoints (all points are full point ids, device.point)."""
-
-    id: str = Field(pattern=ID_PATTERN, description="name in status, staging and audit")
-    setpoint: str = Field(pattern=_POINT_REF, description="writable supply setpoint point, °C")
-    supply_temperature: str | None = Field(default=None, pattern=_POINT_REF, description="its own supply, °C")
-    sg_ready: str | None = Field(default=None, pattern=_POINT_REF,
-                                 description="writable SG-Ready point: staging writes 0 (run) or 1 (blocked)")
-    heartbeat: str | None = Field(default=None, pattern=_POINT_REF,
-                                  description="writable heartbeat point, written every cycle to keep the "
-                                              "device's watchdog from falling back to its local setpoint")
-    status: str | None = Field(default=None, pattern=_POINT_REF,
-                               description="status word; bit 1 (fault) makes the pump unavailable to staging")
-    heat_output: str | None = Field(default=None, pattern=_POINT_REF, description="condenser heat, kW")
-    capacity_kw: float = Field(default=1000.0, gt=0, description="nominal heat output for staging decisions")
-
-
-class ControlCdu(_Strict):
-    """A CDU whose secondary supply temperature must stay at or below its allowable maximum."""
-
-    supply_temperature: str = Field(pattern=_POINT_REF, description="secondary supply temperature point, °C")
-    allowable_max: str | None = Field(default=None, pattern=_POINT_REF,
-                                      description="point holding the allowable maximum, °C")
-    allowable_max_value: float | None = Field(default=None, description="fixed allowable maximum when no point")
-
-    @model_validator(mode="after")
-    def _limit(self) -> ControlCdu:
-        if self.allowable_max is None and self.allowable_max_value is None:
-            raise ValueError("set allowable_max (a point) or allowable_max_value (°C)")
-        return self
-
-
-class ControlStaging(_Strict):
-    """Lead/lag staging of several heat pumps through their SG-Ready points."""
-
-    min_run_s: float = Field(default=600.0, ge=0, description="a started pump runs at least this long")
-    min_stop_s: float = Field(default=300.0, ge=0, description="a stopped pump stays off at least this long")
-    stage_up_delay_s: float = Field(default=120.0, ge=0, description="need for one more pump must last this long")
-    stage_down_delay_s: float = Field(default=600.0, ge=0, description="surplus of one pump must last this long")
-    stage_up_load: float = Field(default=0.9, gt=0, le=1,
-                                 description="stage up when the running pumps give more than this share of capacity")
-    stage_down_load: float = Field(default=0.4, ge=0, lt=1,
-                                   description="stage down when one pump fewer would run below this share")
-    direct_source_temperature: str | None = Field(
-        default=None, pattern=_POINT_REF,
-        description="source temperature point; when it minus direct_approach_k reaches the target, the direct "
-                    "exchanger alone holds the supply and the heat pumps are staged off")
-    direct_approach_k: float = Field(default=3.0, ge=0, description="direct exchanger approach, K")
-    direct_margin_k: float = Field(default=1.0, ge=0, description="hysteresis of the direct/boost decision, K")
-
-
-class ControlConfig(_Strict):
-    """The supply-temperature loop: target, PID with feedforward, CDU limit, staging, safe state."""
-
-    period_s: float = Field(default=1.0, gt=0, le=60, description="fixed cycle period")
-    initial_mode: Literal["auto", "manual", "off"] = Field(default="auto", description="mode at start-up")
-    supply_temperature: str = Field(pattern=_POINT_REF, description="controlled variable: network supply, °C")
-    outdoor_temperature: str | None = Field(default=None, pattern=_POINT_REF,
-                                            description="outdoor temperature point the curve reads")
-    target: Literal["curve", "fixed"] = Field(default="curve", description="where the target comes from")
-    fixed_target: float | None = Field(default=None, description="target when target = fixed, °C")
-    curve: list[ControlCurvePoint] = Field(
-        default_factory=lambda: [ControlCurvePoint(outdoor=-12.0, supply=80.0),
-                                 ControlCurvePoint(outdoor=15.0, supply=65.0)],
-        description="outdoor compensation breakpoints, outdoor ascending; flat outside")
-    target_min: float = Field(default=50.0, description="lowest target (curve, fixed or override), °C")
-    target_max: float = Field(default=85.0, description="highest target, °C")
-    target_ramp_k_per_min: float = Field(default=3.0, gt=0, description="the target in force moves at most this fast")
-    pid: ControlPid = ControlPid()
-    feedforward: bool = Field(default=True, description="add the feedforward terms below to the PID output")
-    feedforward_lead_s: float = Field(default=0.0, ge=0,
-                                      description="target-rate lead: adds lead·d(target)/dt to cover the plant lag")
-    feedforward_heat: list[str] = Field(default_factory=list, description="points summed as recovered heat, kW")
-    feedforward_heat_gain: float = Field(default=0.0, description="K of setpoint per MW of recovered heat")
-    feedforward_heat_reference_kw: float = Field(default=0.0, description="recovered heat at which that term is 0")
-    feedforward_outdoor_gain: float = Field(default=0.0, description="K of setpoint per K of outdoor temperature")
-    feedforward_outdoor_reference: float = Field(default=0.0, description="outdoor temperature where it is 0")
-    heat_pumps: list[ControlHeatPump] = Field(min_length=1)
-    setpoint_min: float = Field(default=40.0, description="lowest heat-pump setpoint the loop writes, °C")
-    setpoint_max: float = Field(default=85.0, description="highest heat-pump setpoint the loop writes, °C")
-    setpoint_rate_k_per_s: float = Field(default=0.5, gt=0, description="largest setpoint change per second")
-    deadband_k: float = Field(default=0.05, ge=0, description="smaller setpoint changes wait for the refresh")
-    refresh_s: float = Field(default=10.0, gt=0, description="unchanged setpoints are written again this often")
-    start_grace_s: float = Field(default=30.0, ge=0, le=600,
-                                 description="at start, wait this long for the first inputs before a safe state")
-    request_expiry_default_s: float = Field(default=28800.0, gt=0,
-                                            description="an operator override or manual mode without expires_in_s "
-                                                        "ends after this (one 8-hour shift)")
-    request_expiry_max_s: float = Field(default=259200.0, gt=0,
-                                        description="longest expires_in_s an operator may ask (3 days)")
-    state_file: str = Field(default="var/control-state.json",
-                            description="mode, override and manual setpoint in force, restored at start")
-    safe_setpoint: float | None = Field(
-        default=None, description="written to every heat pump in the safe state; none = stop writing and let "
-                                  "each heat pump's watchdog fall back to its local setpoint")
-    cdus: list[ControlCdu] = Field(default_factory=list)
-    cdu_margin_k: float = Field(default=0.5, ge=0, description="the CDU limit controller holds this below the max")
-    cdu_pid: ControlPid = ControlPid(kp=4.0, ti_s=30.0, td_s=90.0)
-    stale_after_s: float = Field(default=5.0, gt=0, description="an input older than this is stale")
-    frozen_after_s: float | None = Field(
-        default=300.0, gt=0, description="the supply temperature unchanged this long counts as a frozen sensor")
-    staging: ControlStaging = ControlStaging()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ControlConfig:
-        if self.request_expiry_default_s > self.request_expiry_max_s:
-            raise ValueError(f"request_expiry_default_s ({self.request_expiry_default_s}) is above "
-                             f"request_expiry_max_s ({self.request_expiry_max_s})")
-        if self.target_min > self.target_max:
-            raise ValueError(f"target_min ({self.target_min}) is above target_max ({self.target_max})")
-        if self.setpoint_min > self.setpoint_max:
-            raise ValueError(f"setpoint_min ({self.setpoint_min}) is above setpoint_max ({self.setpoint_max})")
-        if self.target == "fixed" and self.fixed_target is None:
-            raise ValueError("target = 'fixed' needs fixed_target")
-        if self.target == "curve":
-            if len(self.curve) < 2:
-                raise ValueError("curve needs at least two breakpoints")
-            if self.outdoor_temperature is None:
-                raise ValueError("target = 'curve' needs outdoor_temperature (a point)")
-        outs = [p.outdoor for p in self.curve]
-        if any(outs[i + 1] <= outs[i] for i in range(len(outs) - 1)):
-            raise ValueError("curve breakpoints must have strictly ascending outdoor temperatures")
-        if self.safe_setpoint is not None and not self.setpoint_min <= self.safe_setpoint <= self.setpoint_max:
-            raise ValueError(f"safe_setpoint ({self.safe_setpoint}) is outside setpoint_min..setpoint_max")
-        ids = [h.id for h in self.heat_pumps]
-        if len(set(ids)) != len(ids):
-            raise ValueError("heat_pumps ids must be unique")
-        return self
-
-    def point_refs(self) -> list[tuple[str, str, bool]]:
-        """(field path, point id, must be writable) for every point the loop reads or writes."""
-        refs: list[tuple[str, str, bool]] = [("control.supply_temperature", self.supply_temperature, False)]
-        if self.outdoor_temperature:
-            refs.append(("control.outdoor_temperature", self.outdoor_temperature, False))
-        refs += [(f"control.feedforward_heat[{i}]", p, False) for i, p in enumerate(self.feedforward_heat)]
-        for i, hp in enumerate(self.heat_pumps):
-            for name in ("setpoint", "supply_temperature", "sg_ready", "heartbeat", "status", "heat_output"):
-                point = getattr(hp, name)
-                if point is not None:
-                    refs.append((f"control.heat_pumps[{i}].{name}", point, name in ("setpoint", "sg_ready",
-                                                                                      "heartbeat")))
-        for i, cdu in enumerate(self.cdus):
-            refs.append((f"control.cdus[{i}].supply_temperature", cdu.supply_temperature, False))
-            if cdu.allowable_max:
-                refs.append((f"control.cdus[{i}].allowable_max", cdu.allowable_max, False))
-        if self.staging.direct_source_temperature:
-            refs.append(("control.staging.direct_source_temperature", self.staging.direct_source_temperature, False))
-        return refs
-
-
-class HeatrecConfig(_Strict):
+class HeatrecConfig(StrictModel):
     """The whole plant configuration file."""
 
     env_file: str | None = Field(default=None,

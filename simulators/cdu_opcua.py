@@ -13,7 +13,7 @@ from asyncua import Node, Server, ua
 from asyncua.server.address_space import NodeData
 
 from service.clock import Clock
-from service.config import SimCdu
+from simulators.config import SimCdu
 from simulators.errors import SimulatorError
 from simulators.faults import FaultBoard
 from simulators.net import ensure_port_free, listen_error, split_opcua_endpoint

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
 from simulators.cdu_opcua import CDU_VARIABLES
+from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
 
 PLANTS_DIR = Path(__file__).resolve().parent.parent / "config" / "plants"
 _UNITS = {"°C": "degC", "l/min": "L/min", "kW": "kW", "%": "%"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from service.errors import HeatrecError
 
-class SimulatorError(Exception):
+
+class SimulatorError(HeatrecError):
     """A simulator cannot start or run as configured; the message says which face and why."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pymodbus.constants import ExcCodes
 
-from service.config import SimHeatMeter
+from simulators.config import SimHeatMeter
 from simulators.faults import FaultBoard
 from simulators.heat_pump_modbus import float32_registers, int16_register, uint32_registers
 from simulators.modbus_face import ModbusFace

@@ -13,8 +13,8 @@ from typing import Any
 
 import aiomqtt
 
-from service.config import SimHeatMeter
 from service.tasks import cancel_and_wait
+from simulators.config import SimHeatMeter
 from simulators.faults import FaultBoard
 from simulators.net import split_mqtt_url
 from simulators.plant import HeatMeterState, PlantModel

@@ -7,7 +7,7 @@ import struct
 
 from pymodbus.constants import ExcCodes
 
-from service.config import SimHeatPump
+from simulators.config import SimHeatPump
 from simulators.faults import FaultBoard
 from simulators.modbus_face import ModbusFace
 from simulators.plant import HeatPumpState, PlantModel

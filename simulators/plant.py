@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from service.clock import Clock
-from service.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
+from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
 from simulators.water import heat_coefficient
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from types import TracebackType
 from pymodbus.constants import ExcCodes
 
 from service.clock import Clock, RealClock
-from service.config import SimulationConfig
 from service.tasks import cancel_and_wait
 from simulators.cdu_opcua import CduOpcUaServer
+from simulators.config import SimulationConfig
 from simulators.control_http import ControlServer
 from simulators.errors import SimulatorError
 from simulators.faults import Fault, FaultBoard

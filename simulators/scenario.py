@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.config import ID_PATTERN
+from service.schema import ID_PATTERN
 from simulators.errors import SimulatorError
 from simulators.faults import FaultKind
 

@@ -8,7 +8,8 @@ also initialises: otherwise every package `__init__` that re-exports a submodule
 Imports computed at run time (`importlib.import_module`) are not seen.
 
 Patterns in the rules: `pkg.*` is the module `pkg` and everything below it, `*` any module, any
-other pattern exactly that module.
+other pattern exactly that module. In the layers an exact name wins over a `pkg.*` pattern, so one
+module of a package can stand in another layer than its package (a subsystem's `config` module).
 """
 
 from __future__ import annotations
@@ -240,6 +241,9 @@ def find_cycles(modules: Iterable[str], imports: Iterable[Import]) -> list[str]:
 def _layer(module: str, rules: Rules) -> tuple[int, str] | str:
     """The module's layer (index from the top) and the pattern that puts it there, or what is wrong."""
     hits = [(i, p) for i, (_, patterns) in enumerate(rules.layers) for p in patterns if matches(module, p)]
+    exact = [(i, p) for i, p in hits if p == module]
+    if exact:  # an exact name wins over the package patterns it also matches
+        hits = exact
     if len(hits) == 1:
         return hits[0]
     if not hits:
