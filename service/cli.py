@@ -12,18 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from service.config import ConfigError, HeatrecConfig, load_config
-from service.localservers.errors import LocalServerError
+from service.errors import HeatrecError
 from service.signals import run_until_signal
-from service.storage.database import DatabaseUnavailable
-
-# Errors whose message already says what to do: printed as one line, no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DatabaseUnavailable, LocalServerError)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from simulators.errors import SimulatorError
-
-    return (*USER_ERRORS, SimulatorError)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -164,24 +154,21 @@ def cmd_settle(args: argparse.Namespace) -> int:
     import json
 
     from service.accounting.documents import period_documents
-    from service.accounting.engine import AccountingError, month_bounds
-    from service.accounting.rules import RuleError
+    from service.accounting.engine import month_bounds
 
     cfg = load_config(args.config)
     from zoneinfo import ZoneInfo
 
-    try:
-        month_bounds(args.period, ZoneInfo(cfg.plant.timezone))  # a bad period fails before any connection
-        async def documents(conn: Any) -> list[dict[str, Any]]:
-            out: list[dict[str, Any]] = []
-            for c in args.contract or [None]:
-                out += await period_documents(conn, cfg, args.period, c)
-            return out
+    # AccountingError and RuleError are heatrec errors: main prints them as one line (exit 2).
+    month_bounds(args.period, ZoneInfo(cfg.plant.timezone))  # a bad period fails before any connection
 
-        docs: list[dict[str, Any]] = _with_database(args.config, documents)
-    except (AccountingError, RuleError) as err:
-        print(f"heatrec: error: {err}", file=sys.stderr)
-        return 2
+    async def documents(conn: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for c in args.contract or [None]:
+            out += await period_documents(conn, cfg, args.period, c)
+        return out
+
+    docs: list[dict[str, Any]] = _with_database(args.config, documents)
     if args.json:
         # A meter shared by two contracts counts once in the plant's total.
         per_meter = {m: gj for d in docs for m, gj in d["energy_gj"].items() if m != "total"}
@@ -360,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         # `heatrec probe ... | head`: the reader left. No traceback; stdout must not be flushed again at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a process ended by SIGPIPE
-    except _user_errors() as err:
+    except HeatrecError as err:  # heatrec's own errors say what to do: one line, no traceback
         print(f"heatrec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

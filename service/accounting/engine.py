@@ -32,12 +32,13 @@ from service.accounting.store import (
     sql_register_totals,
 )
 from service.config import AccountingConfig, AccountingHeatPump, AccountingMeter, HeatrecConfig
+from service.errors import InvalidRequest
 
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 INCOMPLETE = "incomplete"  # part of the range has neither register nor sensor data
 
 
-class AccountingError(Exception):
+class AccountingError(InvalidRequest):
     """Bad input to an accounting computation; the message says what to fix."""
 
 

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from service.errors import Conflict
+
 ChargeMethod = Literal["old", "indexed"]
 PriceLimit = Literal["min_cost_substitution", "cap", "none", "substitution"]
 _FAR_FUTURE = date(9999, 1, 1)
 
 
-class RuleError(Exception):
+class RuleError(Conflict):
     """A rule file is missing, malformed, or has no figure for a date; the message says which."""
 
 

@@ -13,9 +13,10 @@ import asyncpg
 from service.accounting.metering import PowerSample
 from service.accounting.registers import Reading, RegisterSpec, Replacement
 from service.accounting.settlement import Settlement
+from service.errors import Conflict
 
 
-class SettlementConflict(Exception):
+class SettlementConflict(Conflict):
     """A settlement version exists already and the request is not a correction with a reason."""
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from service.alarms.model import Alarm, AlarmEvent, AlarmState, Severity
 from service.config import AlarmsConfig, LimitAlarm, StateAlarm
+from service.errors import Conflict, NotFound
 from service.model import Quality, Sample
 
 S = AlarmState
@@ -21,8 +22,14 @@ def _state_text(rule: StateAlarm) -> str:
     return f"{rule.point} reports a fault code"
 
 
-class AlarmError(Exception):
-    """An operator action that does not apply (unknown alarm, nothing to acknowledge)."""
+class AlarmError(Conflict):
+    """An operator action that does not apply (nothing to acknowledge, not shelved)."""
+
+
+class UnknownAlarm(AlarmError, NotFound):
+    """No alarm with this id."""
+
+    http_status = 404
 
 
 class AlarmEngine:
@@ -152,7 +159,7 @@ class AlarmEngine:
         try:
             return self.alarms[alarm_id]
         except KeyError:
-            raise AlarmError(f"no alarm '{alarm_id}'") from None
+            raise UnknownAlarm(f"no alarm '{alarm_id}'") from None
 
     def acknowledge(self, alarm_id: str, by: str, now: datetime) -> AlarmEvent:
         """Acknowledge: active → acked active; returned-to-normal → normal."""

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import asyncpg
 
 from service.alarms.model import Alarm, AlarmEvent, AlarmState
+from service.errors import NotFound
+from service.storage.database import translated
 
 
 async def load_states(conn: asyncpg.Connection | asyncpg.Pool, alarms: dict[str, Alarm]) -> None:
@@ -37,13 +39,19 @@ async def save(conn: asyncpg.Connection | asyncpg.Pool, alarms: Iterable[Alarm],
             [(e.time, e.alarm_id, e.old.value, e.new.value, e.value, e.by, e.message) for e in events])
 
 
-class UnknownCursor(LookupError):
+class UnknownCursor(NotFound):
     """The event a page cursor names does not exist (never did, or was deleted)."""
 
 
 async def recent_events(conn: asyncpg.Connection | asyncpg.Pool, limit: int, alarm_id: str | None = None,
                         after_seq: int | None = None) -> list[asyncpg.Record]:
     """Newest alarm events first; with `after_seq`, those that sort after that event (the next page)."""
+    async with translated():
+        return await _recent_events(conn, limit, alarm_id, after_seq)
+
+
+async def _recent_events(conn: asyncpg.Connection | asyncpg.Pool, limit: int, alarm_id: str | None,
+                         after_seq: int | None) -> list[asyncpg.Record]:
     where: list[str] = []
     args: list[object] = []
     if alarm_id is not None:
@@ -52,7 +60,7 @@ async def recent_events(conn: asyncpg.Connection | asyncpg.Pool, limit: int, ala
     if after_seq is not None:
         anchor = await conn.fetchrow("SELECT time, seq FROM alarm_events WHERE seq = $1", after_seq)
         if anchor is None:
-            raise UnknownCursor(after_seq)
+            raise UnknownCursor(f"cursor {after_seq} names no alarm event: start again without a cursor")
         args += [anchor["time"], anchor["seq"]]
         where.append(f"(time, seq) < (${len(args) - 1}, ${len(args)})")
     args.append(limit)

@@ -15,10 +15,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.accounting.documents import close_refusal, period_documents
-from service.accounting.engine import AccountingError, meter_intervals, month_bounds, settle_month, year_bounds
+from service.accounting.engine import meter_intervals, month_bounds, settle_month, year_bounds
 from service.accounting.export import annual_report, settlements_csv
 from service.accounting.kpis import kpis
-from service.accounting.rules import RuleError
 from service.accounting.store import (
     SettlementConflict,
     add_manual_reading,
@@ -29,6 +28,7 @@ from service.api.params import NO_NUL, iso_times_only
 from service.api.params import operation_ref as _op
 from service.auth import Principal, Role
 from service.config import AccountingConfig, HeatrecConfig
+from service.storage.database import connection, translated
 
 PERIOD_PATTERN = r"^(199\d|20\d\d|2100)-(0[1-9]|1[0-2])$"
 ID_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -210,18 +210,10 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         return cfg.accounting
 
     async def guarded(work: Callable[[], Awaitable[Any]]) -> Any:
-        try:
+        # RuleError and SettlementConflict 409, AccountingError 422 (service/errors.py); asyncpg's errors as
+        # storage errors, also those of work that acquires on its own.
+        async with translated():
             return await work()
-        except RuleError as err:
-            raise HTTPException(409, str(err)) from None
-        except AccountingError as err:
-            raise HTTPException(422, str(err)) from None
-        except SettlementConflict as err:
-            raise HTTPException(409, str(err)) from None
-        except (asyncpg.DataError, OverflowError) as err:
-            raise HTTPException(422, f"out of range: {err}") from None
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-            raise HTTPException(503, "database unavailable, try again shortly") from err
 
     def contract_known(cfg: HeatrecConfig, contract_id: str) -> None:
         if contract_id not in {c.id for c in acc(cfg).contracts}:
@@ -253,7 +245,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         async def work() -> EnergyOut:
             out: list[IntervalOut] = []
             totals: dict[str, float] = {}
-            async with db.acquire() as conn:
+            async with connection(db) as conn:
                 for m in meters:
                     rows = await meter_intervals(conn, m, t0, t1, step)
                     totals[m.id] = round(sum(r.energy_gj for r in rows), 6)
@@ -284,7 +276,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
             contract_known(cfg, contract)
 
         async def work() -> list[dict[str, Any]]:
-            async with db.acquire() as conn:
+            async with connection(db) as conn:
                 return await period_documents(conn, cfg, period, contract, all_versions)
 
         docs: list[dict[str, Any]] = await guarded(work)
@@ -298,7 +290,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         contract_known(cfg, contract_id)
 
         async def work() -> dict[str, Any]:
-            async with db.acquire() as conn:
+            async with connection(db) as conn:
                 [s] = await settle_month(conn, cfg, period, [contract_id])
                 refusal = close_refusal(s, incomplete_reason or (reason if correction else ""))
                 if refusal is not None:
@@ -337,7 +329,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         t = _aware(body.time)
 
         async def work() -> int:
-            async with db.acquire() as conn:
+            async with connection(db) as conn:
                 return await add_manual_reading(conn, meter_id, t, body.value_gj, who.name, body.note)
 
         return RecordedOut(id=await guarded(work), meter=meter_id, time=t)
@@ -351,7 +343,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         t = _aware(body.time)
 
         async def work() -> int:
-            async with db.acquire() as conn:
+            async with connection(db) as conn:
                 return await add_replacement(conn, meter_id, t, body.old_serial, body.new_serial,
                                              body.old_final_gj, body.new_initial_gj, who.name)
 
@@ -376,7 +368,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
             t0, t1 = _range(start, end, timedelta(days=30))
 
         async def work() -> dict[str, Any]:
-            async with db.acquire() as conn:
+            async with connection(db) as conn:
                 return await kpis(conn, cfg, t0, t1)
 
         result: dict[str, Any] = await guarded(work)
@@ -391,7 +383,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         t0, t1 = year_bounds(year, ZoneInfo(cfg.plant.timezone))
 
         async def work() -> dict[str, Any]:
-            async with db.acquire() as conn:
+            async with connection(db) as conn:
                 return await kpis(conn, cfg, t0, t1)
 
         k: dict[str, Any] = await guarded(work)

@@ -29,6 +29,7 @@ from service.api.stream import add_stream_routes
 from service.api.token_cache import TokenCache
 from service.api.tokens import add_token_routes
 from service.auth import Principal
+from service.errors import HeatrecError, StorageUnavailable
 
 
 class ComponentHealth(BaseModel):
@@ -129,6 +130,14 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
                        and r.path_regex.match(request.url.path) for m in (r.methods or ())}
             if allowed:
                 resp.headers["Allow"] = ", ".join(sorted(allowed))
+        return resp
+
+    @app.exception_handler(HeatrecError)
+    async def heatrec_error(_: Request, exc: HeatrecError) -> JSONResponse:
+        # The one place heatrec's error tree becomes HTTP: each error knows its status (service/errors.py).
+        resp = _error(exc.http_status, str(exc))
+        if isinstance(exc, StorageUnavailable):
+            resp.headers["Retry-After"] = str(exc.retry_after_s)
         return resp
 
     @app.exception_handler(RequestValidationError)

@@ -14,7 +14,7 @@ from service.api.paging import CURSOR_HELP, LIMIT_HELP, MAX_LIMIT, Page, page_li
 from service.audit import read_audit
 from service.auth import Principal, Role
 from service.control.loop import ControlLoop
-from service.control.model import ControlRequest, ControlRequestError, ControlStatus
+from service.control.model import ControlRequest, ControlStatus
 
 _AUDIT_EXAMPLE: JsonDict = {"seq": 1042, "time": "2026-03-01T12:00:00Z", "principal": "shift-operator",
                             "role": "operator", "action": "control.set",
@@ -90,10 +90,7 @@ def add_control_routes(app: FastAPI, require: Callable[[Role], Callable[[Request
         if not body.model_fields_set:
             raise HTTPException(422, "empty request: give at least one of mode, supply_temperature_target, "
                                      "heat_pump_setpoint")
-        try:
-            return await c.request(body, who.name, who.role)
-        except ControlRequestError as err:
-            raise HTTPException(409 if getattr(err, "conflict", False) else 422, str(err)) from None
+        return await c.request(body, who.name, who.role)  # ControlRequestError: 422 or 409 (service/errors.py)
 
     @app.get("/api/v1/audit", response_model=AuditPage, tags=["control"])
     async def audit(_: Viewer, request: Request,

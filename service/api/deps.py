@@ -15,6 +15,7 @@ from service.api.auth_limiter import FailedAuthLimiter
 from service.api.state import ServiceState
 from service.api.token_cache import TokenCache
 from service.auth import Principal, Role, lookup_token
+from service.storage.database import translated
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
@@ -35,7 +36,8 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
                                      "(create one with 'heatrec token create')",
                                 headers={"WWW-Authenticate": "Bearer"})
         cache: TokenCache = request.app.state.token_cache
-        principal = await cache.principal(token.strip(), lambda t: lookup_token(state.pool, t))
+        async with translated():  # the database away while the token is not cached: 503, not a bare 500
+            principal = await cache.principal(token.strip(), lambda t: lookup_token(state.pool, t))
         if principal is None:
             limiter.failed(client)
             raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})

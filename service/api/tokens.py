@@ -13,6 +13,7 @@ from pydantic.config import JsonDict
 
 from service.audit import AuditEntry, AuditLog
 from service.auth import Principal, Role, issue_token, list_tokens, revoke_token_id
+from service.storage.database import connection
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 
@@ -77,13 +78,8 @@ def add_token_routes(app: FastAPI, require: Callable[[Role], Callable[[Request],
         return p
 
     async def guarded(work: Callable[[asyncpg.Connection], Awaitable[Any]], db: asyncpg.Pool) -> Any:
-        try:
-            async with db.acquire() as conn:
-                return await work(conn)
-        except asyncpg.DataError as err:  # a value the column cannot hold: the request's fault, not the database's
-            raise HTTPException(422, f"out of range: {err}") from None
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-            raise HTTPException(503, "database unavailable, try again shortly") from err
+        async with connection(db) as conn:  # a value the column cannot hold: 422; database away: 503
+            return await work(conn)
 
     async def audit(db: asyncpg.Pool, who: Principal, action: str, target: str, requested: Any,
                     outcome: str) -> None:

@@ -10,16 +10,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from service.errors import InvalidRequest
+
 Mode = Literal["auto", "manual", "off"]
 TargetSource = Literal["curve", "fixed", "override"]
 
 
-class ControlRequestError(Exception):
+class ControlRequestError(InvalidRequest):
     """An operator request that cannot be applied; the message says what is wrong and what to do."""
 
     def __init__(self, message: str, *, conflict: bool = False) -> None:
         super().__init__(message)
         self.conflict = conflict  # True: valid request, wrong state (HTTP 409); False: bad value (422)
+        self.http_status = 409 if conflict else 422
 
 
 class ControlRequest(BaseModel):

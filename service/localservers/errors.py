@@ -1,5 +1,7 @@
 """Errors of the local server managers."""
 
+from service.errors import HeatrecError
 
-class LocalServerError(Exception):
+
+class LocalServerError(HeatrecError):
     """A local server could not be set up or started; the message says what to do."""

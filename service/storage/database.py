@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 import asyncpg
 
 from service.config import DatabaseConfig
+from service.errors import StorageUnavailable, StorageValueError
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(StorageUnavailable):
     """PostgreSQL could not be reached or refused us; the message says what to check."""
+
+
+# asyncpg's and the socket's errors, as they reach a query: translated here, once, into the storage subtree.
+_VALUE_ERRORS = (asyncpg.DataError, OverflowError)
+_UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@contextlib.asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """asyncpg and socket errors of the work inside as StorageValueError (422) or StorageUnavailable (503)."""
+    try:
+        yield
+    except _VALUE_ERRORS as err:
+        raise StorageValueError(f"out of range: {err}") from err
+    except _UNAVAILABLE as err:
+        raise StorageUnavailable("database unavailable, try again shortly") from err
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection whose failures arrive as StorageValueError (422) or StorageUnavailable (503)."""
+    async with translated(), pool.acquire() as conn:
+        yield conn
 
 
 def _password(cfg: DatabaseConfig) -> str | None:

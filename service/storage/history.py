@@ -9,6 +9,9 @@ from typing import Literal
 
 import asyncpg
 
+from service.errors import InvalidRequest, NotFound
+from service.storage.database import translated
+
 Aggregate = Literal["avg", "min", "max", "last"]
 AGGREGATES: dict[str, str] = {"avg": "avg(value)", "min": "min(value)", "max": "max(value)",
                               "last": "last(value, time)"}
@@ -17,11 +20,11 @@ _STEP = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-class HistoryError(ValueError):
+class HistoryError(InvalidRequest, ValueError):
     """The request cannot be answered as asked (bad range, step or aggregate); the message says why."""
 
 
-class UnknownPoint(LookupError):
+class UnknownPoint(NotFound):
     """No point with this id is known to the database."""
 
 
@@ -64,6 +67,13 @@ def bounded_step(start: datetime, end: datetime, step: timedelta) -> timedelta:
 
 async def point_history(conn: asyncpg.Connection | asyncpg.Pool, point_id: str, start: datetime, end: datetime,
                         step: timedelta, agg: str = "avg") -> list[Bucket]:
+    """Buckets over [start, end) for one point (see `_point_history`); database errors as storage errors."""
+    async with translated():
+        return await _point_history(conn, point_id, start, end, step, agg)
+
+
+async def _point_history(conn: asyncpg.Connection | asyncpg.Pool, point_id: str, start: datetime, end: datetime,
+                         step: timedelta, agg: str) -> list[Bucket]:
     """Buckets over [start, end) for one point; readings without value (BAD, STALE) are left out.
 
     The result is bounded: a step that would give more than MAX_BUCKETS buckets is coarsened
@@ -80,7 +90,7 @@ async def point_history(conn: asyncpg.Connection | asyncpg.Pool, point_id: str, 
     step = bounded_step(start, end, step)
     key = await conn.fetchval("SELECT key FROM points WHERE id = $1", point_id)
     if key is None:
-        raise UnknownPoint(point_id)
+        raise UnknownPoint(f"no point '{point_id}'")
     # The bucket origin is `start`, so buckets begin where the caller's range does.
     rows = await conn.fetch(
         f"""SELECT time_bucket($1::interval, time, $3::timestamptz) AS t, {AGGREGATES[agg]} AS v, count(*) AS n

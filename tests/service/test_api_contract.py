@@ -124,3 +124,15 @@ async def test_a_token_id_beyond_the_column_is_a_422_not_a_503(api: dict[str, An
     r = await api["client"].delete("/api/v1/tokens/8589934592", headers=auth(api, "admin"))
     assert r.status_code == 422, r.text
     assert (await api["client"].delete("/api/v1/tokens/2147483647", headers=auth(api, "admin"))).status_code == 404
+
+
+async def test_a_database_gone_mid_request_is_a_json_503_with_retry_after(api: dict[str, Any]) -> None:
+    # One handler maps heatrec's error tree: storage errors translated in storage/ arrive as 503 + Retry-After.
+    c, viewer, admin = api["client"], auth(api, "viewer"), auth(api, "admin")
+    assert (await c.get("/api/v1/tokens", headers=admin)).status_code == 200  # the tokens are cached now
+    await api["app"].state.heatrec.pool.close()
+    for path, headers in (("/api/v1/points/m1.energy/history", viewer), ("/api/v1/tokens", admin),
+                          ("/api/v1/alarms/events", viewer)):
+        r = await c.get(path, headers=headers)
+        assert r.status_code == 503, (path, r.text)
+        assert int(r.headers["retry-after"]) >= 1 and r.json()["error"] == "database unavailable, try again shortly"
