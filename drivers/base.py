@@ -3,6 +3,7 @@
 A subclass supplies four hooks: `_connect` (create a fresh client and register its cleanup),
 `_serve` (read or receive until something fails), `_write_and_read_back` and `_tolerance`. The base
 class turns any failure into BAD samples, one warning, a jittered backoff and a brand-new connection.
+Over 400 lines because that life cycle, staleness and the checked write are one state machine.
 """
 
 from __future__ import annotations

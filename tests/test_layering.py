@@ -28,7 +28,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("infrastructure", ("service.storage.*", "service.audit", "service.auth", "service.localservers.*")),
     # The plant file's model: service.config puts together the sections each subsystem owns (its `config`
     # module) and the drivers' and simulators' maps below, and checks the references between them.
-    ("configuration", ("service.config", "service.alarms.config", "service.control.config")),
+    ("configuration", ("service.config", "service.accounting.config", "service.alarms.config", "service.api.config",
+                       "service.control.config", "service.scada.config", "service.storage.config")),
     # The wire: drivers talk to devices, simulators are devices.
     ("protocols", ("drivers.*", "simulators.*")),
     # What everything stands on: samples, the bus, the strict base of the config models, time, tasks, signals,
@@ -45,10 +46,15 @@ MAY_IMPORT_ONLY: dict[str, tuple[str, ...]] = {
     "simulators.*": ("simulators.*", "service.schema", "service.clock", "service.tasks", "service.errors"),
     # The whole file's model knows the sections' models, nothing that runs them.
     "service.config": ("service.schema", "service.errors", "drivers.config", "simulators.config",
-                       "service.alarms.config", "service.control.config"),
+                       "service.accounting.config", "service.alarms.config", "service.api.config",
+                       "service.control.config", "service.scada.config", "service.storage.config"),
     # A section's models are plain data: they stand on the strict base alone.
+    "service.accounting.config": ("service.schema",),
     "service.alarms.config": ("service.schema",),
+    "service.api.config": ("service.schema",),
     "service.control.config": ("service.schema",),
+    "service.scada.config": ("service.schema",),
+    "service.storage.config": ("service.schema",),
 }
 
 ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {

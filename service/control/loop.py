@@ -1,4 +1,8 @@
-"""ControlLoop: the fixed-period cycle around the pure Controller, with writes, operator requests and audit."""
+"""ControlLoop: the fixed-period cycle around the pure Controller, with writes, operator requests and audit.
+
+About 400 lines: the operator requests (validation, expiry, restart) change the same state the cycle reads,
+so they stay with it; the pure parts are in controller.py, the saved state in state.py.
+"""
 
 from __future__ import annotations
 
