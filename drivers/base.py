@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from drivers.backoff import Backoff
 from drivers.config import ModbusDevice, MqttDevice, OpcUaDevice, PointBase
 from drivers.errors import CodecError, DeviceRefused, DriverError, DriverTimeout, WriteRejected
 from service.bus import SampleSink
+from service.clock import RealClock, SleepingClock
 from service.model import Quality, Sample, utcnow
 
 DeviceT = TypeVar("DeviceT", OpcUaDevice, ModbusDevice, MqttDevice)
@@ -132,11 +132,14 @@ class Driver(ABC, Generic[DeviceT]):
 
     protocol: ClassVar[str]
 
-    def __init__(self, device: DeviceT, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, device: DeviceT, sink: SampleSink, *, backoff: Backoff | None = None,
+                 clock: SleepingClock | None = None) -> None:
         self.device: DeviceT = device
         self.stats = DriverStats()
         self._sink = sink
         self._backoff = backoff or Backoff(device.backoff_initial_s, device.backoff_max_s)
+        # Polling, backoff and staleness run on this clock (virtual in tests); wire timeouts stay real.
+        self._clock: SleepingClock = clock or RealClock()
         self._log = logging.getLogger(type(self).__module__)
         self._points: dict[str, PointBase] = {p.id: p for p in device.points}
         self._state = ConnectionState.STOPPED
@@ -294,7 +297,7 @@ class Driver(ABC, Generic[DeviceT]):
             periods = self._stale_periods = {p.id: self._stale_after(p) for p in self._points.values()}
             distinct = set(periods.values())
             self._uniform_period = (distinct.pop(),) if len(distinct) == 1 else None
-        now = time.monotonic()
+        now = self._clock.monotonic()
         uniform = self._uniform_period
         if uniform is None:  # points differ in their periods
             deadline = self._deadline
@@ -310,14 +313,14 @@ class Driver(ABC, Generic[DeviceT]):
 
     async def _poll_forever(self, poll_once: Callable[[], Awaitable[None]]) -> None:
         """Poll at a fixed rate; a poll that overran skips the missed slots rather than bursting."""
-        loop = asyncio.get_running_loop()
-        next_poll = loop.time()
+        clock = self._clock
+        next_poll = clock.monotonic()
         while True:
             await poll_once()
             raise_if_cancelled()
             self._mark_healthy()
-            next_poll = max(next_poll + self.device.poll_interval_s, loop.time())
-            await asyncio.sleep(next_poll - loop.time())
+            next_poll = max(next_poll + self.device.poll_interval_s, clock.monotonic())
+            await clock.sleep(next_poll - clock.monotonic())
 
     def _mark_healthy(self) -> None:
         """Called once data flows on a connection: resets the backoff, logs recovery once."""
@@ -329,7 +332,7 @@ class Driver(ABC, Generic[DeviceT]):
             self._failing = False
             self.stats.reconnects += 1
             self._log.info("%s: recovered, values flowing again after %.1f s",
-                           self.device_id, time.monotonic() - self._failing_since)
+                           self.device_id, self._clock.monotonic() - self._failing_since)
         elif not self._announced:
             self._log.info("%s: connected to %s", self.device_id, self.device.endpoint)
         self._announced = True
@@ -341,7 +344,7 @@ class Driver(ABC, Generic[DeviceT]):
             await self._attempt()
             raise_if_cancelled()
             self._set_state(ConnectionState.BACKING_OFF)
-            await asyncio.sleep(self._backoff.next_delay())
+            await self._clock.sleep(self._backoff.next_delay())
 
     async def _attempt(self) -> None:
         """One connection, from creation to failure; the client is always closed afterwards."""
@@ -386,7 +389,7 @@ class Driver(ABC, Generic[DeviceT]):
             self._log.debug("%s: still failing: %s", self.device_id, describe(err))
             return
         self._failing = True
-        self._failing_since = time.monotonic()
+        self._failing_since = self._clock.monotonic()
         self._log.warning("%s: %s; points are BAD, reconnecting with backoff (at most %g s apart)",
                           self.device_id, describe(err), self._backoff.cap,
                           exc_info=None if isinstance(err, DriverError) else err)
@@ -404,19 +407,19 @@ class Driver(ABC, Generic[DeviceT]):
     def _refresh(self, point: PointBase) -> None:
         after = self._stale_after(point)
         if after is not None:
-            self._deadline[point.id] = time.monotonic() + after
+            self._deadline[point.id] = self._clock.monotonic() + after
             self._stale.discard(point.id)
 
     def _arm_staleness(self) -> None:
         """Start the clock for points not seen yet on this connection, so silence turns them STALE."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         for point in self._points.values():
             after = self._stale_after(point)
             if after is not None and self._publishes(point):
                 self._deadline.setdefault(point.id, now + after)
 
     def _check_staleness(self) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         for pid, deadline in list(self._deadline.items()):
             if now >= deadline and pid not in self._stale:
                 self._stale.add(pid)
@@ -429,7 +432,7 @@ class Driver(ABC, Generic[DeviceT]):
         # A quarter of the shortest period: a point turns STALE at most 25 % late.
         tick = min(1.0, max(0.01, min(periods) / 4))
         while True:
-            await asyncio.sleep(tick)
+            await self._clock.sleep(tick)
             self._check_staleness()
 
     # ------------------------------------------------------------------ writes

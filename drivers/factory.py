@@ -9,19 +9,21 @@ from drivers.modbus import ModbusDriver, ModbusLinks
 from drivers.mqtt import MqttDriver
 from drivers.opcua import OpcUaDriver
 from service.bus import SampleSink
+from service.clock import SleepingClock
 
 AnyDriver = Driver[OpcUaDevice] | Driver[ModbusDevice] | Driver[MqttDevice]
 
 
 def create_driver(device: OpcUaDevice | ModbusDevice | MqttDevice, sink: SampleSink, *,
-                  backoff: Backoff | None = None, modbus_links: ModbusLinks | None = None) -> AnyDriver:
+                  backoff: Backoff | None = None, modbus_links: ModbusLinks | None = None,
+                  clock: SleepingClock | None = None) -> AnyDriver:
     """The generic driver for the device's protocol, publishing to `sink`; not started yet.
 
     Modbus devices built with the same `modbus_links` share one connection per endpoint (gateways)."""
     if isinstance(device, OpcUaDevice):
-        return OpcUaDriver(device, sink, backoff=backoff)
+        return OpcUaDriver(device, sink, backoff=backoff, clock=clock)
     if isinstance(device, ModbusDevice):
-        return ModbusDriver(device, sink, backoff=backoff, links=modbus_links)
+        return ModbusDriver(device, sink, backoff=backoff, links=modbus_links, clock=clock)
     if isinstance(device, MqttDevice):
-        return MqttDriver(device, sink, backoff=backoff)
+        return MqttDriver(device, sink, backoff=backoff, clock=clock)
     raise TypeError(f"no driver for protocol {getattr(device, 'protocol', type(device).__name__)!r}")

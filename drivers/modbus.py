@@ -35,6 +35,7 @@ from drivers.errors import (
     WriteRejected,
 )
 from service.bus import SampleSink
+from service.clock import SleepingClock
 from service.model import Quality, utcnow
 
 MAX_BITS_PER_READ = 2000  # Modbus limit for coils and discrete inputs in one request
@@ -195,6 +196,9 @@ class BlockDecoder:
         return good, failed
 
 
+ClientFactory = Callable[..., AsyncModbusTcpClient]  # (host, port=, name=, timeout=, retries=, reconnect_delay=)
+
+
 class ModbusLinks:
     """The Modbus TCP connections of one owner (the service, a probe), one per endpoint.
 
@@ -203,8 +207,9 @@ class ModbusLinks:
     test and a service) in one process never share a connection by accident.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, client_factory: ClientFactory = AsyncModbusTcpClient) -> None:
         self._links: dict[tuple[str, int], ModbusLink] = {}
+        self.client_factory = client_factory  # pymodbus' client; tests give a scripted fake
 
     def acquire(self, host: str, port: int) -> ModbusLink:
         """The link to host:port, created on first use; every acquire is matched by a `release`."""
@@ -246,8 +251,8 @@ class ModbusLink:
             # Our own timeouts (asyncio.timeout per request, per device) decide; pymodbus' timer is
             # set beyond any device's so it never cuts in, and its reconnect and retries are off
             # because our backoff re-creates the connection.
-            self.client = AsyncModbusTcpClient(host, port=port, name=name, timeout=MAX_TIMEOUT_S + 1.0,
-                                               retries=0, reconnect_delay=0)
+            self.client = self._owner.client_factory(host, port=port, name=name, timeout=MAX_TIMEOUT_S + 1.0,
+                                                     retries=0, reconnect_delay=0)
             if not await self.client.connect():
                 self.client.close()
                 self.client = None
@@ -276,8 +281,8 @@ class ModbusDriver(Driver[ModbusDevice]):
     protocol = "modbus"
 
     def __init__(self, device: ModbusDevice, sink: SampleSink, *, backoff: Backoff | None = None,
-                 links: ModbusLinks | None = None) -> None:
-        super().__init__(device, sink, backoff=backoff)
+                 links: ModbusLinks | None = None, clock: SleepingClock | None = None) -> None:
+        super().__init__(device, sink, backoff=backoff, clock=clock)
         self._links = links if links is not None else ModbusLinks()  # alone: a connection of its own
         self._initial_plan = plan_reads(device.points, device.max_registers_per_read,
                                         device.max_gap_registers)

@@ -21,6 +21,7 @@ from drivers.config import MqttDevice, MqttPoint, PointBase
 from drivers.errors import DriverConnectionError, MalformedPayload
 from drivers.mqtt_link import PahoLink, TlsFileError, client_tls_context
 from service.bus import SampleSink
+from service.clock import SleepingClock
 from service.model import Quality, Sample, utcnow
 
 KEEPALIVE_S = 30  # a silently dead broker is noticed after about 1.5 keepalives
@@ -177,8 +178,9 @@ class MqttDriver(Driver[MqttDevice]):
 
     protocol = "mqtt"
 
-    def __init__(self, device: MqttDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
-        super().__init__(device, sink, backoff=backoff)
+    def __init__(self, device: MqttDevice, sink: SampleSink, *, backoff: Backoff | None = None,
+                 clock: SleepingClock | None = None) -> None:
+        super().__init__(device, sink, backoff=backoff, clock=clock)
         self._paths: dict[str, tuple[Path | None, Path | None]] = {
             p.id: (compile_path(p.json_path) if p.json_path else None,
                    compile_path(p.timestamp_path) if p.timestamp_path else None)

@@ -32,6 +32,7 @@ from drivers.errors import (
     WriteRejected,
 )
 from service.bus import SampleSink
+from service.clock import SleepingClock
 from service.model import Quality, utcnow
 
 T = TypeVar("T")
@@ -151,8 +152,9 @@ class OpcUaDriver(Driver[OpcUaDevice]):
 
     protocol = "opcua"
 
-    def __init__(self, device: OpcUaDevice, sink: SampleSink, *, backoff: Backoff | None = None) -> None:
-        super().__init__(device, sink, backoff=backoff)
+    def __init__(self, device: OpcUaDevice, sink: SampleSink, *, backoff: Backoff | None = None,
+                 clock: SleepingClock | None = None) -> None:
+        super().__init__(device, sink, backoff=backoff, clock=clock)
         self._parsed: dict[str, tuple[str | None, str]] = {}
         self._paths: dict[str, list[ua.QualifiedName]] = {}  # point id -> browse names, for browse_path points
         self._browse_paths = {p.id: p.browse_path for p in device.points if p.browse_path is not None}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -19,8 +22,20 @@ class Clock(Protocol):
         ...
 
 
+class SleepingClock(Clock, Protocol):
+    """A clock that can also wait: what the drivers' polling, backoff and staleness run on."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after `seconds` on this clock."""
+        ...
+
+
 class RealClock:
     """The system clock."""
+
+    async def sleep(self, seconds: float) -> None:
+        """asyncio.sleep."""
+        await asyncio.sleep(seconds)
 
     def now(self) -> datetime:
         """Current UTC time."""
@@ -42,6 +57,8 @@ class VirtualClock:
             raise ValueError("VirtualClock start must be timezone-aware")
         self._start = start.astimezone(UTC)
         self._elapsed = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []  # (wake time, order, future)
+        self._order = itertools.count()
 
     def now(self) -> datetime:
         """Start time plus everything advanced so far."""
@@ -56,3 +73,16 @@ class VirtualClock:
         if seconds < 0:
             raise ValueError(f"cannot advance a clock by a negative time ({seconds} s)")
         self._elapsed += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._elapsed:
+            fut = heapq.heappop(self._sleepers)[2]
+            if not fut.done():  # a cancelled sleep is simply dropped
+                fut.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once `advance` has moved the clock `seconds` on (a non-positive wait only yields)."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._order), fut))
+        await fut
