@@ -35,7 +35,7 @@ from service.storage.points import sync_points
 from service.storage.retention import enable_rollups, run_retention
 from service.storage.spool import Spool, spool_path
 from service.storage.writer import SampleWriter
-from service.tasks import cancel_and_wait
+from service.tasks import Running
 from service.writes import WriteArbiter, WriteRequest
 
 log = logging.getLogger(__name__)
@@ -173,35 +173,35 @@ class Service:
             app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms,
                                             control=self.control))
             server = _ApiServer(api_server_config(app, cfg.api))
-            async with asyncio.TaskGroup() as tg:
-                writer_task = tg.create_task(self.writer.run(), name="storage-writer")
-                retention_task = tg.create_task(run_retention(pool, cfg.storage), name="storage-retention")
-                rollup_task = tg.create_task(run_rollups(pool, cfg), name="accounting-rollups") \
-                    if cfg.accounting is not None else None
-                driver_tasks = [tg.create_task(d.run(), name=f"driver-{d.device_id}") for d in self.drivers]
-                alarm_task = tg.create_task(self.alarms.run(), name="alarms")
-                publisher_task = tg.create_task(self.alarm_publisher.run(), name="alarm-mqtt") \
-                    if self.alarm_publisher is not None else None
-                control_task = tg.create_task(self.control.run(), name="control") \
-                    if self.control is not None else None
-                api_task = tg.create_task(server.serve(sockets=[sock]), name="api")
-                while not server.started and not api_task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
-                    await asyncio.sleep(0.01)
-                self.started.set()
-                log.info("heatrec running: %d devices, API on %s://%s:%d",
-                         len(self.drivers), cfg.api.scheme, cfg.api.host, self.api_port)
-                await self._stop.wait()
-                log.info("stopping")
+            # The long-lived parts, in dependency order; the stack stops them in reverse (API first, writer
+            # last, so it flushes what the drivers produced), then SCADA, the spool, the pool and the socket.
+            running = Running(stack)
+            running.start("storage-writer", self.writer.run())
+            running.start("storage-retention", run_retention(pool, cfg.storage))
+            if cfg.accounting is not None:
+                running.start("accounting-rollups", run_rollups(pool, cfg))
+            # Stopped together; cancel_and_wait retries, as a library's wait_for can swallow one cancel.
+            running.start_together([(f"driver-{d.device_id}", d.run()) for d in self.drivers])
+            running.start("alarms", self.alarms.run())
+            if self.alarm_publisher is not None:
+                running.start("alarm-mqtt", self.alarm_publisher.run())
+            if self.control is not None:  # stopped before the drivers: no write may race their shutdown
+                running.start("control", self.control.run())
+
+            async def stop_api(task: asyncio.Task[object]) -> None:
                 server.should_exit = True
-                await api_task
-                if control_task is not None:  # before the drivers: no write may race their shutdown
-                    await cancel_and_wait(control_task)
-                # Retrying cancels: a library's wait_for can swallow one and leave a driver polling.
-                await asyncio.gather(*(cancel_and_wait(t) for t in driver_tasks), return_exceptions=True)
-                alarm_task.cancel()
-                if publisher_task is not None:
-                    await cancel_and_wait(publisher_task)
-                retention_task.cancel()
-                if rollup_task is not None:
-                    await cancel_and_wait(rollup_task)
-                writer_task.cancel()
+                await task
+
+            api_task = running.start("api", server.serve(sockets=[sock]), stop=stop_api)
+            while not server.started and not api_task.done():  # noqa: ASYNC110 - uvicorn offers only a flag
+                await asyncio.sleep(0.01)
+            if api_task.done():
+                api_task.result()  # the API could not start: its error, after the stack has stopped the rest
+            self.started.set()
+            log.info("heatrec running: %d devices, API on %s://%s:%d",
+                     len(self.drivers), cfg.api.scheme, cfg.api.host, self.api_port)
+            crashed = await running.until(self._stop)
+            log.info("stopping")
+            if crashed is not None:
+                log.error("%s failed: stopping the service", crashed.get_name())
+                crashed.result()  # raises its error; unwinding the stack stops the others first
