@@ -165,13 +165,15 @@ class Service:
                 self.control = ControlLoop(cfg.control, self.bus, control_write, audit=audit.record,
                                            caps=lambda caps: arbiter.set_caps("cdu_limit", caps),
                                            state_path=Path(cfg.control.state_file))
+                arbiter.control = self.control  # operators reach the loop parameters through the arbiter too
             if cfg.scada is not None:
-                self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms)
+                self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms,
+                                         arbiter=self.arbiter)
                 stack.push_async_callback(self.scada.stop)  # also after a start that failed half-way
                 await self.scada.start()
             registry, latency = build_registry(self)
             app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms,
-                                            control=self.control))
+                                            control=self.control, arbiter=self.arbiter))
             server = _ApiServer(api_server_config(app, cfg.api))
             # The long-lived parts, in dependency order; the stack stops them in reverse (API first, writer
             # last, so it flushes what the drivers produced), then SCADA, the spool, the pool and the socket.

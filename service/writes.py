@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 from drivers.base import WriteResult
 from service.clock import Clock, RealClock
 from service.control.arbiter import Priority
+from service.errors import NotFound
 
 if TYPE_CHECKING:
     from service.audit import AuditSink
     from service.config import PointBase
+    from service.control.loop import ControlLoop
+    from service.control.model import ControlRequest, ControlStatus
 
 log = logging.getLogger(__name__)
 DeviceWrite = Callable[[str, float], Awaitable[WriteResult]]
@@ -56,11 +59,17 @@ class Cap:
     source: str
 
 
+async def _no_device(point: str, value: float) -> WriteResult:
+    return WriteResult(point, "rejected", value, message="no device is reachable through this arbiter")
+
+
 class WriteArbiter:
-    """Owned by the composition root; the drivers' write is reachable only through `submit`."""
+    """Owned by the composition root; the drivers' write is reachable only through `submit`, and the control
+    loop's parameters (mode, supply-target override, manual setpoint) only through `request_control`."""
 
     def __init__(self, points: Mapping[str, PointBase], write: DeviceWrite, clock: Clock | None = None,
                  audit: AuditSink | None = None) -> None:
+        self.control: ControlLoop | None = None  # the owner of the loop parameters, attached by the service
         self._points = points
         self._write = write
         self._clock: Clock = clock or RealClock()
@@ -101,6 +110,23 @@ class WriteArbiter:
             await self._record(h.principal, "operator", "write.expired", h.target, h.value, None, "expired",
                                f"hold by {h.principal} ({h.source}) ended; automatic control has the point again")
         return ended
+
+    @classmethod
+    def for_control(cls, control: ControlLoop | None) -> WriteArbiter:
+        """An arbiter for the loop parameters alone (no device reachable): for an API or SCADA server built
+        without the service around it, so they too have only the one way in."""
+        arbiter = cls({}, _no_device)
+        arbiter.control = control
+        return arbiter
+
+    # --- loop parameters -------------------------------------------------------------------------
+
+    async def request_control(self, req: ControlRequest, principal: str, role: str) -> ControlStatus:
+        """An operator's change of the loop parameters (API, SCADA): validated, expiring, saved and audited by
+        the loop that owns them; what they make the loop write comes back through `submit`."""
+        if self.control is None:
+            raise NotFound("control is not enabled: add a [control] section to the plant config (docs/CONFIG.md)")
+        return await self.control.request(req, principal, role)
 
     # --- the one way to a device ---------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from service.audit import read_audit
 from service.auth import Principal, Role
 from service.control.loop import ControlLoop
 from service.control.model import ControlRequest, ControlStatus
+from service.writes import WriteArbiter
 
 _AUDIT_EXAMPLE: JsonDict = {"seq": 1042, "time": "2026-03-01T12:00:00Z", "principal": "shift-operator",
                             "role": "operator", "action": "control.set",
@@ -81,7 +82,7 @@ def add_control_routes(app: FastAPI, require: Callable[[Role], Callable[[Request
         return c.status()
 
     @app.put("/api/v1/control", response_model=ControlStatus, tags=["control"], responses=_STATUS_RESPONSE)
-    async def put_control(who: Operator, c: Loop,
+    async def put_control(who: Operator, _: Loop, request: Request,
                           body: Annotated[ControlRequest, Body(openapi_examples=_REQUEST_EXAMPLES)]) -> ControlStatus:
         """Change mode, target override (null returns to the curve) or, in manual, the heat-pump setpoint (operator).
 
@@ -90,7 +91,9 @@ def add_control_routes(app: FastAPI, require: Callable[[Role], Callable[[Request
         if not body.model_fields_set:
             raise HTTPException(422, "empty request: give at least one of mode, supply_temperature_target, "
                                      "heat_pump_setpoint")
-        return await c.request(body, who.name, who.role)  # ControlRequestError: 422 or 409 (service/errors.py)
+        # Through the plant's write arbiter, like every writer; ControlRequestError: 422 or 409 (service/errors.py).
+        arbiter: WriteArbiter = request.app.state.heatrec.arbiter
+        return await arbiter.request_control(body, who.name, who.role)
 
     @app.get("/api/v1/audit", response_model=AuditPage, tags=["control"])
     async def audit(_: Viewer, request: Request,

@@ -12,6 +12,7 @@ from service.alarms.manager import AlarmManager
 from service.bus import SampleBus
 from service.config import HeatrecConfig
 from service.control.loop import ControlLoop
+from service.writes import WriteArbiter
 
 
 @dataclass
@@ -26,3 +27,8 @@ class ServiceState:
     latency: Histogram | None = None  # API request latency, observed by a middleware
     alarms: AlarmManager | None = None
     control: ControlLoop | None = None  # [control] configured
+    arbiter: WriteArbiter | None = None  # every write; made here when the caller (a test) gives none
+
+    def __post_init__(self) -> None:
+        if self.arbiter is None:
+            self.arbiter = WriteArbiter.for_control(self.control)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from asyncua import Node, Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
+from service.writes import WriteArbiter
+
 if TYPE_CHECKING:
     from service.control.loop import ControlLoop
 
@@ -51,8 +53,10 @@ def _status(code: int) -> ua.StatusCode:
 class ControlNodes:
     """Publishes ControlLoop.status() and turns SCADA writes into operator requests."""
 
-    def __init__(self, control: ControlLoop) -> None:
+    def __init__(self, control: ControlLoop, arbiter: WriteArbiter | None = None) -> None:
         self._control = control
+        # Operator requests go through the service's arbiter, like the API's (one of its own when alone).
+        self._arbiter = arbiter if arbiter is not None else WriteArbiter.for_control(control)
         self._server: Server | None = None
         self._nodes: dict[str, Node] = {}
         self._by_nodeid: dict[ua.NodeId, str] = {}
@@ -120,7 +124,7 @@ class ControlNodes:
                 return _status(ua.StatusCodes.BadNotWritable)
             principal = f"scada:{user.name}" if user.name else "scada"
             role = "admin" if user.role == UserRole.Admin else "operator"
-            await self._control.request(req, principal, role)
+            await self._arbiter.request_control(req, principal, role)
         except ControlRequestError as err:
             self.writes_refused += 1
             log.warning("SCADA write to Control/%s refused: %s", name, err)

@@ -32,6 +32,7 @@ from service.scada.units import eu_information
 if TYPE_CHECKING:
     from service.alarms.manager import AlarmManager
     from service.control.loop import ControlLoop
+    from service.writes import WriteArbiter
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,10 @@ class ScadaServer:
     """The plant as an OPC UA address space, fed from the sample bus."""
 
     def __init__(self, cfg: ScadaConfig, plant: HeatrecConfig, bus: SampleBus, base_dir: Path = Path("."),
-                 control: ControlLoop | None = None, alarms: AlarmManager | None = None) -> None:
+                 control: ControlLoop | None = None, alarms: AlarmManager | None = None,
+                 arbiter: WriteArbiter | None = None) -> None:
         self.cfg, self._plant, self._bus = cfg, plant, bus
-        self.control_nodes = ControlNodes(control) if control is not None else None
+        self.control_nodes = ControlNodes(control, arbiter) if control is not None else None
         self.alarm_nodes = AlarmNodes(alarms) if alarms is not None else None
         self._cert_dir = base_dir / cfg.certificate_dir
         self._server: Server | None = None

@@ -160,3 +160,19 @@ async def test_start_waits_for_the_first_inputs_before_a_safe_state() -> None:
     assert h.writes == [] and h.audit == []
     await h.cycles(25, publish=False)  # the grace is over and still nothing: now it is a safe state
     assert h.loop.status().safe_state and [e.action for e in h.audit] == ["control.safe_state"]
+
+
+async def test_loop_parameters_are_requested_through_the_arbiter() -> None:
+    from service.errors import NotFound
+
+    h = Harness()
+    await h.cycles(2)
+    arbiter = WriteArbiter.for_control(h.loop)
+    st = await arbiter.request_control(ControlRequest(supply_temperature_target=74.0), "ops", "operator")
+    assert st.override == 74.0 and h.audit[-1].principal == "ops"
+    with pytest.raises(ControlRequestError):  # the loop's own checks still apply
+        await arbiter.request_control(ControlRequest(supply_temperature_target=500.0), "ops", "operator")
+    with pytest.raises(NotFound, match=r"\[control\]"):
+        await WriteArbiter.for_control(None).request_control(ControlRequest(mode="auto"), "ops", "operator")
+    refused = await arbiter.submit(WriteRequest(SP, 60.0, Priority.OPERATOR, "api"))
+    assert refused.status == "rejected", "a parameters-only arbiter reaches no device"
