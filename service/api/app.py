@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from service.api.accounting import add_accounting_routes
 from service.api.alarms import add_alarm_routes
 from service.api.auth_limiter import FailedAuthLimiter
+from service.api.catch_all import CatchAllMiddleware
 from service.api.control import add_control_routes
 from service.api.deps import ErrorOut, require
 from service.api.docs_assets import add_docs_routes
@@ -118,6 +119,7 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
 
     if state.latency is not None:
         app.add_middleware(LatencyMiddleware, histogram=state.latency)
+    app.add_middleware(CatchAllMiddleware)  # added last: the outermost of ours, so nothing escapes as text/plain
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -136,3 +136,19 @@ async def test_a_database_gone_mid_request_is_a_json_503_with_retry_after(api: d
         r = await c.get(path, headers=headers)
         assert r.status_code == 503, (path, r.text)
         assert int(r.headers["retry-after"]) >= 1 and r.json()["error"] == "database unavailable, try again shortly"
+
+
+async def test_an_untranslated_error_is_a_json_500_with_an_id_logged_once(
+        api: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    app = api["app"]
+
+    @app.get("/api/v1/test-only-boom", include_in_schema=False)
+    async def boom() -> None:
+        raise RuntimeError("a bug nobody translated")
+
+    r = await api["client"].get("/api/v1/test-only-boom")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    error_id = r.json()["error_id"]
+    assert error_id in r.json()["error"] and "a bug" not in r.text  # the client gets the id, not the internals
+    logged = [rec for rec in caplog.records if rec.exc_info and error_id in rec.getMessage()]
+    assert len(logged) == 1 and not [rec for rec in caplog.records if rec.exc_info and rec not in logged]
