@@ -81,13 +81,6 @@ class WriteArbiter:
 
     # --- what safety functions and operators put in force --------------------------------------
 
-    def set_cap(self, target: str, cap: Cap | None) -> None:
-        """Bound (or release, with None) what any writer below safety priority may set on `target`."""
-        if cap is None:
-            self._caps.pop(target, None)
-        else:
-            self._caps[target] = cap
-
     def set_caps(self, source: str, caps: Mapping[str, float]) -> None:
         """Replace every cap `source` puts in force with `caps` (point -> upper bound)."""
         for target in [t for t, c in self._caps.items() if c.source == source and t not in caps]:
@@ -196,12 +189,13 @@ class WriteArbiter:
     async def _audit_result(self, req: WriteRequest, result: WriteResult, kinds: str | None) -> None:
         # The controller's own routine writes are its business (they are in the control status); anything a
         # person asked for, and anything the arbiter changed or refused, is in the trail.
-        if req.priority == Priority.AUTOMATIC and result.status != "rejected":
-            # Once per episode: a rate-limited ramp would otherwise write an entry every cycle.
-            if kinds == self._limited.get(req.target):
+        if req.priority == Priority.AUTOMATIC:
+            # Once per episode: a ramp, or a point an operator holds, would otherwise write an entry every cycle.
+            episode = "refused" if result.status == "rejected" else kinds
+            if episode == self._limited.get(req.target):
                 return
-            self._limited[req.target] = kinds
-            if kinds is None:
+            self._limited[req.target] = episode
+            if episode is None:
                 return
         applied = result.written if result.ok else None
         detail = result.message or (f"held for {req.hold_s:g} s" if req.hold_s else "")

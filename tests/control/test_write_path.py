@@ -77,6 +77,7 @@ async def test_an_operator_hold_refuses_automatic_writes_until_it_expires() -> N
     assert held.ok and SP in arb.holds()
     r = await arb.submit(auto(70.0))
     assert r.status == "rejected" and "held by bob" in r.message
+    assert (await arb.submit(auto(70.0))).status == "rejected"  # every cycle refused, audited once
     clock.advance(61.0)
     assert (await arb.submit(auto(70.0))).ok
     assert dev.sent == [(SP, 55.0), (SP, 70.0)] and arb.holds() == {}
