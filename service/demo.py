@@ -30,22 +30,24 @@ def _load_credentials(path: Path) -> dict[str, Any]:
             "opcua": {"username": "scada", "password": secrets.token_urlsafe(18)}}
 
 
-def _save_credentials(path: Path, data: dict[str, Any]) -> None:
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by its owner only (tokens and passwords), never half-written."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.chmod(tmp, 0o600)  # tokens and passwords: owner only
+    tmp.write_text(text)
+    os.chmod(tmp, 0o600)
     tmp.replace(path)
+
+
+def _save_credentials(path: Path, data: dict[str, Any]) -> None:
+    _write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def _save_env_file(path: Path, creds: dict[str, Any]) -> None:
     """The demo's passwords as KEY=VALUE lines, for the config's env_file: CLI commands then find them too."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("# written by `heatrec demo`; the plant config names it in env_file\n"
-                   f"HEATREC_DB_PASSWORD={creds['database']['password']}\n"
-                   f"HEATREC_MQTT_PASSWORD={creds['mqtt']['password']}\n"
-                   f"HEATREC_SCADA_PASSWORD={creds['opcua']['password']}\n")
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    _write_private(path, "# written by `heatrec demo`; the plant config names it in env_file\n"
+                         f"HEATREC_DB_PASSWORD={creds['database']['password']}\n"
+                         f"HEATREC_MQTT_PASSWORD={creds['mqtt']['password']}\n"
+                         f"HEATREC_SCADA_PASSWORD={creds['opcua']['password']}\n")
 
 
 def demo_ports(cfg: HeatrecConfig) -> dict[str, tuple[str, int]]:

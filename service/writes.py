@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from drivers.base import WriteResult
+from drivers.base import Driver, WriteResult
 from service.clock import Clock, RealClock
 from service.control.arbiter import Priority
 from service.errors import NotFound
@@ -150,19 +150,18 @@ class WriteArbiter:
         point = self._points.get(req.target)
         if point is None:
             return f"unknown point '{req.target}'"
-        if not point.writable:
-            return f"point '{req.target}' is not writable"
-        if not math.isfinite(req.value):
-            return "value must be a finite number"
+        # The drivers' own envelope check: not writable and not finite are refused for everyone; a value out
+        # of range is refused for a person (say no rather than send something else), clamped for the loop.
+        why = Driver.envelope_violation(point, req.value)
+        if why is not None and (not point.writable or not math.isfinite(req.value)):
+            return why
         hold = self._holds.get(req.target)
         if hold is not None and hold.priority > req.priority:
             left = hold.until - self._clock.monotonic()
             return (f"held by {hold.principal} ({hold.source}, {hold.priority.name.lower()} priority) at "
                     f"{hold.value} for {left:.0f} s more")
-        outside = (point.min is not None and req.value < point.min) or (point.max is not None and req.value > point.max)
-        if outside and req.priority > Priority.AUTOMATIC:
-            # A person asked for it: say no rather than send something else.
-            return f"{req.value} is outside the point's envelope {point.min}..{point.max}"
+        if why is not None and req.priority > Priority.AUTOMATIC:
+            return f"{why}: outside the point's envelope {point.min}..{point.max}"
         return None
 
     def _shape(self, req: WriteRequest) -> tuple[float, dict[str, str]]:

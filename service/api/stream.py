@@ -53,15 +53,16 @@ def add_stream_routes(app: FastAPI, require: Callable[[Role], Callable[[Request]
                     if alarm_q is not None:
                         getters.add(asyncio.ensure_future(alarm_q.get()))
                     try:
-                        done, _ = await asyncio.wait(getters, timeout=KEEPALIVE_S,
-                                                     return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        # Also when the client leaves mid-wait (the generator is closed here): no getter may
-                        # outlive the stream ("Task was destroyed but it is pending").
-                        waiting = [g for g in getters if not g.done()]
-                        for g in waiting:
+                        done, pending = await asyncio.wait(getters, timeout=KEEPALIVE_S,
+                                                           return_when=asyncio.FIRST_COMPLETED)
+                    except BaseException:
+                        # The client left mid-wait (the generator is closed here): no getter may outlive the
+                        # stream ("Task was destroyed but it is pending").
+                        for g in getters:
                             g.cancel()
-                        await asyncio.gather(*waiting, return_exceptions=True)
+                        raise
+                    for p in pending:
+                        p.cancel()
                     if not done:
                         yield ": keep-alive\n\n"
                     for d in done:
