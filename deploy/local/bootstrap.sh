@@ -59,6 +59,9 @@ apt_install() {
 DEBS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR}
       mosquitto mosquitto-clients cmake make gcc libssl-dev xz-utils ca-certificates python3-venv
       prometheus wrk jq chromium fonts-dejavu-core)
+# systemd-analyze verifies deploy/systemd/heatrec.service in the tests (a minimal image may lack systemd;
+# installing the package starts nothing where systemd is not PID 1).
+command -v systemd-analyze >/dev/null 2>&1 || DEBS+=(systemd)
 # promtool lints /metrics in the tests (the daemon is never started); wrk loads bench_api; jq reads
 # var/demo/credentials.json in the README's commands; headless chromium renders /docs and /redoc offline
 # in tests/service/test_api_docs_offline.py, with DejaVu so the text is drawn (no recommended fonts here).
