@@ -35,20 +35,20 @@ from service.localservers import PostgresCluster, free_port
 PATH = "/api/v1/points"
 
 
-def plant(points: int, token_cache_s: float = 2.0) -> HeatrecConfig:
+def plant(points: int) -> HeatrecConfig:
     """A plant of Modbus devices with 40 points each, `points` in all."""
     devices = []
     for d in range(0, points, 40):
         pts = [{"id": f"p{i}", "unit": "degC", "address": i, "function": "input", "scale": 0.1}
                for i in range(min(40, points - d))]
         devices.append({"id": f"dev{d // 40}", "protocol": "modbus", "endpoint": "127.0.0.1:5020", "points": pts})
-    return parse_config({"devices": devices, "api": {"token_cache_s": token_cache_s}})
+    return parse_config({"devices": devices})
 
 
 # ---------------------------------------------------------------------------------- servers
 
 
-def serve_heatrec(port: int, points: int, token_cache_s: float, db: DatabaseConfig) -> None:
+def serve_heatrec(port: int, points: int, db: DatabaseConfig) -> None:
     """heatrec's API as the service builds it, every point with a latest sample."""
     import uvicorn
 
@@ -59,7 +59,7 @@ def serve_heatrec(port: int, points: int, token_cache_s: float, db: DatabaseConf
     from service.model import Quality, Sample
     from service.storage.database import connect_pool
 
-    cfg = plant(points, token_cache_s)
+    cfg = plant(points)
 
     async def main() -> None:
         svc = Service(cfg)  # not run: only its bus and metrics, as the API sees them
@@ -183,8 +183,6 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8, help="seconds per round and side (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds per side (default %(default)s)")
     ap.add_argument("--load", choices=("auto", "wrk", "httpx"), default="auto")
-    ap.add_argument("--token-cache-s", type=float, default=2.0,
-                    help="[api] token_cache_s of the heatrec side; 0 asks the database every request")
     ap.add_argument("--serve", choices=("heatrec", "bare"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--body-file", type=Path, help=argparse.SUPPRESS)
@@ -192,7 +190,7 @@ def main() -> None:
 
     if args.serve == "heatrec":
         db = DatabaseConfig(**json.loads(os.environ["HEATREC_BENCH_DB"]))
-        serve_heatrec(args.port, args.points, args.token_cache_s, db)
+        serve_heatrec(args.port, args.points, db)
         return
     if args.serve == "bare":
         serve_bare(args.port, args.body_file)
@@ -211,8 +209,8 @@ def main() -> None:
         me = [sys.executable, str(Path(__file__).resolve())]
         hport, bport = free_port(), free_port()
         env = {**os.environ, "HEATREC_BENCH_DB": db.model_dump_json()}
-        procs.append(subprocess.Popen([*me, "--serve", "heatrec", "--port", str(hport), "--points", str(args.points),
-                                       "--token-cache-s", str(args.token_cache_s)], env=env))
+        procs.append(subprocess.Popen([*me, "--serve", "heatrec", "--port", str(hport), "--points", str(args.points)],
+                                      env=env))
         wait_listening(hport, procs[-1])
         import httpx
 
@@ -249,7 +247,7 @@ def main() -> None:
 
     print(f"GET {PATH}: {args.points} points, {len(body.content)} bytes (bare {bare_size} bytes), "
           f"{args.connections} connections, {args.rounds} x {args.duration:.0f} s per side, "
-          f"load: {'wrk' if use_wrk else 'httpx'}, token cache {args.token_cache_s:g} s")
+          f"load: {'wrk' if use_wrk else 'httpx'}, tokens from the local store")
     print(f"{'side':8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'server CPU us/req':>18}")
     for side in ("bare", "heatrec"):
         print(f"{side:8} {median(side, 'p50') * 1e3:8.2f} {median(side, 'p99') * 1e3:8.2f} {median(side, 'rps'):8.0f} "

@@ -17,25 +17,30 @@ from drivers import create_driver
 from drivers.base import Driver, WriteResult
 from drivers.modbus import ModbusLinks
 from service.accounting.rollup_task import run_rollups
+from service.accounting.store import apply_manual_reading, apply_replacement
+from service.alarms import store as alarm_store
 from service.alarms.manager import AlarmManager
 from service.alarms.mqtt_publisher import AlarmPublisher
 from service.api.app import create_app
 from service.api.state import ServiceState
-from service.audit import AuditLog
+from service.audit import AuditEntry, AuditLog, apply_audit
 from service.bus import SampleBus
 from service.config import ApiConfig, HeatrecConfig
 from service.control.arbiter import Priority
 from service.control.loop import ControlLoop
 from service.localservers.errors import LocalServerError
 from service.metrics import build_registry
+from service.model import utcnow
 from service.scada.server import ScadaServer
-from service.storage.database import connect_pool
+from service.storage.database import Database
+from service.storage.journal import Journal, apply_event, journal_path
 from service.storage.migrations import migrate
 from service.storage.points import sync_points
 from service.storage.retention import enable_rollups, run_retention
 from service.storage.spool import Spool, spool_path
 from service.storage.writer import SampleWriter
 from service.tasks import Running
+from service.token_store import TokenStore, mirror_forever
 from service.writes import WriteArbiter, WriteRequest
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,11 @@ class Service:
         self.scada: ScadaServer | None = None
         self.control: ControlLoop | None = None
         self.arbiter: WriteArbiter | None = None
+        self.database: Database | None = None
+        self.journal: Journal | None = None
+        self.tokens: TokenStore | None = None
+        self.audit: AuditLog | None = None
+        self._events: set[asyncio.Task[object]] = set()
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.api_port: int | None = None
@@ -90,13 +100,59 @@ class Service:
         """Ask the service to shut down (idempotent, safe from a signal handler)."""
         self._stop.set()
 
+    async def _prepare_database(self, conn: asyncpg.Connection) -> None:
+        """What the database needs before it takes anything: the schema, the point registry, the rollups."""
+        applied = await migrate(conn)
+        if applied:
+            log.info("database schema migrated: %s", ", ".join(applied))
+        keys = await sync_points(conn, self.cfg)
+        if self.writer is not None:
+            self.writer.add_keys(keys)
+        try:
+            await enable_rollups(conn, self.cfg.storage)
+        except asyncpg.PostgresError as err:  # an optional feature never stops the service
+            log.warning("could not enable compression/rollups: %s", err)
+
+    def _database_transition(self, up: bool, detail: str) -> None:
+        """Record the database's loss and return as events, through the journal (stored once it is back)."""
+        if self.journal is None:
+            return
+        journal = self.journal
+        data = {"time": utcnow().isoformat(), "source": "storage", "kind": "database_up" if up else "database_down",
+                "severity": "info" if up else "warning", "message": detail}
+        task = asyncio.get_running_loop().create_task(journal.append("event", data))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _journal_refused(self, kind: str, data: dict[str, object], err: BaseException) -> None:
+        """A queued record the database will not take (a duplicate manual reading): the trail says so."""
+        if self.audit is not None and kind != "audit":
+            await self.audit.record(AuditEntry(str(data.get("entered_by", "heatrec")), "system", f"{kind}.store",
+                                               str(data.get("meter_id", "")), data, None, "refused",
+                                               f"queued during a database outage, refused when stored: {err}"))
+
     def health(self) -> dict[str, tuple[str, str]]:
         """Per component: (ok|degraded, detail)."""
         out: dict[str, tuple[str, str]] = {}
+        if self.database is not None:
+            ds = self.database.stats
+            if self.database.up:
+                rows = self.writer.stats.rows_written if self.writer is not None else 0
+                out["database"] = ("ok", f"connected, {rows} rows written")
+            else:
+                since = f" since {ds.since:%Y-%m-%d %H:%M:%SZ}" if ds.since else ""
+                out["database"] = ("degraded", f"unavailable{since} ({ds.last_error or 'connecting'}); "
+                                               f"retrying in {self.database.retry_after_s()} s, "
+                                               "samples and records held locally")
+        if self.journal is not None:
+            js = self.journal.stats
+            out["journal"] = ("ok" if js.pending == 0 else "degraded",
+                              f"{js.pending} records waiting for the database, {js.applied} stored")
         if self.writer is not None:
             st = self.writer.stats
-            out["database"] = ("ok", f"{st.rows_written} rows written") if st.connected or st.write_errors == 0 \
-                else ("degraded", f"writes failing, {st.pending} samples held")
+            if self.database is None or self.database.up:
+                if not (st.connected or st.write_errors == 0):
+                    out["database"] = ("degraded", f"writes failing, {st.pending} samples held")
             if self.writer.spool is not None:
                 sp = self.writer.spool.stats
                 detail = f"{sp.samples} samples ({sp.bytes} bytes) held, {sp.dropped_samples} dropped when full"
@@ -121,33 +177,41 @@ class Service:
         async with contextlib.AsyncExitStack() as stack:
             # What is opened is closed in reverse order: after a failed start as after a stop.
             stack.callback(sock.close)
-            pool = await connect_pool(cfg.database)
-            stack.push_async_callback(pool.close)
-            async with pool.acquire() as conn:
-                applied = await migrate(conn)
-                keys = await sync_points(conn, cfg)
-                try:
-                    await enable_rollups(conn, cfg.storage)
-                except asyncpg.PostgresError as err:  # an optional feature never stops the service
-                    log.warning("could not enable compression/rollups: %s", err)
-            if applied:
-                log.info("database schema migrated: %s", ", ".join(applied))
             sub = self.bus.subscribe("storage", cfg.storage.queue_size)
             spool = Spool(spool_path(cfg.storage.spool_dir, cfg.database), max_bytes=cfg.storage.spool_max_bytes,
                           segment_bytes=cfg.storage.spool_segment_bytes)
             spool.open()
             stack.callback(spool.close)
-            self.writer = SampleWriter(pool, sub, cfg.storage, keys, spool)
+            # The database is reached in the background: the plant starts and runs without it (docs/OPERATIONS.md).
+            db = self.database = Database(cfg.database, self._prepare_database, retry_max_s=cfg.storage.retry_max_s)
+            stack.push_async_callback(db.close)
+            self.writer = SampleWriter(db, sub, cfg.storage, {}, spool)
+            self.journal = Journal(journal_path(cfg.storage.spool_dir, cfg.database), db, {
+                "audit": apply_audit, "alarms": alarm_store.apply_record, "event": apply_event,
+                "manual_reading": apply_manual_reading, "replacement": apply_replacement},
+                refused=self._journal_refused)
+            self.journal.open()
+            stack.callback(self.journal.close)
+            db.on_transition = self._database_transition
+            running = Running(stack)
+            running.start("database", db.run())
+            with contextlib.suppress(TimeoutError):  # a database that answers at once is ready before the drivers
+                await asyncio.wait_for(db.ready.wait(), cfg.database.connect_timeout_s)
+            running.start("journal", self.journal.run())
+            self.tokens = TokenStore(Path(cfg.api.token_store))
+            running.start("token-mirror", mirror_forever(self.tokens, db, cfg.api.token_cache_s))
             links = ModbusLinks()  # the devices behind one Modbus gateway share its connection
             self.drivers = [create_driver(d, self.bus, modbus_links=links) for d in cfg.devices]
-            self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, pool,
-                                       lambda: {d.device_id: str(d.state.value) for d in self.drivers})
+            self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, db,
+                                       lambda: {d.device_id: str(d.state.value) for d in self.drivers},
+                                       journal=self.journal)
             await self.alarms.start()
             if cfg.alarms.mqtt is not None:
                 alarms = self.alarms
                 self.alarm_publisher = AlarmPublisher(cfg.alarms.mqtt, lambda: alarms.engine.alarms.values())
                 alarms.observe(self.alarm_publisher.offer)
-            audit = AuditLog(pool)
+            audit = AuditLog(db, self.journal)
+            self.audit = audit
             by_device = {d.device_id: d for d in self.drivers}
 
             async def device_write(point_id: str, value: float) -> WriteResult:
@@ -172,16 +236,17 @@ class Service:
                 stack.push_async_callback(self.scada.stop)  # also after a start that failed half-way
                 await self.scada.start()
             registry, latency = build_registry(self)
-            app = create_app(ServiceState(cfg, self.bus, pool, self.health, registry, latency, self.alarms,
-                                            control=self.control, arbiter=self.arbiter))
+            app = create_app(ServiceState(cfg, self.bus, db, self.health, registry, latency, self.alarms,
+                                          control=self.control, arbiter=self.arbiter, tokens=self.tokens,
+                                          audit=audit.record, journal=self.journal))
             server = _ApiServer(api_server_config(app, cfg.api))
             # The long-lived parts, in dependency order; the stack stops them in reverse (API first, writer
-            # last, so it flushes what the drivers produced), then SCADA, the spool, the pool and the socket.
-            running = Running(stack)
+            # after the drivers, so it flushes what they produced; the journal and the database last), then
+            # SCADA, the journal and spool files, the pool and the socket.
             running.start("storage-writer", self.writer.run())
-            running.start("storage-retention", run_retention(pool, cfg.storage))
+            running.start("storage-retention", run_retention(db, cfg.storage))
             if cfg.accounting is not None:
-                running.start("accounting-rollups", run_rollups(pool, cfg))
+                running.start("accounting-rollups", run_rollups(db, cfg))
             # Stopped together; cancel_and_wait retries, as a library's wait_for can swallow one cancel.
             running.start_together([(f"driver-{d.device_id}", d.run()) for d in self.drivers])
             running.start("alarms", self.alarms.run())

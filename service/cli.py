@@ -96,13 +96,56 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    """Create an API token, print it once, store only its hash."""
-    from service.auth import create_token
+    """Create an API token in this plant's token store (api.token_store), print it once, store only its hash.
 
-    token = _with_database(args.config, lambda conn: create_token(conn, args.role, args.name))
+    The token is in force at once, database or not; it is mirrored to the database now if it answers,
+    else when the service next reaches it.
+    """
+    _, token = _token_change(args.config, lambda store: store.create(args.role, args.name),
+                             "the token is in force at this plant now and reaches the database when the "
+                             "service next reaches it")
     print(token)
     print(f"(role {args.role}, name '{args.name}'; shown once, only its hash is stored)", file=sys.stderr)
     return 0
+
+
+def _token_change(config: str, change: Callable[[Any], Any], note: str) -> Any:
+    """Apply `change(store)` to the config's token store, mirrored with the database before and after if it answers.
+
+    The database is best effort: when it cannot be reached within [database] connect_timeout_s, the
+    change is made locally all the same and `note` (why it still counts) is printed on stderr.
+    """
+    import asyncpg
+
+    from service.errors import StorageUnavailable
+    from service.storage.database import connect_pool
+    from service.storage.migrations import migrate
+    from service.token_store import TokenStore
+
+    cfg: HeatrecConfig = load_config(config)
+    store = TokenStore(Path(cfg.api.token_store))
+    done: list[Any] = []  # the change's result, once made: never made twice if the database fails after it
+
+    async def main() -> None:
+        pool = await asyncio.wait_for(connect_pool(cfg.database, min_size=1, max_size=1),
+                                      cfg.database.connect_timeout_s)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+                await store.mirror(conn)  # first: a token only the database knows can be listed or revoked here
+                done.append(change(store))
+                await store.mirror(conn)
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(main())
+    except (StorageUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+        if not done:
+            done.append(change(store))
+        why = " ".join(str(err).split()) or err.__class__.__name__  # one line, whatever the driver said
+        print(f"heatrec: note: database not reached ({why}): {note}", file=sys.stderr)
+    return done[0]
 
 
 def _with_database(config: str, action: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
@@ -125,27 +168,34 @@ def _with_database(config: str, action: Callable[[Any], Coroutine[Any, Any, Any]
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    """List API tokens (id, name, role, created, revoked); tokens themselves are never stored."""
-    from service.auth import list_tokens
+    """List this plant's API tokens (id, name, role, created, revoked); tokens themselves are never stored.
 
-    rows = _with_database(args.config, list_tokens)
+    Merged with the database first if it answers, so tokens made there are listed too.
+    """
+    records = _token_change(args.config, lambda store: store.records(),
+                            "listing this plant's token store only; tokens made directly in the database "
+                            "since the service last reached it are missing")
     print(f"{'id':>4}  {'name':<20} {'role':<9} {'created':<20} revoked")
-    for r in rows:
-        revoked = r["revoked_at"].strftime("%Y-%m-%d %H:%M:%S") if r["revoked_at"] else "-"
-        print(f"{r['id']:>4}  {r['name']:<20} {r['role']:<9} {r['created_at']:%Y-%m-%d %H:%M:%S}  {revoked}")
+    for r in records:
+        revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else "-"
+        print(f"{r.id:>4}  {r.name:<20} {r.role:<9} {r.created_at:%Y-%m-%d %H:%M:%S}  {revoked}")
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    """Revoke a token by id, or every active token of a name."""
-    from service.auth import revoke_tokens
+    """Revoke a token by id, or every active token of a name, in this plant's token store and the database.
 
-    n = _with_database(args.config, lambda conn: revoke_tokens(conn, args.ident))
-    if n == 0:
+    Refused at this plant at once, database or not; mirrored to the database now if it answers, else
+    when the service next reaches it.
+    """
+    revoked = _token_change(args.config, lambda store: store.revoke(args.ident),
+                            "the revocation is in force at this plant now and reaches the database when the "
+                            "service next reaches it")
+    if not revoked:
         print(f"heatrec: error: no active token with id or name '{args.ident}' (see 'heatrec token list')",
               file=sys.stderr)
         return 2
-    print(f"revoked {n} token(s)")
+    print(f"revoked {len(revoked)} token(s)")
     return 0
 
 
@@ -297,17 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     tc = tsub.add_parser("create", help="create a token; prints it once", description=cmd_token_create.__doc__,
                          epilog=SECRETS_HELP)
-    tc.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
+    tc.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (token store, database)")
     tc.add_argument("--role", required=True, choices=["viewer", "operator", "admin"], help="what the token may do")
     tc.add_argument("--name", required=True, help="who or what holds the token, e.g. grafana, alice")
     tc.set_defaults(func=cmd_token_create)
     tl = tsub.add_parser("list", help="list tokens (never shows the tokens)", description=cmd_token_list.__doc__,
                          epilog=SECRETS_HELP)
-    tl.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
+    tl.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (token store, database)")
     tl.set_defaults(func=cmd_token_list)
     tr = tsub.add_parser("revoke", help="revoke a token by id or name", description=cmd_token_revoke.__doc__,
                          epilog=SECRETS_HELP)
-    tr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (database)")
+    tr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (token store, database)")
     tr.add_argument("ident", metavar="ID|NAME", help="token id (from 'token list') or name")
     tr.set_defaults(func=cmd_token_revoke)
 

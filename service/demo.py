@@ -71,20 +71,24 @@ def demo_ports(cfg: HeatrecConfig) -> dict[str, tuple[str, int]]:
 
 
 async def _ensure_tokens(cfg: HeatrecConfig, creds: dict[str, Any]) -> None:
-    """Reuse the demo's tokens if still valid, else create a viewer and an operator token."""
-    from service.auth import create_token, lookup_token
+    """Reuse the demo's tokens if the token store still admits them, else create a viewer and an operator token."""
     from service.storage.database import connect_pool
     from service.storage.migrations import migrate
+    from service.token_store import TokenStore
 
+    store = TokenStore(Path(cfg.api.token_store))
     pool = await connect_pool(cfg.database)
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
+            # Pull first: a demo from before the token store has its tokens only in the database.
+            await store.mirror(conn)
             tokens = creds.setdefault("tokens", {})
             for role in ("viewer", "operator"):
                 tok = tokens.get(role)
-                if not tok or await lookup_token(conn, tok) is None:
-                    tokens[role] = await create_token(conn, role, f"demo-{role}")
+                if not tok or store.principal(tok) is None:
+                    tokens[role] = store.create(role, f"demo-{role}")[1]
+            await store.mirror(conn)
     finally:
         await pool.close()
 
@@ -148,6 +152,8 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
     cfg = load_config(config_path)
     if "spool_dir" not in cfg.storage.model_fields_set:  # the demo keeps all its data under var_dir
         cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"spool_dir": str(var_dir / "spool")})})
+    if "token_store" not in cfg.api.model_fields_set:
+        cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"token_store": str(var_dir / "tokens.json")})})
     if cfg.control is not None and "state_file" not in cfg.control.model_fields_set:
         cfg = cfg.model_copy(update={"control": cfg.control.model_copy(
             update={"state_file": str(var_dir / "control-state.json")})})

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from service.alarms.mqtt_publisher import AlarmPublisher
     from service.bus import SampleBus
     from service.control.loop import ControlLoop
+    from service.storage.database import Database
+    from service.storage.journal import Journal
     from service.storage.writer import SampleWriter
 
 
@@ -55,6 +57,16 @@ class MetricsSource(Protocol):
     @property
     def control(self) -> ControlLoop | None:
         """The control loop, when [control] is configured."""
+        ...
+
+    @property
+    def database(self) -> Database | None:
+        """The database link, once the service runs."""
+        ...
+
+    @property
+    def journal(self) -> Journal | None:
+        """The durable journal of audit entries, alarm transitions, events and manual readings."""
         ...
 
 _DRIVER_STATES = ("connecting", "connected", "backing_off", "stopped")
@@ -161,6 +173,22 @@ class ServiceCollector(Collector):
                                           "spool was full (oldest segment deleted)", value=sp.dropped_samples)
                 yield CounterMetricFamily("heatrec_storage_spool_corrupt_records", "Torn spool records cut off "
                                           "at start (a crash mid-append)", value=sp.corrupt_records)
+        if svc.database is not None:
+            ds = svc.database.stats
+            yield GaugeMetricFamily("heatrec_database_up", "1 while the database answers and is prepared",
+                                    value=1.0 if svc.database.up else 0.0)
+            yield CounterMetricFamily("heatrec_database_outages", "Times the database was lost while up",
+                                      value=ds.outages)
+            yield CounterMetricFamily("heatrec_database_failed_probes", "Connection attempts and probes of the "
+                                      "database that failed", value=ds.failed_probes)
+        if svc.journal is not None:
+            js = svc.journal.stats
+            yield GaugeMetricFamily("heatrec_journal_pending", "Journal records (audit, alarms, events, manual "
+                                    "readings) waiting for the database", value=js.pending)
+            yield CounterMetricFamily("heatrec_journal_applied", "Journal records stored in the database",
+                                      value=js.applied)
+            yield CounterMetricFamily("heatrec_journal_refused", "Journal records the database refused for good "
+                                      "(audited)", value=js.refused)
         if svc.control is not None:
             yield from _control_families(svc)
 

@@ -27,6 +27,7 @@ def _files(cfg: HeatrecConfig) -> Iterator[tuple[str, str]]:
 def _state_dirs(cfg: HeatrecConfig) -> Iterator[tuple[str, str]]:
     """(field path, directory) for every directory the service writes state to."""
     yield "storage.spool_dir", cfg.storage.spool_dir
+    yield "api.token_store", str(Path(cfg.api.token_store).parent)
     for i, d in enumerate(cfg.devices):
         if getattr(d, "security_policy", "None") != "None":  # certificates are made only with a policy
             yield f"devices[{i}].certificate_dir", d.certificate_dir  # type: ignore[union-attr]

@@ -297,7 +297,9 @@ def render_archetype(name: str) -> str:
     _table(lines, "[database]", {"host": "127.0.0.1", "port": a["db_port"], "name": "heatrec", "user": "heatrec",
                                  "password": "${HEATREC_DB_PASSWORD:-}"})
     lines.append("")
-    _table(lines, "[api]", {"host": "127.0.0.1", "port": a["api_port"]})
+    # The token store beside the demo's other files, so `heatrec token … -c` and the running plant share it.
+    _table(lines, "[api]", {"host": "127.0.0.1", "port": a["api_port"],
+                            "token_store": f"../../var/{name}/tokens.json"})
     for dev in device_entries(sim):
         lines.append("")
         _table(lines, "[[devices]]", dev)

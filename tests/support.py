@@ -39,6 +39,9 @@ def demo_config_text(ports: dict[str, int] | None = None) -> str:
     # Each copy keeps its operator requests apart: a restored override must never leak from another test.
     text = text.replace("[control]\n", f'[control]\nstate_file = "{tempfile.mkdtemp(prefix="heatrec-control-")}'
                                         '/control-state.json"\n', 1)
+    # And its tokens: a token store shared between copies would mirror one test's tokens into another's database.
+    text = re.sub(r'(?m)^token_store = .*$', f'token_store = "{tempfile.mkdtemp(prefix="heatrec-tokens-")}'
+                                               '/tokens.json"', text, count=1)
     for old in DEMO_PORTS:
         new = (ports or {}).get(old) or free_port()
         text = text.replace(f":{old}\"", f":{new}\"").replace(f"port = {old}\n", f"port = {new}\n")

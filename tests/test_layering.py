@@ -25,7 +25,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("functions", ("service.control.*", "service.writes", "service.accounting.*", "service.alarms.*",
                    "service.commissioning", "service.preflight")),
     # The database, the audit trail, tokens, and the local PostgreSQL/Mosquitto of the demo and the tests.
-    ("infrastructure", ("service.storage.*", "service.audit", "service.auth", "service.localservers.*")),
+    ("infrastructure", ("service.storage.*", "service.audit", "service.auth", "service.token_store",
+                        "service.localservers.*")),
     # The plant file's model: service.config puts together the sections each subsystem owns (its `config`
     # module) and the drivers' and simulators' maps below, and checks the references between them.
     ("configuration", ("service.config", "service.accounting.config", "service.alarms.config", "service.api.config",

@@ -308,3 +308,20 @@ async def rollup_total(conn: asyncpg.Connection, point_id: str, spec: RegisterSp
         await build_register_hours(conn, key, spec, start - HOUR, end + HOUR, margin)
         state = await _rollup_state(conn, key, start, end)
     return state if isinstance(state, FastTotal) else None
+
+
+async def apply_manual_reading(conn: asyncpg.Connection, data: dict[str, Any]) -> None:
+    """Store a manual reading queued in the journal during a database outage (a duplicate raises)."""
+    await conn.execute(
+        "INSERT INTO manual_readings (meter_id, time, value_gj, entered_by, note, entered_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6)", data["meter_id"], datetime.fromisoformat(data["time"]),
+        float(data["value_gj"]), data["entered_by"], data["note"], datetime.fromisoformat(data["entered_at"]))
+
+
+async def apply_replacement(conn: asyncpg.Connection, data: dict[str, Any]) -> None:
+    """Store a meter exchange queued in the journal during a database outage (a duplicate raises)."""
+    await conn.execute(
+        "INSERT INTO meter_replacements (meter_id, time, old_serial, new_serial, old_final_gj, new_initial_gj, "
+        "entered_by, entered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", data["meter_id"],
+        datetime.fromisoformat(data["time"]), data["old_serial"], data["new_serial"], float(data["old_final_gj"]),
+        float(data["new_initial_gj"]), data["entered_by"], datetime.fromisoformat(data["entered_at"]))

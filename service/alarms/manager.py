@@ -15,6 +15,8 @@ from service.alarms.model import Alarm, AlarmEvent, AlarmState
 from service.bus import SampleBus
 from service.config import AlarmsConfig
 from service.model import utcnow
+from service.storage.database import Database
+from service.storage.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +24,13 @@ log = logging.getLogger(__name__)
 class AlarmManager:
     """Evaluates alarms every interval; operator actions go through it so they are stored too."""
 
-    def __init__(self, cfg: AlarmsConfig, devices: list[str], bus: SampleBus, pool: asyncpg.Pool,
-                 device_states: Callable[[], Mapping[str, str]], now: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, cfg: AlarmsConfig, devices: list[str], bus: SampleBus, pool: Database | asyncpg.Pool,
+                 device_states: Callable[[], Mapping[str, str]], now: Callable[[], datetime] = utcnow,
+                 journal: Journal | None = None) -> None:
         self.engine = AlarmEngine(cfg, devices)
-        self._cfg, self._bus, self._pool, self._states, self._now = cfg, bus, pool, device_states, now
+        self._cfg, self._bus, self._states, self._now = cfg, bus, device_states, now
+        self._pool = pool if isinstance(pool, Database) else Database.from_pool(pool)
+        self._journal = journal  # with one, every change is durable at once and stored when the database can
         self._lock = asyncio.Lock()  # one writer of alarm rows at a time: events stay in order
         self._listeners: list[asyncio.Queue[dict[str, object]]] = []
         self._observers: list[Callable[[AlarmEvent, Alarm], None]] = []
@@ -60,9 +65,19 @@ class AlarmManager:
                     log.exception("alarm observer %r failed", observe)
 
     async def start(self) -> None:
-        """Restore saved states and write the full alarm list."""
-        await store.load_states(self._pool, self.engine.alarms)
-        await store.save(self._pool, self.engine.alarms.values(), [])
+        """Restore saved states and write the full alarm list.
+
+        With the database away the alarms start from their configuration (an active condition is raised
+        again, unacknowledged: the safe side), and the list is stored once the database is back.
+        """
+        if self._journal is None or self._pool.up:
+            try:
+                await store.load_states(self._pool, self.engine.alarms)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                if self._journal is None:
+                    raise
+                log.warning("alarm states not restored (%s): alarms start from their configuration", err)
+        await self._store(list(self.engine.alarms.values()), [])
 
     async def run(self) -> None:
         """Evaluate until cancelled."""
@@ -86,9 +101,15 @@ class AlarmManager:
 
     async def _save(self, events: list[AlarmEvent]) -> None:
         self._notify(events)
+        changed = {e.alarm_id for e in events}
+        await self._store([self.engine.alarms[i] for i in changed], events)
+
+    async def _store(self, alarms: list[Alarm], events: list[AlarmEvent]) -> None:
         async with self._lock:
-            changed = {e.alarm_id for e in events}
-            await store.save(self._pool, [self.engine.alarms[i] for i in changed], events)
+            if self._journal is not None:
+                await self._journal.append("alarms", store.journal_record(alarms, events))
+            else:
+                await store.save(self._pool, alarms, events)
 
     async def acknowledge(self, alarm_id: str, by: str) -> AlarmEvent:
         """Acknowledge and store (AlarmError when it does not apply)."""

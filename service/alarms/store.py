@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -21,22 +23,51 @@ async def load_states(conn: asyncpg.Connection | asyncpg.Pool, alarms: dict[str,
         a.since, a.shelved_until, a.acked_by = r["since"], r["shelved_until"], r["acked_by"]
 
 
-async def save(conn: asyncpg.Connection | asyncpg.Pool, alarms: Iterable[Alarm], events: list[AlarmEvent]) -> None:
-    """Upsert the given alarms' state and append the events."""
-    await conn.executemany(
-        """INSERT INTO alarms (id, source, kind, severity, message, state, active, value, since, shelved_until,
+_UPSERT = """INSERT INTO alarms (id, source, kind, severity, message, state, active, value, since, shelved_until,
                                acked_by)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, active = EXCLUDED.active, value = EXCLUDED.value,
              since = EXCLUDED.since, shelved_until = EXCLUDED.shelved_until, acked_by = EXCLUDED.acked_by,
-             severity = EXCLUDED.severity, message = EXCLUDED.message""",
-        [(a.id, a.source, a.kind, a.severity.value, a.message, a.state.value, a.active, a.value, a.since,
-          a.shelved_until, a.acked_by) for a in alarms])
+             severity = EXCLUDED.severity, message = EXCLUDED.message"""
+_EVENT = ("INSERT INTO alarm_events (time, alarm_id, old_state, new_state, value, by_user, message) "
+          "VALUES ($1, $2, $3, $4, $5, $6, $7)")
+
+
+async def save(conn: asyncpg.Connection | asyncpg.Pool, alarms: Iterable[Alarm], events: list[AlarmEvent]) -> None:
+    """Upsert the given alarms' state and append the events."""
+    await conn.executemany(_UPSERT, [(a.id, a.source, a.kind, a.severity.value, a.message, a.state.value, a.active,
+                                      a.value, a.since, a.shelved_until, a.acked_by) for a in alarms])
     if events:
-        await conn.executemany(
-            "INSERT INTO alarm_events (time, alarm_id, old_state, new_state, value, by_user, message) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            [(e.time, e.alarm_id, e.old.value, e.new.value, e.value, e.by, e.message) for e in events])
+        await conn.executemany(_EVENT, [(e.time, e.alarm_id, e.old.value, e.new.value, e.value, e.by, e.message)
+                                        for e in events])
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+def _time(t: str | None) -> datetime | None:
+    return None if t is None else datetime.fromisoformat(t)
+
+
+def journal_record(alarms: Iterable[Alarm], events: list[AlarmEvent]) -> dict[str, Any]:
+    """The alarms' state and the transitions as one JSON-ready journal record (see apply_record)."""
+    return {"alarms": [{"id": a.id, "source": a.source, "kind": a.kind, "severity": a.severity.value,
+                        "message": a.message, "state": a.state.value, "active": a.active, "value": a.value,
+                        "since": _iso(a.since), "shelved_until": _iso(a.shelved_until), "acked_by": a.acked_by}
+                       for a in alarms],
+            "events": [{"time": e.time.isoformat(), "alarm_id": e.alarm_id, "old": e.old.value, "new": e.new.value,
+                        "value": e.value, "by": e.by, "message": e.message} for e in events]}
+
+
+async def apply_record(conn: asyncpg.Connection, data: dict[str, Any]) -> None:
+    """Store a journaled record of journal_record(): upsert the states, append the events at their times."""
+    await conn.executemany(_UPSERT, [(a["id"], a["source"], a["kind"], a["severity"], a["message"], a["state"],
+                                      a["active"], a["value"], _time(a["since"]), _time(a["shelved_until"]),
+                                      a["acked_by"]) for a in data["alarms"]])
+    if data["events"]:
+        await conn.executemany(_EVENT, [(datetime.fromisoformat(e["time"]), e["alarm_id"], e["old"], e["new"],
+                                         e["value"], e["by"], e["message"]) for e in data["events"]])
 
 
 class UnknownCursor(NotFound):

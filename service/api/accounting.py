@@ -28,6 +28,7 @@ from service.api.params import NO_NUL, iso_times_only
 from service.api.params import operation_ref as _op
 from service.auth import Principal, Role
 from service.config import AccountingConfig, HeatrecConfig
+from service.model import utcnow
 from service.storage.database import connection, translated
 
 PERIOD_PATTERN = r"^(199\d|20\d\d|2100)-(0[1-9]|1[0-2])$"
@@ -131,11 +132,17 @@ class ReplacementIn(BaseModel):
 
 
 class RecordedOut(BaseModel):
-    """The stored entry's id."""
+    """The stored entry's id; during a database outage (202) no id yet: the entry is queued durably."""
 
-    id: int
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": 12, "meter": "meter1", "time": "2026-03-01T12:00:00Z", "queued": False},
+        {"id": None, "meter": "meter1", "time": "2026-03-01T12:00:00Z", "queued": True}]})
+    id: int | None
     meter: str
     time: datetime
+    queued: bool = Field(default=False, description="true: held in the plant's journal while the database is "
+                                                    "away, stored when it is back (a duplicate is then refused "
+                                                    "and audited)")
 
 
 class AccountingErrorOut(BaseModel):
@@ -146,6 +153,8 @@ class AccountingErrorOut(BaseModel):
     details: list[dict[str, str]] | None = None
 
 
+_QUEUED: dict[int | str, dict[str, Any]] = {202: {"model": RecordedOut, "description": "the database is away: "
+                                                 "the entry is queued durably and stored when it is back"}}
 _ERR: dict[int | str, dict[str, Any]] = {
     409: {"model": AccountingErrorOut,
           "description": "the rule set has no figure for these dates (accounting.rules_dir), "
@@ -204,6 +213,15 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
     Period = Annotated[str, Path(pattern=PERIOD_PATTERN, description="YYYY-MM")]
     ContractId = Annotated[str, Path(pattern=ID_PATTERN, max_length=64)]
     MeterId = Annotated[str, Path(pattern=ID_PATTERN, max_length=64)]
+
+    async def _queue_if_away(request: Request, kind: str, data: dict[str, Any]) -> JSONResponse | None:
+        """While the database is away, an entry typed in on site goes to the durable journal: 202, queued."""
+        state = request.app.state.heatrec
+        if state.db.up or state.journal is None:
+            return None
+        await state.journal.append(kind, {**data, "entered_at": utcnow().isoformat()})
+        out = RecordedOut(id=None, meter=data["meter_id"], time=datetime.fromisoformat(data["time"]), queued=True)
+        return JSONResponse(out.model_dump(mode="json"), status_code=202)
 
     def acc(cfg: HeatrecConfig) -> AccountingConfig:
         assert cfg.accounting is not None  # the dependency made sure
@@ -321,9 +339,9 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
         return await _close(cfg, db, contract_id, period, who, body.reason, True)
 
     @app.post("/api/v1/meters/{meter_id}/readings", response_model=RecordedOut, tags=["accounting"],
-              responses=_ERR)
+              responses={**_ERR, **_QUEUED})
     async def manual_reading(meter_id: MeterId, body: ManualReadingIn, who: Operator, cfg: Config,
-                             db: Pool) -> RecordedOut:
+                             db: Pool, request: Request) -> Any:
         """Enter a register value read on site; it is used like a telemetry reading and flagged manual."""
         meter_known(cfg, meter_id)
         t = _aware(body.time)
@@ -332,12 +350,17 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
             async with connection(db) as conn:
                 return await add_manual_reading(conn, meter_id, t, body.value_gj, who.name, body.note)
 
+        queued = await _queue_if_away(request, "manual_reading", {
+            "meter_id": meter_id, "time": t.isoformat(), "value_gj": body.value_gj, "entered_by": who.name,
+            "note": body.note})
+        if queued is not None:
+            return queued
         return RecordedOut(id=await guarded(work), meter=meter_id, time=t)
 
     @app.post("/api/v1/meters/{meter_id}/replacements", response_model=RecordedOut, tags=["accounting"],
-              responses=_ERR)
+              responses={**_ERR, **_QUEUED})
     async def replacement(meter_id: MeterId, body: ReplacementIn, who: Operator, cfg: Config,
-                          db: Pool) -> RecordedOut:
+                          db: Pool, request: Request) -> Any:
         """Record a meter exchange: the old meter's last register and the new meter's first (operator)."""
         meter_known(cfg, meter_id)
         t = _aware(body.time)
@@ -347,6 +370,12 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
                 return await add_replacement(conn, meter_id, t, body.old_serial, body.new_serial,
                                              body.old_final_gj, body.new_initial_gj, who.name)
 
+        queued = await _queue_if_away(request, "replacement", {
+            "meter_id": meter_id, "time": t.isoformat(), "old_serial": body.old_serial,
+            "new_serial": body.new_serial, "old_final_gj": body.old_final_gj, "new_initial_gj": body.new_initial_gj,
+            "entered_by": who.name})
+        if queued is not None:
+            return queued
         return RecordedOut(id=await guarded(work), meter=meter_id, time=t)
 
     @app.get("/api/v1/kpis", tags=["accounting"], responses=_ERR)

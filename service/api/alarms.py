@@ -13,6 +13,7 @@ from pydantic.config import JsonDict
 from service.alarms.manager import AlarmManager
 from service.alarms.model import Alarm, AlarmEvent
 from service.alarms.store import recent_events
+from service.api.deps import NEEDS_DATABASE
 from service.api.paging import CURSOR_HELP, LIMIT_HELP, MAX_LIMIT, Page, page_links
 from service.api.params import operation_ref as _op
 from service.auth import Principal, Role
@@ -140,7 +141,7 @@ def add_alarm_routes(app: FastAPI, require: Callable[[Role], Callable[[Request],
         more = page[-1].id if len(out) > limit else None
         return AlarmList(alarms=[AlarmOut.of(a) for a in page], **page_links(request, more))
 
-    @app.get("/api/v1/alarms/events", response_model=EventList, tags=["alarms"])
+    @app.get("/api/v1/alarms/events", response_model=EventList, tags=["alarms"], responses=NEEDS_DATABASE)
     async def alarm_events(_: Viewer, m: Manager, request: Request,
                            limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=LIMIT_HELP)] = 100,
                            alarm_id: str | None = None,

@@ -27,7 +27,6 @@ from service.api.latency import LatencyMiddleware
 from service.api.points_view import PointsView
 from service.api.state import ServiceState
 from service.api.stream import add_stream_routes
-from service.api.token_cache import TokenCache
 from service.api.tokens import add_token_routes
 from service.auth import Principal
 from service.errors import HeatrecError, StorageUnavailable
@@ -84,6 +83,17 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, "status": status, **extra}, status_code=status)
 
 
+def _unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
+    """503: what needs the database, why it is away, what still works, and when to try again."""
+    db = request.app.state.heatrec.db
+    retry = db.retry_after_s() if not db.up else exc.retry_after_s
+    message = (f"{request.method} {request.url.path} needs the database: {exc}. Live points, the stream, "
+               f"control, current alarms, health and metrics work without it; retry in {retry} s")
+    resp = _error(503, message, unavailable="database", retry_after_s=retry)
+    resp.headers["Retry-After"] = str(retry)
+    return resp
+
+
 _ERRORS = {400: "malformed request body", 401: "missing, invalid or revoked token", 403: "role too low",
            404: "unknown point, alarm or path", 409: "the action does not apply in the current state",
            422: "invalid parameters or body", 429: "too many failed authentications"}
@@ -115,7 +125,6 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
     add_docs_routes(app)
     app.state.heatrec = state
     app.state.auth_limiter = auth_limiter or FailedAuthLimiter()
-    app.state.token_cache = TokenCache(state.config.api.token_cache_s)
 
     if state.latency is not None:
         app.add_middleware(LatencyMiddleware, histogram=state.latency)
@@ -135,12 +144,11 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
         return resp
 
     @app.exception_handler(HeatrecError)
-    async def heatrec_error(_: Request, exc: HeatrecError) -> JSONResponse:
+    async def heatrec_error(request: Request, exc: HeatrecError) -> JSONResponse:
         # The one place heatrec's error tree becomes HTTP: each error knows its status (service/errors.py).
-        resp = _error(exc.http_status, str(exc))
         if isinstance(exc, StorageUnavailable):
-            resp.headers["Retry-After"] = str(exc.retry_after_s)
-        return resp
+            return _unavailable(request, exc)
+        return _error(exc.http_status, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

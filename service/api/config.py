@@ -14,9 +14,14 @@ class ApiConfig(StrictModel):
     port: int = Field(default=8000, gt=0, lt=65536)
     tls_cert_file: str | None = Field(default=None, description="PEM certificate (chain): serve HTTPS")
     tls_key_file: str | None = Field(default=None, description="PEM private key of tls_cert_file")
+    token_store: str = Field(default="var/tokens.json",
+                             description="the plant's API tokens, hashed (JSON, mode 0600): checked without the "
+                                         "database, mirrored to its api_tokens table")
+    # The name stays from when it bounded a cache of database lookups, so existing plant files still load.
     token_cache_s: float = Field(default=2.0, ge=0, le=60,
-                                 description="a valid token is trusted this long without asking the database; "
-                                             "a revoked token works at most this long (0: check every request)")
+                                 description="how often the running service merges its token store with the "
+                                             "database: a token created or revoked directly in the database is "
+                                             "seen within this long (0: every second)")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiConfig:

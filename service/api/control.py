@@ -10,6 +10,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
+from service.api.deps import NEEDS_DATABASE
 from service.api.paging import CURSOR_HELP, LIMIT_HELP, MAX_LIMIT, Page, page_links
 from service.audit import read_audit
 from service.auth import Principal, Role
@@ -95,7 +96,7 @@ def add_control_routes(app: FastAPI, require: Callable[[Role], Callable[[Request
         arbiter: WriteArbiter = request.app.state.heatrec.arbiter
         return await arbiter.request_control(body, who.name, who.role)
 
-    @app.get("/api/v1/audit", response_model=AuditPage, tags=["control"])
+    @app.get("/api/v1/audit", response_model=AuditPage, tags=["control"], responses=NEEDS_DATABASE)
     async def audit(_: Viewer, request: Request,
                     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=LIMIT_HELP)] = 100,
                     cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$", description=CURSOR_HELP)]

@@ -1,7 +1,12 @@
-"""Token endpoints (admin): create, list and revoke API tokens, each change in the audit log."""
+"""Token endpoints (admin): create, list and revoke API tokens in the plant's token store, each change audited.
+
+They work with the database away: the store is local, and each change is mirrored to the database
+right away when it is up, else by the service's periodic mirror once it is back.
+"""
 
 # No `from __future__ import annotations`: FastAPI must resolve the dependency aliases defined
 # inside add_token_routes, which string annotations would hide from it.
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -11,9 +16,10 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from service.audit import AuditEntry, AuditLog
-from service.auth import Principal, Role, issue_token, list_tokens, revoke_token_id
-from service.storage.database import connection
+from service.api.state import ServiceState
+from service.audit import AuditEntry
+from service.auth import Principal, Role
+from service.token_store import TokenRecord
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 
@@ -53,18 +59,16 @@ class TokenList(BaseModel):
     tokens: list[TokenOut]
 
 
-class TokenErrorOut(BaseModel):
-    """An error: what to do, and the status repeated (the shape of every heatrec error)."""
-
-    error: str
-    status: int
-
-
-_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": TokenErrorOut, "description": "the database is unavailable"}}
 # OpenAPI links: what a client (and the stateful fuzzer) can do next with the answer.
 _CREATED_LINKS = {"RevokeToken": {"operationId": "revoke_token", "parameters": {"token_id": "$response.body#/id"},
                                   "description": "revoke the token just created"}}
+# What a best-effort mirror rides out: the database away or failing (the periodic mirror tries again).
+_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def _out(rec: TokenRecord, token: str | None = None) -> TokenOut:
+    return TokenOut(id=rec.id, name=rec.name, role=rec.role, created_at=rec.created_at, revoked_at=rec.revoked_at,
+                    token=token)
 
 
 def add_token_routes(app: FastAPI, require: Callable[[Role], Callable[[Request], Awaitable[Principal]]]) -> None:
@@ -73,44 +77,49 @@ def add_token_routes(app: FastAPI, require: Callable[[Role], Callable[[Request],
     Admin = Annotated[Principal, Depends(require("admin"))]
     TokenId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the token's id (GET /api/v1/tokens)")]
 
-    def pool(request: Request) -> asyncpg.Pool:
-        p: asyncpg.Pool = request.app.state.heatrec.pool
-        return p
+    def service_state(request: Request) -> ServiceState:
+        state: ServiceState = request.app.state.heatrec
+        return state
 
-    async def guarded(work: Callable[[asyncpg.Connection], Awaitable[Any]], db: asyncpg.Pool) -> Any:
-        async with connection(db) as conn:  # a value the column cannot hold: 422; database away: 503
-            return await work(conn)
+    State = Annotated[ServiceState, Depends(service_state)]
 
-    async def audit(db: asyncpg.Pool, who: Principal, action: str, target: str, requested: Any,
-                    outcome: str) -> None:
-        await AuditLog(db).record(AuditEntry(who.name, who.role, action, target, requested, None, outcome))
+    async def mirror(state: ServiceState) -> None:
+        """Merge the store with the database if it is up; else the service's periodic mirror does it later."""
+        if state.db.up:
+            with contextlib.suppress(*_DATABASE_ERRORS):  # a change is in force here already; the database follows
+                async with state.db.acquire() as conn:
+                    await state.tokens.mirror(conn)
 
-    Pool = Annotated[asyncpg.Pool, Depends(pool)]
+    async def audit(state: ServiceState, who: Principal, action: str, target: str, requested: Any) -> None:
+        assert state.audit is not None  # ServiceState always has a sink
+        await state.audit(AuditEntry(who.name, who.role, action, target, requested, None, "accepted"))
 
     @app.post("/api/v1/tokens", response_model=TokenOut, status_code=201, tags=["tokens"],
-              operation_id="create_token", responses={**_UNAVAILABLE, 201: {"description": "the token, shown once",
-                                                                            "links": _CREATED_LINKS}})
-    async def create(body: TokenIn, who: Admin, db: Pool) -> TokenOut:
+              operation_id="create_token", responses={201: {"description": "the token, shown once",
+                                                            "links": _CREATED_LINKS}})
+    async def create(body: TokenIn, who: Admin, state: State) -> TokenOut:
         """Create a token (admin); the answer holds the token, the only time it is shown."""
-        tid, token, created = await guarded(lambda conn: issue_token(conn, body.role, body.name), db)
-        await audit(db, who, "token.create", f"token.{tid}", {"role": body.role, "name": body.name}, "accepted")
-        return TokenOut(id=tid, name=body.name, role=body.role, created_at=created, token=token)
+        rec, token = state.tokens.create(body.role, body.name)
+        await mirror(state)
+        # The mirror renumbers a new token whose id the database gave to one made there since the last mirror.
+        rec = next((r for r in state.tokens.records() if r.token_hash == rec.token_hash), rec)
+        await audit(state, who, "token.create", f"token.{rec.id}", {"role": body.role, "name": body.name})
+        return _out(rec, token)
 
-    @app.get("/api/v1/tokens", response_model=TokenList, tags=["tokens"], operation_id="list_tokens",
-             responses=_UNAVAILABLE)
-    async def listing(_: Admin, db: Pool) -> TokenList:
+    @app.get("/api/v1/tokens", response_model=TokenList, tags=["tokens"], operation_id="list_tokens")
+    async def listing(_: Admin, state: State) -> TokenList:
         """Every token's id, name, role, creation and revocation time (admin)."""
-        rows = await guarded(list_tokens, db)
-        return TokenList(tokens=[TokenOut(id=r["id"], name=r["name"], role=r["role"], created_at=r["created_at"],
-                                          revoked_at=r["revoked_at"]) for r in rows])
+        return TokenList(tokens=[_out(r) for r in state.tokens.records()])
 
-    @app.delete("/api/v1/tokens/{token_id}", response_model=TokenOut, tags=["tokens"], operation_id="revoke_token",
-                responses=_UNAVAILABLE)
-    async def revoke(token_id: TokenId, who: Admin, db: Pool) -> TokenOut:
-        """Revoke a token (admin): it is refused from then on (within api.token_cache_s); 404 if none is active."""
-        row = await guarded(lambda conn: revoke_token_id(conn, token_id), db)
-        if row is None:
+    @app.delete("/api/v1/tokens/{token_id}", response_model=TokenOut, tags=["tokens"], operation_id="revoke_token")
+    async def revoke(token_id: TokenId, who: Admin, state: State) -> TokenOut:
+        """Revoke a token (admin): this plant refuses it from then on; 404 if none is active."""
+        rec = state.tokens.revoke_id(token_id)
+        if rec is None and state.db.up:
+            await mirror(state)  # made directly in the database since the last mirror?
+            rec = state.tokens.revoke_id(token_id)
+        if rec is None:
             raise HTTPException(404, f"no active token with id {token_id} (GET /api/v1/tokens lists them)")
-        await audit(db, who, "token.revoke", f"token.{token_id}", None, "accepted")
-        return TokenOut(id=row["id"], name=row["name"], role=row["role"], created_at=row["created_at"],
-                        revoked_at=row["revoked_at"])
+        await mirror(state)
+        await audit(state, who, "token.revoke", f"token.{token_id}", None)
+        return _out(rec)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from service.config import DatabaseConfig
 from service.errors import StorageUnavailable, StorageValueError
+from service.model import utcnow
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseUnavailable(StorageUnavailable):
@@ -27,6 +34,8 @@ async def translated() -> AsyncIterator[None]:
     """asyncpg and socket errors of the work inside as StorageValueError (422) or StorageUnavailable (503)."""
     try:
         yield
+    except StorageUnavailable:
+        raise  # already says what is away (DatabaseDown is also an OSError)
     except _VALUE_ERRORS as err:
         raise StorageValueError(f"out of range: {err}") from err
     except _UNAVAILABLE as err:
@@ -34,7 +43,7 @@ async def translated() -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def connection(pool: asyncpg.Pool | Database) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection whose failures arrive as StorageValueError (422) or StorageUnavailable (503)."""
     async with translated(), pool.acquire() as conn:
         yield conn
@@ -66,3 +75,181 @@ async def connect_pool(cfg: DatabaseConfig, *, min_size: int = 1, max_size: int 
         raise DatabaseUnavailable(f"PostgreSQL error at connect: {err}") from err
     assert pool is not None
     return pool
+
+
+class DatabaseDown(DatabaseUnavailable, ConnectionError):
+    """The database is known to be away: refused at once, without a connection attempt.
+
+    Also a ConnectionError, so every loop that already rides out a lost connection (the sample
+    writer, retention, the alarm store) treats it the same way.
+    """
+
+
+Prepare = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+@dataclass
+class DatabaseStats:
+    """What health and metrics show of the database link."""
+
+    up: bool = False
+    prepared: bool = False            # migrated and points synced since this process started
+    since: datetime | None = None     # when `up` last changed
+    last_error: str = ""
+    outages: int = 0                  # transitions from up to down
+    failed_probes: int = 0            # connection attempts and probes that failed
+    next_attempt_s: float = 0.0       # seconds from the last probe to the next while down
+
+
+class Database:
+    """The plant's PostgreSQL, reached in the background: the service starts and runs without it.
+
+    `run()` connects with capped backoff, runs `prepare` (migrations, point registry) once it
+    answers, and probes it while up, so a loss is noticed without any caller waiting on a dead
+    socket. While it is away, `acquire()` fails at once with DatabaseDown (a 503 with Retry-After
+    at the API); loss and recovery are each logged once.
+    """
+
+    def __init__(self, cfg: DatabaseConfig, prepare: Prepare | None = None, *, max_size: int = 5,
+                 retry_max_s: float = 10.0, probe_interval_s: float = 5.0) -> None:
+        self.cfg, self._prepare, self._max_size = cfg, prepare, max_size
+        self.retry_max_s, self.probe_interval_s = retry_max_s, probe_interval_s
+        self.stats = DatabaseStats()
+        self.ready = asyncio.Event()      # set while up and prepared
+        self._pool: asyncpg.Pool | None = None
+        self._wake = asyncio.Event()
+        # Called with (up, what happened) on every loss and every return (not on a first connect).
+        self.on_transition: Callable[[bool, str], None] | None = None
+
+    @classmethod
+    def from_pool(cls, pool: asyncpg.Pool, cfg: DatabaseConfig | None = None) -> Database:
+        """Around a pool that is open already (tools and tests): up and prepared, with no supervisor."""
+        db = cls(cfg or DatabaseConfig())
+        db._pool = pool
+        db.stats.up = db.stats.prepared = True
+        db.ready.set()
+        return db
+
+    @property
+    def up(self) -> bool:
+        """True while the database answers and is prepared."""
+        return self.stats.up and self.stats.prepared
+
+    def retry_after_s(self) -> int:
+        """What a refused client should wait, in whole seconds (at least 1)."""
+        return max(1, round(self.stats.next_attempt_s or self.retry_max_s))
+
+    def unavailable(self) -> DatabaseDown:
+        """The error a caller gets while the database is away."""
+        since = f" since {self.stats.since:%Y-%m-%d %H:%M:%SZ}" if self.stats.since else ""
+        why = f" ({self.stats.last_error})" if self.stats.last_error else ""
+        err = DatabaseDown(f"the database at {self.cfg.host}:{self.cfg.port} is unavailable{since}{why}")
+        err.retry_after_s = self.retry_after_s()
+        return err
+
+    def acquire(self) -> Any:
+        """A pooled connection (`async with db.acquire() as conn`); DatabaseDown at once while away."""
+        if self._pool is None or not self.up:
+            raise self.unavailable()
+        return self._pool.acquire()
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Run a query on a pooled connection."""
+        async with self.acquire() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """First row of a query, or None."""
+        async with self.acquire() as conn:
+            return await conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """First value of a query."""
+        async with self.acquire() as conn:
+            return await conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        """Run a statement; its status."""
+        async with self.acquire() as conn:
+            return str(await conn.execute(sql, *args))
+
+    async def executemany(self, sql: str, args: Any) -> None:
+        """Run a statement once per argument tuple."""
+        async with self.acquire() as conn:
+            await conn.executemany(sql, args)
+
+    def failed(self, err: BaseException) -> None:
+        """A caller's query failed for a reason that can be the database: probe it now."""
+        if self.stats.up:
+            self.stats.last_error = f"{err.__class__.__name__}: {err}"
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Close the pool (connections in use are waited for)."""
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 10)
+            except (*_UNAVAILABLE, asyncio.CancelledError):
+                self._pool.terminate()  # a connection stuck on a dead server: drop it, nothing is lost
+            self._pool = None
+
+    async def run(self) -> None:
+        """Connect, prepare and watch until cancelled."""
+        delay = 0.5
+        while True:
+            try:
+                await self._probe()
+                delay = 0.5
+                self.stats.next_attempt_s = self.probe_interval_s
+                wait = self.probe_interval_s
+            except _UNAVAILABLE as err:
+                self._down(err, delay)
+                wait, delay = delay, min(delay * 2, self.retry_max_s)
+                self.stats.next_attempt_s = delay
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _probe(self) -> None:
+        if self._pool is None:
+            # min_size=0: creating the pool opens no connection, so it cannot fail on a database that is away.
+            self._pool = await asyncpg.create_pool(
+                host=self.cfg.host, port=self.cfg.port, user=self.cfg.user, database=self.cfg.name,
+                password=_password(self.cfg), min_size=0, max_size=self._max_size,
+                timeout=self.cfg.connect_timeout_s, command_timeout=60)
+        async with self._pool.acquire(timeout=self.cfg.connect_timeout_s + 1) as conn:
+            await conn.fetchval("SELECT 1", timeout=self.cfg.connect_timeout_s)
+            if not self.stats.prepared and self._prepare is not None:
+                await self._prepare(conn)
+        self.stats.prepared = True
+        if not self.stats.up:
+            was_down = self.stats.since is not None
+            away = (utcnow() - self.stats.since).total_seconds() if self.stats.since else 0.0
+            self.stats.up, self.stats.since, self.stats.last_error = True, utcnow(), ""
+            what = f"is back after {away:.0f} s: writing what was held meanwhile" if was_down else "connected"
+            log.info("database %s:%d/%s %s", self.cfg.host, self.cfg.port, self.cfg.name, what)
+            self.ready.set()
+            if was_down and self.on_transition is not None:
+                self.on_transition(True, f"database {what}")
+
+    def _down(self, err: BaseException, delay: float) -> None:
+        self.stats.failed_probes += 1
+        self.stats.last_error = _describe(err)
+        if self.stats.up or self.stats.since is None:
+            self.stats.outages += self.stats.up
+            self.stats.up, self.stats.since = False, utcnow()
+            self.ready.clear()
+            log.warning("database %s:%d/%s unavailable (%s): the plant runs on, samples and records are held "
+                        "locally; retrying every %.0f s at most", self.cfg.host, self.cfg.port, self.cfg.name,
+                        self.stats.last_error, self.retry_max_s)
+            if self.on_transition is not None:
+                self.on_transition(False, f"database unavailable: {self.stats.last_error}")
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, asyncpg.InvalidPasswordError):
+        return "wrong password: set [database] password or HEATREC_DB_PASSWORD"
+    if isinstance(err, asyncpg.InvalidCatalogNameError):
+        return f"database does not exist: create it or fix [database] name ({err})"
+    text = str(err) or err.__class__.__name__
+    return f"{err.__class__.__name__}: {text}"

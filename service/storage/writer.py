@@ -27,6 +27,7 @@ import asyncpg
 from service.bus import Subscription
 from service.config import StorageConfig
 from service.model import Sample
+from service.storage.database import Database
 from service.storage.points import register_point
 from service.storage.spool import Spool
 
@@ -61,9 +62,10 @@ class SampleWriter:
     bus queue bound is then the backpressure limit). With a spool, it goes to disk instead.
     """
 
-    def __init__(self, pool: asyncpg.Pool, sub: Subscription, cfg: StorageConfig, keys: dict[str, int],
+    def __init__(self, pool: Database | asyncpg.Pool, sub: Subscription, cfg: StorageConfig, keys: dict[str, int],
                  spool: Spool | None = None) -> None:
-        self._pool, self._sub, self._cfg = pool, sub, cfg
+        self._pool = pool if isinstance(pool, Database) else Database.from_pool(pool)
+        self._sub, self._cfg = sub, cfg
         self._keys = dict(keys)
         self.spool = spool
         self.stats = WriterStats()
@@ -155,9 +157,14 @@ class SampleWriter:
                       err, len(batch))
             await self._write_with_retry(batch)
 
+    def add_keys(self, keys: dict[str, int]) -> None:
+        """Point keys learnt elsewhere (the registry synced when the database came up)."""
+        self._keys.update(keys)
+
     def _failed(self, err: BaseException, n: int) -> None:
         self.stats.write_errors += 1
         self.stats.connected = False
+        self._pool.failed(err)
         if not self._failing:
             where = "spooling to disk" if self.spool else "holding them in memory and retrying"
             log.warning("database write of %d samples failed, %s: %s", n, where,

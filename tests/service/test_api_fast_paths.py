@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -13,10 +12,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from service.api.app import PointList, PointOut, create_app
 from service.api.points_view import PointsView
 from service.api.state import ServiceState
-from service.api.token_cache import TokenCache
-from service.auth import Principal, create_token, lookup_token, revoke_tokens
+from service.auth import create_token
 from service.bus import SampleBus
-from service.clock import VirtualClock
 from service.config import DatabaseConfig, parse_config
 from service.model import Quality, Sample
 from service.storage.database import connect_pool
@@ -62,69 +59,6 @@ def test_points_view_is_byte_identical_to_the_model() -> None:
     assert view.json() == model_json(bus)
     assert b"72.25" in view.json() and b"71.5" not in view.json()
     assert view.json("meter1") == model_json(bus, "meter1")
-
-
-class CountingLookup:
-    def __init__(self, principal: Principal | None) -> None:
-        self.principal, self.calls = principal, 0
-
-    async def __call__(self, token: str) -> Principal | None:
-        self.calls += 1
-        await asyncio.sleep(0.01)  # a database round trip, so concurrent requests overlap
-        return self.principal
-
-
-async def test_token_cache_serves_fresh_entries_and_shares_lookups() -> None:
-    clock = VirtualClock()
-    cache = TokenCache(ttl_s=2.0, clock=clock)
-    lookup = CountingLookup(Principal("v", "viewer"))
-    results = await asyncio.gather(*(cache.principal("tok", lookup) for _ in range(20)))
-    assert all(r == Principal("v", "viewer") for r in results) and lookup.calls == 1
-    clock.advance(1.9)
-    assert await cache.principal("tok", lookup) is not None and lookup.calls == 1
-    clock.advance(0.2)  # expired: asked again
-    assert await cache.principal("tok", lookup) is not None and lookup.calls == 2
-
-
-async def test_token_cache_keeps_no_invalid_tokens_and_is_bounded() -> None:
-    cache = TokenCache(ttl_s=60, max_entries=3, clock=VirtualClock())
-    nobody = CountingLookup(None)
-    for _ in range(3):
-        assert await cache.principal("guess", nobody) is None
-    assert nobody.calls == 3 and len(cache) == 0
-    someone = CountingLookup(Principal("v", "viewer"))
-    for i in range(5):
-        await cache.principal(f"t{i}", someone)
-    assert len(cache) == 3
-    await cache.principal("t4", someone)  # still cached
-    await cache.principal("t0", someone)  # evicted as least recently used
-    assert someone.calls == 6
-    off = TokenCache(ttl_s=0)
-    for _ in range(3):
-        await off.principal("t", someone)
-    assert someone.calls == 9
-
-
-async def test_revoked_token_stops_working_once_the_cache_entry_expires(database: DatabaseConfig) -> None:
-    pool = await connect_pool(database)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-            token = await create_token(conn, "viewer", "soon-revoked")
-        clock = VirtualClock()
-        cache = TokenCache(ttl_s=2.0, clock=clock)
-
-        def lookup(t: str):  # type: ignore[no-untyped-def]
-            return lookup_token(pool, t)
-
-        assert await cache.principal(token, lookup) == Principal("soon-revoked", "viewer")
-        async with pool.acquire() as conn:
-            assert await revoke_tokens(conn, "soon-revoked") == 1
-        assert await cache.principal(token, lookup) is not None  # within the documented window
-        clock.advance(2.0)
-        assert await cache.principal(token, lookup) is None
-    finally:
-        await pool.close()
 
 
 async def test_latency_histogram_labels_route_template_and_status(database: DatabaseConfig) -> None:

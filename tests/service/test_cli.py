@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,11 +66,41 @@ def test_run_with_missing_config() -> None:
 
 
 @pytest.mark.integration  # heatrec as a child process
-def test_run_with_unreachable_database(tmp_path: Path) -> None:
+def test_run_with_unreachable_database_runs_and_says_so_once(tmp_path: Path) -> None:
+    """The plant does not need its database to start: it runs, says why once, and stops cleanly."""
+    import httpx
+
+    api_port = free_port()
     cfg = tmp_path / "plant.toml"
-    cfg.write_text(f"[database]\nport = {free_port()}\nconnect_timeout_s = 2\n[api]\nport = {free_port()}\n")
-    line = one_line_error(heatrec("run", "-c", str(cfg)))
-    assert "cannot reach PostgreSQL" in line
+    cfg.write_text(f'[database]\nport = {free_port()}\nconnect_timeout_s = 1\n[api]\nport = {api_port}\n'
+                   f'token_store = "{tmp_path}/tokens.json"\n[storage]\nspool_dir = "{tmp_path}/spool"\n'
+                   "retry_max_s = 0.5\n")
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*HEATREC, "run", "-c", str(cfg)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                text=True)
+    try:
+        deadline = time.monotonic() + 30
+        failed = 0.0
+        while failed < 4:  # several retries of the half-second backoff
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            try:
+                metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=2).text
+                failed = next(float(ln.split()[1]) for ln in metrics.splitlines()
+                              if ln.startswith("heatrec_database_failed_probes_total "))
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        health: dict[str, Any] = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health", timeout=2).json()
+        assert proc.poll() is None, log.read_text()
+        db = health["components"]["database"]
+        assert db["status"] == "degraded" and "ConnectionRefusedError" in db["detail"], db
+        text = log.read_text()
+        assert text.count("unavailable (ConnectionRefusedError") == 1, text  # logged once, however many retries
+        assert "Traceback" not in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
 
 
 @pytest.mark.integration  # heatrec as a child process
@@ -102,7 +135,8 @@ def test_mosquitto_missing_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_token_create_prints_once_and_stores_hash(database: DatabaseConfig, tmp_path: Path) -> None:
     cfg = tmp_path / "plant.toml"
-    cfg.write_text(f'[database]\nport = {database.port}\nname = "{database.name}"\npassword = "${{PW}}"\n')
+    cfg.write_text(f'[database]\nport = {database.port}\nname = "{database.name}"\npassword = "${{PW}}"\n'
+                   f'[api]\ntoken_store = "{tmp_path}/tokens.json"\n')
     r = heatrec("token", "create", "-c", str(cfg), "--role", "operator", "--name", "alice",
                 env={"PW": database.password or ""})
     assert r.returncode == 0, r.stderr

@@ -39,8 +39,7 @@ PENDING = {
     "POST /api/v1/settlements/{contract_id}/{period}/close: request body",
     "POST /api/v1/settlements/{contract_id}/{period}/correct: 200 response",
     "POST /api/v1/settlements/{contract_id}/{period}/correct: request body",
-    "POST /api/v1/meters/{meter_id}/readings: 200 response", "POST /api/v1/meters/{meter_id}/readings: request body",
-    "POST /api/v1/meters/{meter_id}/replacements: 200 response",
+    "POST /api/v1/meters/{meter_id}/readings: request body",
     "POST /api/v1/meters/{meter_id}/replacements: request body",
     "GET /api/v1/kpis: 200 response", "GET /api/v1/reports/annual: 200 response",
 }
