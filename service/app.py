@@ -197,6 +197,8 @@ class Service:
             running.start("database", db.run())
             with contextlib.suppress(TimeoutError):  # a database that answers at once is ready before the drivers
                 await asyncio.wait_for(db.ready.wait(), cfg.database.connect_timeout_s)
+            if db.up:  # what the last run left in the journal first: the alarm states restored below include it
+                await self.journal.drain()
             running.start("journal", self.journal.run())
             self.tokens = TokenStore(Path(cfg.api.token_store))
             running.start("token-mirror", mirror_forever(self.tokens, db, cfg.api.token_cache_s))

@@ -27,7 +27,7 @@ import asyncpg
 from service.bus import Subscription
 from service.config import StorageConfig
 from service.model import Sample
-from service.storage.database import Database
+from service.storage.database import Database, DatabaseDown
 from service.storage.points import register_point
 from service.storage.spool import Spool
 
@@ -167,8 +167,10 @@ class SampleWriter:
         self._pool.failed(err)
         if not self._failing:
             where = "spooling to disk" if self.spool else "holding them in memory and retrying"
-            log.warning("database write of %d samples failed, %s: %s", n, where,
-                        f"{err.__class__.__name__}: {err}")
+            # A database known to be away has been reported by its supervisor already: once is enough.
+            level = logging.INFO if isinstance(err, DatabaseDown) else logging.WARNING
+            log.log(level, "database write of %d samples failed, %s: %s", n, where,
+                    f"{err.__class__.__name__}: {err}")
             self._failing = True
 
     def _recovered(self) -> None:
