@@ -18,6 +18,7 @@ __all__ = ["REGISTER_COUNT", "Device", "DeviceBase", "ModbusDevice", "ModbusPoin
            "MqttPoint", "OpcUaDevice", "OpcUaPoint", "PointBase"]
 
 _JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\])+$")
+MAX_CLOCK_SKEW_S = 31 * 86400.0  # a month; a gateway that buffers longer needs 0 (no check), set deliberately
 
 ModbusType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64",
                      "float32", "float64", "string"]
@@ -216,6 +217,14 @@ class OpcUaDevice(DeviceBase):
     certificate_dir: str = Field(default="var/pki",
                                  description="where the client's application certificate and key live; "
                                              "generated on first use of a security policy")
+    trusted_certificates_dir: str | None = Field(
+        default=None, description="server certificates (or their CAs) the driver trusts with a security policy; "
+                                  "default <certificate_dir>/trusted")
+    trusted_ca_file: str | None = Field(default=None, description="a PEM (or DER) file of CA or server "
+                                                                   "certificates trusted besides that directory")
+    rejected_certificates_dir: str | None = Field(
+        default=None, description="where an untrusted server's certificate is written for review; "
+                                  "default <certificate_dir>/rejected")
     application_uri: str = Field(default="urn:heatrec:client", min_length=1,
                                  description="the client's ApplicationUri, also written into its certificate")
     session_timeout_s: float = Field(default=60.0, ge=5, le=3600,
@@ -285,6 +294,17 @@ class MqttDevice(DeviceBase):
     clean_session: bool = Field(default=False,
                                 description="discard the broker-side session on connect; a session is only "
                                             "kept when client_id is set")
+    max_clock_skew_s: float = Field(
+        default=300.0, ge=0, le=MAX_CLOCK_SKEW_S,
+        description="a telegram whose source time (timestamp_path) is further than this from the time it "
+                    "arrives is refused: no sample, counted, logged once; 0 = trust any source time")
+    serial: str | None = Field(default=None, min_length=1,
+                               description="the meter's serial: telegrams carrying another (or none) are refused "
+                                           "and raise the device's meter_serial alarm; unset = the first serial "
+                                           "seen is kept and checked from then on")
+    serial_path: str = Field(default="$.serial",
+                             description="$.path of the serial in the device's JSON telegrams; \"\" = no "
+                                         "serial check (a device that carries several meters)")
     points: list[MqttPoint] = Field(min_length=1)
 
     @field_validator("endpoint")
@@ -295,10 +315,28 @@ class MqttDevice(DeviceBase):
             raise ValueError(f"'{v}' is not an MQTT endpoint like mqtt://host:port or mqtts://host:port")
         return v
 
+    @field_validator("serial_path")
+    @classmethod
+    def _serial_path(cls, v: str) -> str:
+        if v and not _JSON_PATH.match(v):
+            raise ValueError(f"'{v}' is not a JSON path like $.serial (or \"\" for no serial check)")
+        return v
+
     @model_validator(mode="after")
     def _unique(self) -> MqttDevice:
         self._check_points(self.points)
+        if self.serial is not None and not self.serial_path:
+            raise ValueError(f"serial '{self.serial}' needs serial_path (where the telegrams carry it)")
         return self
+
+    def topic_filter(self, point: MqttPoint) -> str:
+        """The point's topic as subscribed: {device} filled in, {point} as the single-level wildcard '+'."""
+        return "/".join(self.id if lv == "{device}" else "+" if lv == "{point}" else lv
+                        for lv in point.topic.split("/"))
+
+    def topic_filters(self) -> list[str]:
+        """Every distinct subscription filter of the device, in point order (also what its broker ACL grants)."""
+        return list(dict.fromkeys(self.topic_filter(p) for p in self.points))
 
 
 Device = Annotated[OpcUaDevice | ModbusDevice | MqttDevice, Field(discriminator="protocol")]

@@ -7,6 +7,7 @@ from drivers.base import Driver
 from drivers.config import ModbusDevice, MqttDevice, OpcUaDevice
 from drivers.modbus import ModbusDriver, ModbusLinks
 from drivers.mqtt import MqttDriver
+from drivers.mqtt_serials import SerialMemory
 from drivers.opcua import OpcUaDriver
 from service.bus import SampleSink
 from service.clock import SleepingClock
@@ -16,14 +17,15 @@ AnyDriver = Driver[OpcUaDevice] | Driver[ModbusDevice] | Driver[MqttDevice]
 
 def create_driver(device: OpcUaDevice | ModbusDevice | MqttDevice, sink: SampleSink, *,
                   backoff: Backoff | None = None, modbus_links: ModbusLinks | None = None,
-                  clock: SleepingClock | None = None) -> AnyDriver:
+                  clock: SleepingClock | None = None, mqtt_serials: SerialMemory | None = None) -> AnyDriver:
     """The generic driver for the device's protocol, publishing to `sink`; not started yet.
 
-    Modbus devices built with the same `modbus_links` share one connection per endpoint (gateways)."""
+    Modbus devices built with the same `modbus_links` share one connection per endpoint (gateways); MQTT
+    devices keep the meter serials they track in `mqtt_serials` (drivers.mqtt_serials.SerialFile)."""
     if isinstance(device, OpcUaDevice):
         return OpcUaDriver(device, sink, backoff=backoff, clock=clock)
     if isinstance(device, ModbusDevice):
         return ModbusDriver(device, sink, backoff=backoff, links=modbus_links, clock=clock)
     if isinstance(device, MqttDevice):
-        return MqttDriver(device, sink, backoff=backoff, clock=clock)
+        return MqttDriver(device, sink, backoff=backoff, clock=clock, serials=mqtt_serials)
     raise TypeError(f"no driver for protocol {getattr(device, 'protocol', type(device).__name__)!r}")

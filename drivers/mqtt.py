@@ -20,6 +20,7 @@ from drivers.base import Driver, raise_if_cancelled
 from drivers.config import MqttDevice, MqttPoint, PointBase
 from drivers.errors import DriverConnectionError, MalformedPayload
 from drivers.mqtt_link import PahoLink, TlsFileError, client_tls_context
+from drivers.mqtt_serials import SerialMemory
 from service.bus import SampleSink
 from service.clock import SleepingClock
 from service.model import Quality, Sample, utcnow
@@ -29,6 +30,8 @@ MATCH_CACHE_SIZE = 10_000  # distinct topics whose matching points are remembere
 DEFAULT_STALE_AFTER_S = 60.0  # meters publish on their own schedule: no poll interval to derive it from
 _STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]")
 _EPOCH_MS_THRESHOLD = 1e11  # larger epoch numbers are milliseconds (1e11 s is in the year 5138)
+SERIAL_ALARM_HOLD_S = 60.0  # a serial mismatch keeps the device's meter_serial condition this long
+REFUSAL_REASONS = ("clock_skew", "serial_mismatch")  # why a telegram gave no sample although well-formed
 
 Path = tuple[str | int, ...]
 _JSON = json.JSONDecoder()
@@ -155,6 +158,10 @@ class Telegram:
     samples: list[Sample]  # their samples, in the same order
     problem: str | None = None  # why some point got no value from it
     unrouted: str | None = None  # the {point} level's text when no declared point has it
+    carries: bool = False  # a JSON object that can carry the meter's serial (the device checks serials)
+    serial: str | None = None  # the serial it carries, when it does
+    skew: str | None = None  # why its source time is implausible (further from arrival than max_clock_skew_s)
+    sources: tuple[datetime, ...] = ()  # the distinct source times taken from the payload
 
 
 def routes_for(device: MqttDevice) -> list[Route]:
@@ -179,8 +186,20 @@ class MqttDriver(Driver[MqttDevice]):
     protocol = "mqtt"
 
     def __init__(self, device: MqttDevice, sink: SampleSink, *, backoff: Backoff | None = None,
-                 clock: SleepingClock | None = None) -> None:
+                 clock: SleepingClock | None = None, serials: SerialMemory | None = None) -> None:
         super().__init__(device, sink, backoff=backoff, clock=clock)
+        # Source-time plausibility: a telegram dated far from its arrival (back-dated, or a gateway clock
+        # gone wrong) would land in the wrong hour, day or billing month.
+        self._max_skew_s = device.max_clock_skew_s or None
+        # Meter identity: telegrams of another meter must not continue this one's register.
+        self._serial_path: Path | None = compile_path(device.serial_path) if device.serial_path else None
+        self._serials = serials
+        self._serial: str | None = device.serial or (serials.get(device.id) if serials and device.serial_path
+                                                     else None)
+        self._serial_fault: str | None = None  # the last mismatch, for the meter_serial alarm
+        self._serial_fault_at = -math.inf  # when it was seen, on the driver's clock
+        self.refused_telegrams: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)  # by reason, for metrics
+        self._refusing: set[str] = set()  # reasons logged in the current episode
         self._paths: dict[str, tuple[Path | None, Path | None]] = {
             p.id: (compile_path(p.json_path) if p.json_path else None,
                    compile_path(p.timestamp_path) if p.timestamp_path else None)
@@ -276,11 +295,48 @@ class MqttDriver(Driver[MqttDevice]):
                 doc = _JSON.decode(data.decode("utf-8")) if type(data) is bytes else parse_json(data)
             except (ValueError, UnicodeDecodeError) as err:
                 doc_error = MalformedPayload(f"not JSON: {err}")
+        telegram: Telegram | None = None
         if plan.fast is not None and type(doc) is dict:
             telegram = self._decode_fast(topic, plan.fast, doc, received)
-            if telegram is not None:
-                return telegram
-        # The careful path: every point on its own, and the words for whatever is wrong.
+        if telegram is None:
+            telegram = self._decode_careful(topic, plan, data, doc, doc_error, received)
+        if self._serial_path is not None and type(doc) is dict:
+            telegram.carries = True
+            telegram.serial = self._serial_of(doc)
+        if self._max_skew_s is not None and telegram.samples and telegram.sources:
+            telegram.skew = self._skew(telegram.sources, received)
+        return telegram
+
+    def _serial_of(self, doc: dict[str, Any]) -> str | None:
+        """The serial a telegram carries (text, or an integer as text); None when it carries none."""
+        path = self._serial_path
+        assert path is not None
+        try:
+            step = path[0]
+            node = doc.get(step) if len(path) == 1 and type(step) is str else extract(doc, path)
+        except MalformedPayload:
+            return None
+        if type(node) is str:
+            return node.strip() or None
+        if type(node) is int:
+            return str(node)
+        return None
+
+    def _skew(self, sources: tuple[datetime, ...], received: datetime) -> str | None:
+        """Why the telegram's source time is implausible, or None (every source time within max_clock_skew_s)."""
+        limit = self._max_skew_s
+        assert limit is not None
+        for source in sources:
+            ahead = (source - received).total_seconds()
+            if abs(ahead) > limit:
+                when = f"{-ahead:.0f} s before" if ahead < 0 else f"{ahead:.0f} s after"
+                return (f"source time {source.isoformat()} is {when} its arrival (max_clock_skew_s = "
+                        f"{limit:g})")
+        return None
+
+    def _decode_careful(self, topic: str, plan: Plan, data: bytes | bytearray, doc: Any,
+                        doc_error: MalformedPayload | None, received: datetime) -> Telegram:
+        """Every point on its own, and the words for whatever is wrong."""
         pids: list[str] = []
         samples: list[Sample] = []
         times: dict[Path, datetime] = {}  # points of one telegram usually share its timestamp path
@@ -314,7 +370,7 @@ class MqttDriver(Driver[MqttDevice]):
             pids.append(p.id)
             # tuple.__new__ skips the NamedTuple's Python-level __new__ (see Driver._publish_values)
             samples.append(new(Sample, (full_ids[p.id], value, good, source, received)))
-        return Telegram(topic, pids, samples, problem)
+        return Telegram(topic, pids, samples, problem, sources=tuple(times.values()))
 
     @staticmethod
     def _decode_fast(topic: str, fast: FastPlan, doc: dict[str, Any], received: datetime) -> Telegram | None:
@@ -330,7 +386,8 @@ class MqttDriver(Driver[MqttDevice]):
         except (KeyError, OverflowError, MalformedPayload):
             return None
         fields = zip(fast.full_ids, values, repeat(Quality.GOOD), repeat(source), repeat(received))
-        return Telegram(topic, fast.pids, list(map(tuple.__new__, repeat(Sample), fields)))
+        return Telegram(topic, fast.pids, list(map(tuple.__new__, repeat(Sample), fields)),
+                        sources=() if fast.time_path is None else (source,))
 
     def _deliver(self, batch: list[Telegram]) -> None:
         """Event loop: count, log and publish decoded messages in arrival order, the whole batch at once."""
@@ -342,6 +399,14 @@ class MqttDriver(Driver[MqttDevice]):
                 continue
             self.stats.reads += 1
             topic = t.topic
+            if t.carries and t.samples and not self._serial_matches(t):
+                continue
+            if t.skew is not None:
+                self._refuse("clock_skew", f"telegram on {topic} refused: {t.skew}; such telegrams give no "
+                                           "sample until source times are plausible again")
+                continue
+            if self._refusing:
+                self._accepted_again(t)
             if t.problem is not None:
                 # No sample for a value we cannot read: the point turns STALE if this goes on.
                 self.stats.malformed_messages += 1
@@ -356,6 +421,63 @@ class MqttDriver(Driver[MqttDevice]):
             samples += t.samples
         if samples:
             self._publish_samples(pids, samples)
+
+    # ------------------------------------------------------------------ refusals
+
+    def _serial_matches(self, t: Telegram) -> bool:
+        """Whether the telegram comes from the device's meter; the first serial seen is tracked if none is set."""
+        known = self._serial
+        if t.serial is None:
+            if known is None:
+                return True  # nothing known and nothing carried: no meter identity to check
+            problem = f"a telegram on {t.topic} carries no serial at {self.device.serial_path}, expected {known}"
+        elif known is None:
+            if t.skew is not None:
+                return True  # judged by its time first: only a plausible telegram names the meter to keep
+            self._serial = t.serial
+            if self._serials is not None:
+                self._serials.remember(self.device_id, t.serial)
+            self._log.info("%s: meter serial %s seen first on %s; telegrams of any other meter are refused "
+                           "from now on", self.device_id, t.serial, t.topic)
+            return True
+        elif t.serial == known:
+            return True
+        else:
+            problem = f"a telegram on {t.topic} comes from meter {t.serial[:40]}, expected {known}"
+        self._serial_fault, self._serial_fault_at = problem, self._clock.monotonic()
+        self._refuse("serial_mismatch", f"{problem}: refused; its values must not continue this meter's "
+                                        "registers (if the meter was exchanged, record the replacement and set "
+                                        "the device's serial)")
+        return False
+
+    @property
+    def serial_problem(self) -> str | None:
+        """A serial mismatch seen within the last SERIAL_ALARM_HOLD_S (the meter_serial alarm's condition)."""
+        if self._serial_fault is not None and self._clock.monotonic() - self._serial_fault_at < SERIAL_ALARM_HOLD_S:
+            return self._serial_fault
+        return None
+
+    @property
+    def serial(self) -> str | None:
+        """The meter serial checked: configured, or the first seen (tracked)."""
+        return self._serial
+
+    def _refuse(self, reason: str, message: str) -> None:
+        """Count a refused telegram; log the first of an episode."""
+        self.refused_telegrams[reason] += 1
+        if reason not in self._refusing:
+            self._refusing.add(reason)
+            self._log.warning("%s: %s", self.device_id, message)
+
+    def _accepted_again(self, t: Telegram) -> None:
+        """A telegram passed every check: the refusal episodes it ends are over."""
+        for reason in list(self._refusing):
+            if reason == "serial_mismatch" and not t.carries:
+                continue  # a plain payload says nothing about the meter's identity
+            self._refusing.discard(reason)
+            what = "meter serials match again" if reason == "serial_mismatch" else "source times are plausible again"
+            self._log.info("%s: %s (%d telegrams refused so far)", self.device_id, what,
+                           self.refused_telegrams[reason])
 
     def _log_unrouted(self, t: Telegram) -> None:
         if t.topic in self._unrouted_topics:

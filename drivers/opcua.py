@@ -2,6 +2,10 @@
 
 Over 400 lines because polling, subscriptions, security (certificates) and typed writes share one session
 life cycle; split, each part would need the session's internals.
+
+With a security policy the server's certificate must be in the device's trust list (drivers/opcua_trust.py:
+`trusted_certificates_dir`, `trusted_ca_file`); an untrusted server is refused (ServerUntrusted, the
+device BAD and backing off) and its certificate written to `rejected_certificates_dir` for review.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any, TypeVar
 
 from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeNotif
+from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from cryptography import x509
 
 from drivers.backoff import Backoff
 from drivers.base import Driver, raise_if_cancelled
@@ -31,9 +37,11 @@ from drivers.errors import (
     DriverTimeout,
     WriteRejected,
 )
+from drivers.opcua_trust import TrustList, first_certificate
 from service.bus import SampleSink
 from service.clock import SleepingClock
 from service.model import Quality, utcnow
+from service.private_files import ensure_private_key
 
 T = TypeVar("T")
 _Change = tuple[ua.NodeId, ua.DataValue] | ua.StatusChangeNotification
@@ -75,6 +83,24 @@ def certificate_paths(device: OpcUaDevice) -> tuple[Path, Path]:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", device.application_uri).strip("_") or "client"
     base = Path(device.certificate_dir)
     return base / f"{stem}.der", base / f"{stem}.key.pem"
+
+
+class ServerUntrusted(DriverConnectionError):
+    """The server's certificate is not in the device's trust list (or not valid): nothing is sent to it."""
+
+
+def trust_list(device: OpcUaDevice) -> TrustList:
+    """The server certificates a device trusts: its directory, its CA file, and where refused ones go."""
+    base = Path(device.certificate_dir)
+    return TrustList(Path(device.trusted_certificates_dir or base / "trusted"),
+                     Path(device.rejected_certificates_dir or base / "rejected"),
+                     Path(device.trusted_ca_file) if device.trusted_ca_file else None,
+                     peer=f"server ({device.id})", log_refusals=False)
+
+
+def _make_private_key(key_file: Path) -> None:
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_key(key_file)
 
 
 def _certificate_lock(cert_file: Path) -> asyncio.Lock:
@@ -174,6 +200,7 @@ class OpcUaDriver(Driver[OpcUaDevice]):
         self._changes: asyncio.Queue[_Change] = asyncio.Queue()
         self._polling = not device.subscribe  # also when the server refused a subscription
         self._fallback_logged = False
+        self.trust = trust_list(device)
 
     # ------------------------------------------------------------------ lifecycle hooks
 
@@ -216,18 +243,40 @@ class OpcUaDriver(Driver[OpcUaDevice]):
             await self._subscribe(client)
 
     async def _secure(self, client: Client) -> None:
-        """Sign (and encrypt) with our application certificate, generating it on first use."""
+        """Sign (and encrypt) with our application certificate, generated on first use, to a server whose
+        certificate the trust list holds: the one its endpoint list offers is checked, never taken on faith."""
         cert_file, key_file = certificate_paths(self.device)
         try:
             async with _certificate_lock(cert_file):  # devices starting together share one certificate
+                await asyncio.to_thread(_make_private_key, key_file)  # 0600 from its first byte
                 await client.setup_self_signed_certificate(key_file, cert_file,
                                                            subject_attrs={"organizationName": "heatrec"})
         except OSError as err:
             raise DriverError(f"cannot create the application certificate in '{cert_file.parent}': {err}") from err
-        # Without a pinned server certificate asyncua fetches it from the server's endpoint list.
-        await self._ua(client.set_security(SECURITY_POLICIES[self.device.security_policy], cert_file, key_file,
-                                           mode=getattr(ua.MessageSecurityMode, self.device.security_mode)),
-                       f"find a {self.device.security_policy}/{self.device.security_mode} endpoint")
+        policy = SECURITY_POLICIES[self.device.security_policy]
+        mode = getattr(ua.MessageSecurityMode, self.device.security_mode)
+        what = f"find a {self.device.security_policy}/{self.device.security_mode} endpoint"
+        endpoints = await self._ua(client.connect_and_get_server_endpoints(), what)
+        try:
+            endpoint = Client.find_endpoint(endpoints, mode, policy.URI)
+            server_der = first_certificate(endpoint.ServerCertificate or b"")
+            server_cert = x509.load_der_x509_certificate(server_der)
+        except (UaError, ValueError) as err:
+            raise DriverError(f"{what}: {err}") from err
+        await self._check_server(server_cert, endpoint.Server)
+        await self._ua(client.set_security(policy, cert_file, key_file, server_certificate=server_der, mode=mode),
+                       "set up the secure channel")
+        # asyncua checks the certificate the server answers CreateSession with as well.
+        client.certificate_validator = self.trust.validate
+
+    async def _check_server(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+        try:
+            await self.trust.validate(cert, app)
+        except ServiceError:
+            raise ServerUntrusted(f"the server's certificate is refused ({self.trust.last_refusal}); trust it "
+                                  f"only if it is this device's") from None  # the status is in the message
+        except (OSError, ValueError) as err:  # the trust list itself: a missing CA file, a broken one
+            raise DriverError(f"trust list of {self.device.id}: {err}") from err
 
     async def _resolve(self, client: Client) -> None:
         """Map every point to a NodeId on this server instance (namespace indexes can change on restart)."""

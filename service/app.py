@@ -16,12 +16,16 @@ from fastapi import FastAPI
 from drivers import create_driver
 from drivers.base import Driver, WriteResult
 from drivers.modbus import ModbusLinks
+from drivers.mqtt import MqttDriver
+from drivers.mqtt_serials import SerialFile
+from service.accounting.closed_periods import ClosedPeriods
 from service.accounting.rollup_task import run_rollups
 from service.accounting.store import apply_manual_reading, apply_replacement
 from service.alarms import store as alarm_store
 from service.alarms.manager import AlarmManager
 from service.alarms.mqtt_publisher import AlarmPublisher
 from service.api.app import create_app
+from service.api.http_protocol import DeadlineH11Protocol
 from service.api.state import ServiceState
 from service.audit import AuditEntry, AuditLog, apply_audit
 from service.bus import SampleBus
@@ -69,9 +73,21 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
 
 
 def api_server_config(app: FastAPI, api: ApiConfig) -> uvicorn.Config:
-    """uvicorn settings: no access log (tokens could leak via query strings), TLS when configured."""
+    """uvicorn settings: no access log (tokens could leak via query strings), TLS when configured, and bounds.
+
+    What a flood may cost is bounded (docs/CONFIG.md "[api]"): connections and requests at once
+    (beyond: 503), the size of the headers, deadlines for incomplete headers and bodies (h11 with
+    deadlines), idle keep-alive. X-Forwarded-For and -Proto are believed only from `trusted_proxies`:
+    without any, the peer's address is the client's (the failed-authentication limiter counts by it).
+    """
     return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                          ssl_certfile=api.tls_cert_file, ssl_keyfile=api.tls_key_file)
+                          ssl_certfile=api.tls_cert_file, ssl_keyfile=api.tls_key_file,
+                          http=DeadlineH11Protocol.with_deadlines(api.header_timeout_s, api.body_timeout_s),
+                          ws="none", h11_max_incomplete_event_size=api.max_header_bytes,
+                          limit_concurrency=api.limit_concurrency, timeout_keep_alive=api.keep_alive_s,
+                          proxy_headers=bool(api.trusted_proxies), forwarded_allow_ips=list(api.trusted_proxies),
+                          # On a stop, an open event stream (or a client that never reads) holds it 5 s at most.
+                          timeout_graceful_shutdown=5, server_header=False)
 
 
 class Service:
@@ -84,6 +100,7 @@ class Service:
         self.writer: SampleWriter | None = None
         self.alarms: AlarmManager | None = None
         self.alarm_publisher: AlarmPublisher | None = None  # [alarms.mqtt]
+        self.closed_periods: ClosedPeriods | None = None  # [accounting]: late readings for closed months refused
         self.scada: ScadaServer | None = None
         self.control: ControlLoop | None = None
         self.arbiter: WriteArbiter | None = None
@@ -130,6 +147,20 @@ class Service:
             await self.audit.record(AuditEntry(str(data.get("entered_by", "heatrec")), "system", f"{kind}.store",
                                                str(data.get("meter_id", "")), data, None, "refused",
                                                f"queued during a database outage, refused when stored: {err}"))
+
+    async def _closed_periods(self, db: Database) -> ClosedPeriods | None:
+        """The guard of closed settlement periods, knowing them before the first reading arrives if it can."""
+        cfg = self.cfg
+        if cfg.accounting is None:
+            return None
+        spool = spool_path(cfg.storage.spool_dir, cfg.database)
+        closed = ClosedPeriods(cfg, self.bus, state_file=spool.with_name(spool.name + ".closed-periods.json"))
+        if db.up:
+            try:
+                await closed.refresh(db)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:  # its task retries
+                log.warning("closed settlement periods not read at start (%s): the local copy guards", err)
+        return closed
 
     def health(self) -> dict[str, tuple[str, str]]:
         """Per component: (ok|degraded, detail)."""
@@ -203,10 +234,17 @@ class Service:
             self.tokens = TokenStore(Path(cfg.api.token_store))
             running.start("token-mirror", mirror_forever(self.tokens, db, cfg.api.token_cache_s))
             links = ModbusLinks()  # the devices behind one Modbus gateway share its connection
-            self.drivers = [create_driver(d, self.bus, modbus_links=links) for d in cfg.devices]
+            closed = self.closed_periods = await self._closed_periods(db)
+            serials = SerialFile(Path(cfg.storage.spool_dir) / "mqtt-serials.json")  # tracked meter serials
+            self.drivers = [create_driver(d, closed if closed is not None and any(
+                                f"{d.id}.{p.id}" in closed.points for p in d.points) else self.bus,
+                                          modbus_links=links, mqtt_serials=serials) for d in cfg.devices]
+            mqtt_drivers = [d for d in self.drivers if isinstance(d, MqttDriver)]
             self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, db,
                                        lambda: {d.device_id: str(d.state.value) for d in self.drivers},
-                                       journal=self.journal)
+                                       journal=self.journal,
+                                       serial_devices=[d.device_id for d in mqtt_drivers if d.device.serial_path],
+                                       device_faults=lambda: {d.device_id: d.serial_problem for d in mqtt_drivers})
             await self.alarms.start()
             if cfg.alarms.mqtt is not None:
                 alarms = self.alarms
@@ -249,6 +287,8 @@ class Service:
             running.start("storage-retention", run_retention(db, cfg.storage))
             if cfg.accounting is not None:
                 running.start("accounting-rollups", run_rollups(db, cfg))
+            if closed is not None:
+                running.start("accounting-closed-periods", closed.run(db))
             # Stopped together; cancel_and_wait retries, as a library's wait_for can swallow one cancel.
             running.start_together([(f"driver-{d.device_id}", d.run()) for d in self.drivers])
             running.start("alarms", self.alarms.run())

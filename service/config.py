@@ -73,7 +73,8 @@ __all__ = [
 # Keys holding a path: a relative one written in a config file means relative to that file's directory, so a
 # plant's files travel with it and do not depend on where the service is started (systemd, containers).
 PATH_KEYS = frozenset({"rules_dir", "spool_dir", "certificate_dir", "tls_ca_file", "tls_cert_file", "tls_key_file",
-                       "env_file", "state_file", "token_store"})
+                       "env_file", "state_file", "token_store",
+                       "trusted_certificates_dir", "rejected_certificates_dir", "trusted_ca_file"})  # OPC UA trust
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 from service.config import ConfigError, HeatrecConfig, load_config
 from service.localservers import MosquittoServer, PostgresCluster, check_ports_free
+from service.localservers.mosquitto import plant_broker_users
+from service.private_files import write_private
+from service.scada.pki import DEMO_CLIENT_URI, ensure_client_identity
 from service.signals import run_until_signal
 
 log = logging.getLogger(__name__)
@@ -30,23 +33,17 @@ def _load_credentials(path: Path) -> dict[str, Any]:
             "opcua": {"username": "scada", "password": secrets.token_urlsafe(18)}}
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Replace `path` with `text`, readable by its owner only (tokens and passwords), never half-written."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-
-
 def _save_credentials(path: Path, data: dict[str, Any]) -> None:
-    _write_private(path, json.dumps(data, indent=2) + "\n")
+    """Tokens and passwords: created 0600 (never readable by others, not even while written), replaced atomically."""
+    write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def _save_env_file(path: Path, creds: dict[str, Any]) -> None:
     """The demo's passwords as KEY=VALUE lines, for the config's env_file: CLI commands then find them too."""
-    _write_private(path, "# written by `heatrec demo`; the plant config names it in env_file\n"
+    write_private(path, "# written by `heatrec demo`; the plant config names it in env_file\n"
                          f"HEATREC_DB_PASSWORD={creds['database']['password']}\n"
                          f"HEATREC_MQTT_PASSWORD={creds['mqtt']['password']}\n"
+                         f"HEATREC_MQTT_ALARMS_PASSWORD={creds['mqtt_alarms']['password']}\n"
                          f"HEATREC_SCADA_PASSWORD={creds['opcua']['password']}\n")
 
 
@@ -102,6 +99,9 @@ def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
     if cfg.scada:
         lines.append(f"  SCADA        {cfg.scada.endpoint}   (OPC UA; user '{creds['opcua']['username']}', "
                      "password in credentials)")
+        if creds["opcua"].get("client_certificate"):
+            lines.append(f"  SCADA client {creds['opcua']['client_certificate']}   (trusted; the user logs in over "
+                         "Basic256Sha256 or Aes256Sha256RsaPss, Sign or SignAndEncrypt)")
     if sim:
         lines.append(f"  MQTT broker  {sim.mqtt_broker}")
         lines += [f"  CDU sim      {c.endpoint}   ({c.id}, OPC UA)" for c in sim.cdus]
@@ -146,6 +146,12 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
     # Secrets reach the config through the environment (${HEATREC_DB_PASSWORD} etc.).
     os.environ["HEATREC_DB_PASSWORD"] = creds["database"]["password"]
     os.environ["HEATREC_MQTT_PASSWORD"] = creds["mqtt"]["password"]
+    # One broker identity per role (docs/DEPLOY.md): the simulated gateway and the alarm publisher have their own.
+    # The gateway's password is the simulator's, not heatrec's: it stays out of heatrec.env (credentials.json only).
+    for role in ("mqtt_gateway", "mqtt_alarms"):
+        creds.setdefault(role, {"password": secrets.token_urlsafe(18)})
+    os.environ["HEATREC_MQTT_GATEWAY_PASSWORD"] = creds["mqtt_gateway"]["password"]
+    os.environ["HEATREC_MQTT_ALARMS_PASSWORD"] = creds["mqtt_alarms"]["password"]
     creds.setdefault("opcua", {"username": "scada", "password": secrets.token_urlsafe(18)})
     os.environ["HEATREC_SCADA_PASSWORD"] = creds["opcua"]["password"]
     _save_env_file(var_dir / "heatrec.env", creds)
@@ -160,14 +166,23 @@ def run_demo(config_path: Path, var_dir: Path) -> int:
     if cfg.simulation is None:
         raise ConfigError(f"{config_path}: simulation: the demo needs a [simulation] section")
     check_ports_free(demo_ports(cfg))
+    if cfg.scada is not None:  # the demo's own SCADA client identity, trusted by its SCADA server
+        cert, key = asyncio.run(ensure_client_identity(cfg.scada))
+        creds["opcua"].update({"client_certificate": str(cert), "client_key": str(key),
+                               "client_application_uri": DEMO_CLIENT_URI})
     _save_credentials(cred_path, creds)
 
     print(f"starting PostgreSQL + TimescaleDB ({var_dir / 'pg'}) ...", flush=True)
+    # heatrec connects as its own role, which owns the database and is no superuser; the cluster's superuser
+    # (administration only) keeps its password in var/demo/pg.admin-password (0600).
     pg = PostgresCluster(var_dir / "pg", cfg.database.port, creds["database"]["password"],
                          host=cfg.database.host, user=cfg.database.user, dbname=cfg.database.name)
+    creds["database_admin"] = {"user": pg.admin_user, "password_file": str(pg.admin_password_file)}
     broker_url = urlsplit(cfg.simulation.mqtt_broker)
-    mq = MosquittoServer(var_dir / "mosquitto", broker_url.port or 1883, creds["mqtt"]["username"],
-                         creds["mqtt"]["password"], host=broker_url.hostname or "127.0.0.1")
+    broker_host, broker_port = broker_url.hostname or "127.0.0.1", broker_url.port or 1883
+    # Each client of the broker gets its own identity and ACL, derived from the config (who reads, who writes).
+    mq = MosquittoServer(var_dir / "mosquitto", broker_port, host=broker_host,
+                         users=plant_broker_users(cfg, broker_host, broker_port))
     pg.start()
     try:
         print("starting Mosquitto ...", flush=True)

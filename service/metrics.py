@@ -123,6 +123,7 @@ class ServiceCollector(Collector):
                 fam.add_metric([d.device_id], getattr(d.stats, f.name))
         yield state
         yield from counters.values()
+        yield from _refusal_families(svc)
 
         if svc.alarms is not None:
             active = GaugeMetricFamily("heatrec_alarms", "Alarms by state and severity", labels=["state", "severity"])
@@ -191,6 +192,25 @@ class ServiceCollector(Collector):
                                       "(audited)", value=js.refused)
         if svc.control is not None:
             yield from _control_families(svc)
+
+
+def _refusal_families(svc: MetricsSource) -> Iterator[CounterMetricFamily]:
+    """Well-formed telegrams and samples refused as implausible (clock skew, another meter, a closed period)."""
+    refused = CounterMetricFamily("heatrec_driver_refused_telegrams", "Telegrams refused although well-formed: "
+                                  "source time too far from arrival (clock_skew) or from another meter "
+                                  "(serial_mismatch)", labels=["device", "reason"])
+    for d in svc.drivers:
+        by_reason: dict[str, int] = getattr(d, "refused_telegrams", {})  # the MQTT driver's
+        for reason, n in sorted(by_reason.items()):
+            refused.add_metric([d.device_id, reason], n)
+    yield refused
+    closed = getattr(svc, "closed_periods", None)  # [accounting]: service.accounting.closed_periods
+    if closed is not None:
+        late = CounterMetricFamily("heatrec_accounting_refused_samples", "Readings refused because they are "
+                                   "dated inside a closed settlement period", labels=["point"])
+        for point in sorted(closed.points):
+            late.add_metric([point], closed.refused.get(point, 0))
+        yield late
 
 
 def _control_families(svc: MetricsSource) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

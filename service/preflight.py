@@ -14,6 +14,9 @@ def _files(cfg: HeatrecConfig) -> Iterator[tuple[str, str]]:
     for key in ("tls_cert_file", "tls_key_file"):
         if (v := getattr(cfg.api, key)) is not None:
             yield f"api.{key}", v
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        if (v := getattr(cfg.database, key)) is not None:
+            yield f"database.{key}", v
     for i, d in enumerate(cfg.devices):
         for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
             if (v := getattr(d, key, None)) is not None:

@@ -121,6 +121,11 @@ class WriteArbiter:
             raise NotFound("control is not enabled: add a [control] section to the plant config (docs/CONFIG.md)")
         return await self.control.request(req, principal, role)
 
+    async def refuse_control(self, requested: Mapping[str, object], principal: str, role: str, reason: str) -> None:
+        """Audit an operator's change of the loop parameters refused before it could reach the loop (a value
+        no request can carry, such as a non-finite number from SCADA); `requested` must be JSON as it is."""
+        await self._record(principal, role, "control.set", "control", dict(requested), None, "refused", reason)
+
     # --- the one way to a device ---------------------------------------------------------------
 
     async def submit(self, req: WriteRequest) -> WriteResult:

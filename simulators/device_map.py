@@ -14,6 +14,8 @@ from simulators.cdu_opcua import CDU_VARIABLES
 from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
 
 PLANTS_DIR = Path(__file__).resolve().parent.parent / "config" / "plants"
+# heatrec's own broker identity (read access to the meter topics only); the gateway has another (docs/DEPLOY.md).
+HEATREC_MQTT_USER = {"username": "heatrec", "password": "${HEATREC_MQTT_PASSWORD:-}"}
 _UNITS = {"°C": "degC", "l/min": "L/min", "kW": "kW", "%": "%"}
 
 
@@ -84,12 +86,9 @@ def meter_device(m: SimHeatMeter, sim: SimulationConfig) -> dict[str, Any]:
         if kind:
             p["kind"] = kind
         mqtt_points.append(p | {"topic": m.topic, "json_path": f"$.{key}", "timestamp_path": "$.time"})
-    dev: dict[str, Any] = {"id": m.id, "protocol": "mqtt", "endpoint": sim.mqtt_broker}
-    if sim.mqtt_username:
-        dev["username"] = sim.mqtt_username
-    if sim.mqtt_password:
-        dev["password"] = sim.mqtt_password
-    return dev | {"points": mqtt_points}
+    # heatrec subscribes with its own identity, not the gateway's; telegrams of another meter are refused.
+    return {"id": m.id, "protocol": "mqtt", "endpoint": sim.mqtt_broker, **HEATREC_MQTT_USER, "serial": m.serial,
+            "points": mqtt_points}
 
 
 def device_entries(sim: SimulationConfig) -> list[dict[str, Any]]:
@@ -120,13 +119,17 @@ def _control(n_pumps: int, capacity_kw: float, cdus: list[str], curve: list[tupl
     }
 
 
-_MQTT_AUTH = {"mqtt_username": "heatrec", "mqtt_password": "${HEATREC_MQTT_PASSWORD:-}"}
+# The simulated M-Bus gateway's identity: it may publish its meters' topics, nothing else.
+_MQTT_AUTH = {"mqtt_username": "mbus-gateway", "mqtt_password": "${HEATREC_MQTT_GATEWAY_PASSWORD:-}"}
 
 
 def _scada(name: str, port: int) -> dict[str, Any]:
-    """A [scada] section: anonymous read, one operator user whose password `heatrec demo` makes."""
+    """A [scada] section like the demo's: anonymous read-only browsing also without security ("None"); the
+    operator user, whose password `heatrec demo` makes, logs in over a signed channel from a trusted client."""
     return {"endpoint": f"opc.tcp://127.0.0.1:{port}", "allow_anonymous": True,
             "certificate_dir": f"../../var/{name}/pki/scada",
+            "security_policies": ["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt",
+                                  "Aes256Sha256RsaPss_Sign", "Aes256Sha256RsaPss_SignAndEncrypt"],
             "users": [{"username": "scada", "password": "${HEATREC_SCADA_PASSWORD:-}", "role": "operator"}]}
 
 
@@ -186,8 +189,11 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
             ],
         },
         # The exchanger's 55 °C water mixes with the boosted water: a 4th-generation curve the pumps can hold.
+        # meter2 (Modbus) measures the same mixed supply as meter1 (MQTT): the steering input's cross-check.
         "control": _control(3, 4500.0, [f"cdu{i}" for i in range(1, 5)], [(-12.0, 66.0), (15.0, 56.0)], 150.0,
                             target_min=55.0, target_max=75.0, safe_setpoint=75.0,
+                            supply_temperature_check="meter2.flow_temperature",
+                            supply_temperature_check_band_k=3.0, supply_temperature_check_delay_s=10.0,
                             staging={"direct_source_temperature": "cdu1.secondary_return_temperature",
                                      "direct_approach_k": 5.0}),
         "scada_port": 4940,

@@ -13,6 +13,7 @@ import pytest
 
 from service.config import DatabaseConfig
 from service.localservers import MosquittoServer, PostgresCluster, free_port
+from service.localservers.mosquitto import BrokerUser
 from tests.isolation import UNIT_ONLY_ENV, UnitGuard, failure_text, mark_integration
 from tests.support import demo_config_text
 
@@ -82,7 +83,11 @@ def shared_tmp_path() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres(server_root: Path) -> Iterator[PostgresCluster]:
-    """A private PostgreSQL 15 + TimescaleDB cluster for the whole session."""
+    """A private PostgreSQL 15 + TimescaleDB cluster for the whole session.
+
+    Tests connect as heatrec's role (`postgres.user`, no superuser, owner of the databases `database` makes);
+    `postgres.psql` runs as the cluster's superuser (`postgres.admin_user`), for what only an admin may do.
+    """
     # fsync off: tests never survive an OS crash, and it makes the session much faster.
     pg = PostgresCluster(server_root / "pg", free_port(), secrets.token_urlsafe(16),
                          settings={"fsync": "off", "full_page_writes": "off"})
@@ -93,19 +98,28 @@ def postgres(server_root: Path) -> Iterator[PostgresCluster]:
 
 @pytest.fixture(scope="session")
 def mosquitto(server_root: Path) -> Iterator[MosquittoServer]:
-    """A private Mosquitto with password authentication for the whole session."""
+    """A private Mosquitto with password authentication for the whole session.
+
+    `heatrec` may use every topic (tests publish and subscribe anywhere); the demo plant's simulated gateway has
+    its own identity, `mbus-gateway`, limited to the meter topics, and its password is exported as
+    HEATREC_MQTT_GATEWAY_PASSWORD for the demo configs the tests run (tests/security/ checks the real ACLs).
+    """
+    gateway = BrokerUser("mbus-gateway", secrets.token_urlsafe(16), write=("mbus/heatmeter/#",),
+                         role="the demo's simulated M-Bus gateway")
     broker = MosquittoServer(server_root / "mosquitto", free_port(), "heatrec", secrets.token_urlsafe(16),
-                             persistence=False)
+                             persistence=False, users=[gateway])
     broker.start()
-    yield broker
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HEATREC_MQTT_GATEWAY_PASSWORD", gateway.password)
+        yield broker
     broker.stop()
 
 
 @pytest.fixture
 def database(postgres: PostgresCluster) -> DatabaseConfig:
-    """A new, empty database on the session cluster for one test."""
+    """A new, empty database on the session cluster for one test, owned by heatrec's role (no superuser)."""
     name = f"t_{secrets.token_hex(6)}"
-    postgres.psql(f'CREATE DATABASE "{name}"')
+    postgres.create_database(name)
     return DatabaseConfig(host=postgres.host, port=postgres.port, name=name, user=postgres.user,
                           password=postgres.password)
 

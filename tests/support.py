@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from service.localservers import PostgresCluster
 
 DEMO_PORTS = ("8000", "55432", "4840", "4841", "5020", "1883")
+# What every schemathesis run is told besides its options (why: in the file).
+SCHEMATHESIS_CONFIG = Path(__file__).resolve().with_name("schemathesis.toml")
 
 
 def demo_config_text(ports: dict[str, int] | None = None) -> str:
@@ -82,9 +84,9 @@ async def running_service(cfg: HeatrecConfig) -> AsyncIterator[Service]:
 
 
 def new_database(postgres: PostgresCluster, prefix: str) -> DatabaseConfig:
-    """A fresh, empty database on the session cluster (for module-scoped fixtures)."""
+    """A fresh, empty database on the session cluster (for module-scoped fixtures), owned by heatrec's role."""
     name = f"{prefix}_{secrets.token_hex(4)}"
-    postgres.psql(f'CREATE DATABASE "{name}"')
+    postgres.create_database(name)
     return DatabaseConfig(host=postgres.host, port=postgres.port, name=name, user=postgres.user,
                           password=postgres.password)
 
@@ -150,7 +152,8 @@ def run_schemathesis(url: str, token: str, *options: str, cwd: Path,
     seeds, examples = ([1], 15) if deterministic else fuzz_settings()
     result: subprocess.CompletedProcess[str] | None = None
     for seed in seeds:
-        cmd = [str(st), "run", f"{url}/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {token}",
+        cmd = [str(st), "--config-file", str(SCHEMATHESIS_CONFIG), "run", f"{url}/openapi.json", "--checks", "all",
+               "-H", f"Authorization: Bearer {token}",
                "--max-examples", str(examples), "--seed", str(seed), "--no-color", *options]
         if deterministic or (len(seeds) == 1 and "HEATREC_FUZZ_SEEDS" not in os.environ):
             cmd.append("--generation-deterministic")  # make test: the same cases every run
@@ -187,3 +190,19 @@ async def meter_telegrams(broker: Any, topic: str) -> AsyncIterator[list[dict[st
         finally:
             collector.cancel()
             await asyncio.gather(collector, return_exceptions=True)
+
+
+async def scada_operator_client(scada: Any, endpoint: str, username: str, password: str) -> Any:
+    """An asyncua Client that logs in to heatrec's SCADA server as `username` the only way it allows: over a
+    signed and encrypted channel, with the demo's own SCADA client identity (made and trusted on first use)."""
+    from asyncua import Client
+
+    from service.scada.pki import DEMO_CLIENT_URI, ensure_client_identity
+
+    cert, key = await ensure_client_identity(scada)
+    client = Client(endpoint, timeout=10)
+    client.application_uri = DEMO_CLIENT_URI
+    client.set_user(username)
+    client.set_password(password)
+    await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key}")
+    return client

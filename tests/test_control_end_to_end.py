@@ -22,7 +22,7 @@ from service.auth import create_token
 from service.config import load_config
 from service.storage.database import connect_pool
 from simulators.runner import Simulation
-from tests.support import running_service, wait_until
+from tests.support import running_service, scada_operator_client, wait_until
 
 SCADA_PASSWORD = "scada-test-secret"
 
@@ -84,9 +84,11 @@ async def test_operator_and_scada_control_reach_the_heat_pump(plant_config_file:
 
                 await wait_until(settled_on_curve, 90, "network supply settled on the curve's target")
                 before = await status()
-                health = (await http.get("/api/v1/health")).json()
+                # The components and the metrics are for token holders (or [api] monitoring_networks).
+                health = (await http.get("/api/v1/health", headers=auth(viewer))).json()
                 assert health["components"]["control"]["status"] == "ok", health
-                metrics = {f.name: f for f in text_string_to_metric_families((await http.get("/metrics")).text)}
+                metrics = {f.name: f for f in text_string_to_metric_families(
+                    (await http.get("/metrics", headers=auth(viewer))).text)}
                 assert metrics["heatrec_control_cycles"].samples[0].value >= 1
                 assert metrics["heatrec_control_safe_state"].samples[0].value == 0
                 wire_before = await read_setpoint_register(hp_port)
@@ -133,9 +135,8 @@ async def test_operator_and_scada_control_reach_the_heat_pump(plant_config_file:
                     with pytest.raises(ua.UaStatusCodeError):
                         await mode.write_value(ua.Variant("manual", ua.VariantType.String))
                 assert (await status())["mode"] == "auto"
-                op = Client(scada_url, timeout=10)
-                op.set_user("scada")
-                op.set_password(SCADA_PASSWORD)
+                # The operator logs in over a signed and encrypted channel from a trusted client (the demo's).
+                op = await scada_operator_client(cfg.scada, scada_url, "scada", SCADA_PASSWORD)
                 async with op:
                     target = op.get_node(ua.NodeId("control.SupplyTemperatureTarget", ns))
                     with pytest.raises(ua.UaStatusCodeError):  # outside target_min..target_max: refused

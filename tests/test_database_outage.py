@@ -33,7 +33,7 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
 from prometheus_client.parser import text_string_to_metric_families
 from pymodbus.client import AsyncModbusTcpClient
 
@@ -43,7 +43,7 @@ from service.storage.database import connect_pool
 from service.storage.spool import Spool, spool_path
 from simulators.runner import Simulation
 from simulators.scenario import FaultSpec
-from tests.support import demo_config_text, wait_until
+from tests.support import demo_config_text, scada_operator_client, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SCADA_PASSWORD = "outage-scada-secret"
@@ -106,6 +106,8 @@ class Plant:
                             'password = "${HEATREC_DB_PASSWORD:-}"\nconnect_timeout_s = 2\n')
         # A quick target ramp: a raised target reaches the heat pump's setpoint in seconds, not a minute.
         text = replace_once(text, "target_ramp_k_per_min = 3.0", "target_ramp_k_per_min = 60.0")
+        # The test watches like a monitoring host: /metrics and the health's parts without a token.
+        text = replace_once(text, "[api]\n", '[api]\nmonitoring_networks = ["127.0.0.1"]\n')
         config = tmp / "plant.toml"
         config.write_text(text)
         monkeypatch.setenv("HEATREC_DB_PASSWORD", pg.password)
@@ -321,9 +323,7 @@ async def control_writes_the_wire(http: httpx.AsyncClient, token: str, modbus: A
 async def scada_sees_change(plant: Plant, point: str = "cdu1.heat_removed", timeout: float = 20) -> None:
     """An independent OPC UA client logs in to heatrec's SCADA server and sees a live value change."""
     assert plant.cfg.scada is not None
-    client = Client(plant.cfg.scada.endpoint, timeout=10)
-    client.set_user("scada")
-    client.set_password(SCADA_PASSWORD)
+    client = await scada_operator_client(plant.cfg.scada, plant.cfg.scada.endpoint, "scada", SCADA_PASSWORD)
     async with client:
         ns = await client.get_namespace_index("urn:heatrec:scada")
         node = client.get_node(ua.NodeId(ua.String(point), ua.Int16(ns)))

@@ -59,7 +59,8 @@ async def test_all_three_protocols_reach_database_and_api(plant_config_file: Pat
                 await pool.close()
 
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api_port}", timeout=10) as client:
-                health = (await client.get("/api/v1/health")).json()
+                assert list((await client.get("/api/v1/health")).json()) == ["status"]  # for load balancers
+                health = (await client.get("/api/v1/health", headers={"Authorization": f"Bearer {token}"})).json()
                 assert health["components"]["database"]["status"] == "ok"
                 r = await client.get("/api/v1/points", headers={"Authorization": f"Bearer {token}"})
                 assert r.status_code == 200
@@ -96,7 +97,8 @@ async def test_all_three_protocols_reach_database_and_api(plant_config_file: Pat
                     dv = await ua_client.get_node(svc.scada.node_id("hp1.supply_temperature")).read_data_value()
                     assert dv.StatusCode.is_good() and 30 < dv.Value.Value < 95
 
-                r = await client.get("/metrics")
+                assert (await client.get("/metrics")).status_code == 401  # a token, or [api] monitoring_networks
+                r = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
                 assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
                 samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                            for fam in text_string_to_metric_families(r.text) for s in fam.samples}

@@ -34,15 +34,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The wire: drivers talk to devices, simulators are devices.
     ("protocols", ("drivers.*", "simulators.*")),
     # What everything stands on: samples, the bus, the strict base of the config models, time, tasks, signals,
-    # and the root of the exception tree every layer's errors grow from.
+    # the root of the exception tree every layer's errors grow from, and files only their owner may read.
     ("core", ("service", "service.model", "service.bus", "service.schema", "service.clock", "service.tasks",
-              "service.signals", "service.errors")),
+              "service.signals", "service.errors", "service.private_files")),
 )
 
 MAY_IMPORT_ONLY: dict[str, tuple[str, ...]] = {
     # A driver owns a connection and publishes samples: it knows the sample, the bus's sink and the clock,
-    # and builds its point and device maps (drivers.config) on the configuration's strict base.
-    "drivers.*": ("drivers.*", "service.model", "service.bus", "service.clock", "service.schema", "service.errors"),
+    # and builds its point and device maps (drivers.config) on the configuration's strict base; its private keys
+    # are written 0600 from the start (service.private_files).
+    "drivers.*": ("drivers.*", "service.model", "service.bus", "service.clock", "service.schema", "service.errors",
+                  "service.private_files"),
     # The simulated plant owns its [simulation] models (simulators.config) and is timed like the service.
     "simulators.*": ("simulators.*", "service.schema", "service.clock", "service.tasks", "service.errors"),
     # The whole file's model knows the sections' models, nothing that runs them.

@@ -15,8 +15,32 @@ SETTLEMENT_COLUMNS = ("contract", "period", "version", "start", "end", "supplier
                       "allowed_price_dkk_per_gj", "amount_dkk", "provisional", "status", "reason", "flags")
 
 
+# A text cell a spreadsheet would run as a formula (or that starts with a tab or carriage return, which some
+# read past to the formula): it is written with a leading apostrophe, so it shows as the text it is.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: None empty, text that could start a formula neutralised, numbers as they are.
+
+    A carriage return inside text becomes a line feed, which the writer quotes (it quotes only the
+    characters of its line terminator, "\n"): an unquoted CR would end the row early for many readers.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        if value.startswith(_FORMULA_START):
+            value = "'" + value
+        return value.replace("\r\n", "\n").replace("\r", "\n")
+    return value
+
+
 def settlements_csv(docs: Iterable[dict[str, Any]]) -> str:
-    """One row per settlement (document form as from Settlement.as_dict or the database)."""
+    """One row per settlement (document form as from Settlement.as_dict or the database).
+
+    Text cells that a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, tab, carriage return at
+    the start: a contract's reason or a supplier's name typed by a person) get a leading apostrophe.
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SETTLEMENT_COLUMNS)
@@ -25,10 +49,8 @@ def settlements_csv(docs: Iterable[dict[str, Any]]) -> str:
         for col in SETTLEMENT_COLUMNS:
             v = d.get(col, "")
             if col == "flags":
-                v = ";".join(v or [])
-            elif v is None:
-                v = ""
-            row.append(v)
+                v = ";".join(str(f) for f in v or [])
+            row.append(csv_cell(v))
         w.writerow(row)
     return buf.getvalue()
 

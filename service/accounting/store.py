@@ -211,16 +211,43 @@ def hour_aligned(t: datetime) -> bool:
     return t.timestamp() % 3600 == 0
 
 
+def _floor_hour(t: datetime) -> datetime:
+    return t - timedelta(seconds=t.timestamp() % 3600)
+
+
+async def _sample_hull(conn: asyncpg.Connection, key: int, a: datetime,
+                       b: datetime) -> tuple[datetime, datetime] | None:
+    """The first and last sample time of a point in [a, b) (each by the (point_key, time) index), or None."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT time FROM samples WHERE point_key = $1 AND time >= $2 AND time < $3 ORDER BY time LIMIT 1)
+                    AS first,
+                  (SELECT time FROM samples WHERE point_key = $1 AND time >= $2 AND time < $3
+                   ORDER BY time DESC LIMIT 1) AS last""", key, a, b)
+    if row is None or row["first"] is None:
+        return None
+    return row["first"], row["last"]
+
+
 async def build_register_hours(conn: asyncpg.Connection, key: int, spec: RegisterSpec, a: datetime, b: datetime,
                                margin: timedelta) -> None:
-    """(Re)compute the hourly roll-up of one register for every hour in [a, b) from the raw samples.
+    """(Re)compute the hourly roll-up of one register for the hours in [a, b) from the raw samples.
 
     Same step arithmetic as sql_register_totals; a step is split between the (at most two, as
     gap_s <= 1 h) hours it overlaps. Faulty steps count as anomalies in the hours they touch.
+    Rows are written only where the register has samples (from the hour before its first in [a, b) to
+    the hour after its last): the hours outside hold nothing, and a range of a century asked of a
+    register with a month of data writes a month of rows, not a century's.
     """
+    hull = await _sample_hull(conn, key, a, b)
+    rows_from, rows_to = a, a  # no samples: no rows
+    if hull is not None:
+        rows_from = max(a, _floor_hour(hull[0]) - HOUR)
+        rows_to = min(b, _floor_hour(hull[1]) + 2 * HOUR)
     async with conn.transaction():
         await conn.execute("SET LOCAL jit = off")
         await conn.execute("DELETE FROM register_hours WHERE point_key = $1 AND hour >= $2 AND hour < $3", key, a, b)
+        if rows_to <= rows_from:
+            return
         await conn.execute(
             """WITH r AS (
                  SELECT s.time, s.value, lag(s.value) OVER w AS pv, lag(s.time) OVER w AS pt
@@ -255,9 +282,9 @@ async def build_register_hours(conn: asyncpg.Connection, key: int, spec: Registe
              INSERT INTO register_hours (point_key, hour, energy, anomalies, covered_s, samples)
              SELECT $1, g.h, coalesce(agg.energy, 0), coalesce(agg.anomalies, 0), coalesce(agg.covered, 0),
                     coalesce(cnt.n, 0)
-             FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 hour', interval '1 hour') AS g(h)
+             FROM generate_series($9::timestamptz, $10::timestamptz - interval '1 hour', interval '1 hour') AS g(h)
              LEFT JOIN agg ON agg.h = g.h LEFT JOIN cnt ON cnt.h = g.h""",
-            key, a, b, spec.max_rate_per_s, spec.gap_s, spec.wrap, spec.resolution, margin)
+            key, a, b, spec.max_rate_per_s, spec.gap_s, spec.wrap, spec.resolution, margin, rows_from, rows_to)
 
 
 async def _rollup_state(conn: asyncpg.Connection, key: int, start: datetime,
@@ -302,6 +329,13 @@ async def rollup_total(conn: asyncpg.Connection, point_id: str, spec: RegisterSp
     """
     key = await point_key(conn, point_id)
     if key is None or spec.gap_s > 3600 or not (hour_aligned(start) and hour_aligned(end)) or end <= start:
+        return None
+    # An hour without a sample is never clean (no step of at most gap_s covers it): a range whose first or
+    # last hour has none is answered by the full logic at once, and never makes the roll-up build its hours.
+    if not await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM samples WHERE point_key = $1 AND time >= $2 AND time < $3)
+                      AND EXISTS (SELECT 1 FROM samples WHERE point_key = $1 AND time >= $4 AND time < $5)""",
+            key, start, start + HOUR, end - HOUR, end):
         return None
     state = await _rollup_state(conn, key, start, end)
     if state == "stale":

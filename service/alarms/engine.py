@@ -35,7 +35,7 @@ class UnknownAlarm(AlarmError, NotFound):
 class AlarmEngine:
     """Evaluates every alarm each cycle and applies ISA-18.2 state transitions."""
 
-    def __init__(self, cfg: AlarmsConfig, devices: list[str]) -> None:
+    def __init__(self, cfg: AlarmsConfig, devices: list[str], *, serial_devices: list[str] | None = None) -> None:
         self.cfg = cfg
         self.alarms: dict[str, Alarm] = {}
         self._rules: dict[str, LimitAlarm] = {}
@@ -55,6 +55,10 @@ class AlarmEngine:
         for dev in devices:
             self._add(Alarm(f"device:{dev}:offline", dev, "offline", Severity(cfg.device_offline_severity),
                             f"device {dev} is not connected"), None)
+        # Meters whose telegrams carry a serial: a telegram of another meter is refused and alarms.
+        for dev in serial_devices or []:
+            self._add(Alarm(f"device:{dev}:meter_serial", dev, "meter_serial", Severity.HIGH,
+                            f"device {dev}: telegrams from another meter (serial mismatch), refused"), None)
 
     def _add(self, alarm: Alarm, rule: LimitAlarm | None) -> None:
         self.alarms[alarm.id] = alarm
@@ -62,11 +66,19 @@ class AlarmEngine:
             self._rules[alarm.id] = rule
 
     # ------------------------------------------------------------------ conditions
-    def _condition(self, alarm: Alarm, latest: Mapping[str, Sample], devices: Mapping[str, str]) -> bool | None:
+    def _condition(self, alarm: Alarm, latest: Mapping[str, Sample], devices: Mapping[str, str],
+                   faults: Mapping[str, str | None]) -> bool | None:
         """Raw condition now: True, False, or None to keep the previous one (no usable value)."""
         if alarm.kind == "offline":
             state = devices.get(alarm.source)
             return None if state is None else state != "connected"
+        if alarm.kind == "meter_serial":
+            if alarm.source not in faults:
+                return None
+            problem = faults[alarm.source]
+            if problem is not None:
+                alarm.detail = problem
+            return problem is not None
         sample = latest.get(alarm.source)
         if alarm.kind == "state":
             return self._state_condition(alarm, sample)
@@ -107,20 +119,27 @@ class AlarmEngine:
     def _delay(self, alarm: Alarm) -> float:
         if alarm.kind == "offline":
             return self.cfg.device_offline_delay_s
+        if alarm.kind == "meter_serial":
+            return 0.0  # one foreign telegram is one too many
         if alarm.kind == "state":
             return self._states[alarm.id].on_delay_s
         return self._rules[alarm.id].on_delay_s
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, latest: Mapping[str, Sample], devices: Mapping[str, str], now: datetime) -> list[AlarmEvent]:
-        """Update every alarm from the current values; return the state changes."""
+    def evaluate(self, latest: Mapping[str, Sample], devices: Mapping[str, str], now: datetime,
+                 faults: Mapping[str, str | None] | None = None) -> list[AlarmEvent]:
+        """Update every alarm from the current values; return the state changes.
+
+        `faults`: per device, what its driver reports wrong with the telegrams now (a serial mismatch), or None.
+        """
+        faults = faults or {}
         events: list[AlarmEvent] = []
         for alarm in self.alarms.values():
             if alarm.state is S.SHELVED and alarm.shelved_until is not None and now >= alarm.shelved_until:
                 alarm.shelved_until = None
                 events.append(self._move(alarm, S.UNACK_ACTIVE if alarm.active else S.NORMAL, now, None,
                                          "shelf expired"))
-            cond = self._condition(alarm, latest, devices)
+            cond = self._condition(alarm, latest, devices, faults)
             if cond is None:
                 continue
             if cond and not alarm.active:

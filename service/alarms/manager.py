@@ -26,9 +26,11 @@ class AlarmManager:
 
     def __init__(self, cfg: AlarmsConfig, devices: list[str], bus: SampleBus, pool: Database | asyncpg.Pool,
                  device_states: Callable[[], Mapping[str, str]], now: Callable[[], datetime] = utcnow,
-                 journal: Journal | None = None) -> None:
-        self.engine = AlarmEngine(cfg, devices)
+                 journal: Journal | None = None, *, serial_devices: list[str] | None = None,
+                 device_faults: Callable[[], Mapping[str, str | None]] | None = None) -> None:
+        self.engine = AlarmEngine(cfg, devices, serial_devices=serial_devices)
         self._cfg, self._bus, self._states, self._now = cfg, bus, device_states, now
+        self._faults = device_faults  # per device: a serial mismatch its driver saw lately, or None
         self._pool = pool if isinstance(pool, Database) else Database.from_pool(pool)
         self._journal = journal  # with one, every change is durable at once and stored when the database can
         self._lock = asyncio.Lock()  # one writer of alarm rows at a time: events stay in order
@@ -91,7 +93,8 @@ class AlarmManager:
 
     async def evaluate_once(self) -> list[AlarmEvent]:
         """One evaluation cycle; returns and stores the transitions."""
-        events = self.engine.evaluate(self._bus.latest, self._states(), self._now())
+        events = self.engine.evaluate(self._bus.latest, self._states(), self._now(),
+                                      self._faults() if self._faults is not None else None)
         if events:
             for ev in events:
                 level = logging.WARNING if ev.new is AlarmState.UNACK_ACTIVE else logging.INFO

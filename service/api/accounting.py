@@ -24,7 +24,7 @@ from service.accounting.store import (
     add_replacement,
     save_settlement,
 )
-from service.api.params import NO_NUL, iso_times_only
+from service.api.params import NO_NUL, iso_times_only, within_span
 from service.api.params import operation_ref as _op
 from service.auth import Principal, Role
 from service.config import AccountingConfig, HeatrecConfig
@@ -248,11 +248,15 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
                      interval_s: Annotated[int | None, Query(ge=60, le=86400 * 31,
                                                              description="default accounting.interval_s")] = None,
                      meter: Annotated[str | None, Query(pattern=ID_PATTERN, max_length=64)] = None) -> EnergyOut:
-        """Energy per meter and interval from register differences, flagged estimated/manual (viewer)."""
+        """Energy per meter and interval from register differences, flagged estimated/manual (viewer).
+
+        A range longer than `[api] max_query_span_days` (366 days by default) is refused with 422.
+        """
         iso_times_only(request)
         t0, t1 = _range(start, end, timedelta(days=1))
         now = datetime.now(UTC).replace(microsecond=0)
         t0, t1 = min(t0, now), min(t1, now)  # no energy from the future: nothing is metered there yet
+        within_span(request, t0, t1)
         step = interval_s or acc(cfg).interval_s
         # Like point history: a step giving more than MAX_INTERVALS is coarsened; interval_s says what applied.
         step = max(step, math.ceil((t1 - t0).total_seconds() / MAX_INTERVALS))
@@ -385,7 +389,8 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
                        start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
         """Delivered heat, homes, avoided CO2, heat-pump COP, heat share, ERF and PUE (viewer).
 
-        The range is a month (period), a year, or start/end (default: the last 30 days).
+        The range is a month (period), a year, or start/end (default: the last 30 days; at most
+        `[api] max_query_span_days`, 366 days by default, else 422).
         """
         iso_times_only(request)
         tz = ZoneInfo(cfg.plant.timezone)
@@ -395,6 +400,7 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
             t0, t1 = year_bounds(year, tz)
         else:
             t0, t1 = _range(start, end, timedelta(days=30))
+            within_span(request, t0, t1, "; ?year= and ?period= always work")
 
         async def work() -> dict[str, Any]:
             async with connection(db) as conn:

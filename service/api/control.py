@@ -12,6 +12,7 @@ from pydantic.config import JsonDict
 
 from service.api.deps import NEEDS_DATABASE
 from service.api.paging import CURSOR_HELP, LIMIT_HELP, MAX_LIMIT, Page, page_links
+from service.api.params import NO_CONTROL
 from service.audit import read_audit
 from service.auth import Principal, Role
 from service.control.loop import ControlLoop
@@ -101,7 +102,7 @@ def add_control_routes(app: FastAPI, require: Callable[[Role], Callable[[Request
                     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=LIMIT_HELP)] = 100,
                     cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$", description=CURSOR_HELP)]
                     = None,
-                    target: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$",
+                    target: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL,
                                                         description="only entries for this target")] = None,
                     ) -> AuditPage:
         """Audited write requests (API, SCADA), newest first, one page at a time (viewer)."""

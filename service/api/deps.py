@@ -7,7 +7,9 @@ import it from below instead of from each other.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+import functools
+import ipaddress
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict
@@ -18,38 +20,100 @@ from service.auth import Principal, Role
 from service.storage.journal import DB_ERRORS
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the peer's, or a trusted proxy's X-Forwarded-For (uvicorn, [api] trusted_proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer` header, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def authenticate(request: Request) -> Principal:
+    """The principal of the request's bearer token; 401 without a valid one (slowed, then 429, when guessing).
+
+    The token is looked up first: a valid token is never delayed or refused by the limiter, whatever
+    others sent from the same address. Only failures are counted, delayed, and at worst refused.
+    """
+    state: ServiceState = request.app.state.heatrec
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    token = bearer_token(request)
+    if token is None:
+        raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>' "
+                                 "(create one with 'heatrec token create')", headers={"WWW-Authenticate": "Bearer"})
+    client = client_address(request)
+    # Verified at the plant: a dict lookup in the local token store, no database round trip.
+    principal = state.tokens.principal(token)
+    if principal is None and state.db.up and not limiter.suspect(client):
+        # Perhaps made (or revoked) in the database directly since the last mirror: merge once and look again.
+        # Not for a client that keeps failing: its guesses cost no database work.
+        with contextlib.suppress(*DB_ERRORS):
+            async with state.db.acquire() as conn:
+                await state.tokens.mirror(conn)
+        principal = state.tokens.principal(token)
+    if principal is not None:
+        return principal
+    wait = limiter.failed(client)
+    if wait is None:
+        retry = limiter.retry_after(client)
+        raise HTTPException(429, f"too many failed authentications from {client}: retry in {retry} s",
+                            headers={"Retry-After": str(retry)})
+    if wait > 0:
+        await limiter.hold(client, wait)
+    raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+
+
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """Dependency that authenticates the bearer token and checks its role."""
 
     async def dep(request: Request) -> Principal:
-        state: ServiceState = request.app.state.heatrec
-        limiter: FailedAuthLimiter = request.app.state.auth_limiter
-        client = request.client.host if request.client else "unknown"
-        wait = limiter.retry_after(client)
-        if wait is not None:
-            raise HTTPException(429, f"too many failed authentications from {client}: retry in {wait:.0f} s",
-                                headers={"Retry-After": str(max(1, round(wait)))})
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>' "
-                                     "(create one with 'heatrec token create')",
-                                headers={"WWW-Authenticate": "Bearer"})
-        # Verified at the plant: a dict lookup in the local token store, no database round trip.
-        principal = state.tokens.principal(token.strip())
-        if principal is None and state.db.up:
-            # Perhaps made (or revoked) in the database directly since the last mirror: merge once and look again.
-            with contextlib.suppress(*DB_ERRORS):
-                async with state.db.acquire() as conn:
-                    await state.tokens.mirror(conn)
-            principal = state.tokens.principal(token.strip())
-        if principal is None:
-            limiter.failed(client)
-            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        principal = await authenticate(request)
         if not principal.allows(role):
-            raise HTTPException(403, f"this needs the {role} role; token '{principal.name}' "
-                                     f"has {principal.role}")
+            # The token's name is not repeated: an answer says what is missing, not whose token it was.
+            raise HTTPException(403, f"this needs the {role} role; the token has the {principal.role} role")
         return principal
+
+    return dep
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def in_networks(address: str, networks: Sequence[str]) -> bool:
+    """Whether `address` lies in one of `networks` (addresses or CIDR networks); False for a non-IP address."""
+    if not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in _networks(tuple(networks)))
+
+
+async def monitoring_allowed(request: Request) -> bool:
+    """Whether the request may see monitoring detail: from `[api] monitoring_networks`, or with a valid token.
+
+    Without a token (and from elsewhere) False; a bad token is refused (401, slowed down like any other).
+    """
+    state: ServiceState = request.app.state.heatrec
+    if in_networks(client_address(request), state.config.api.monitoring_networks):
+        return True
+    if request.headers.get("authorization") is None:
+        return False
+    await authenticate(request)  # any valid token: viewer is the lowest role
+    return True
+
+
+def require_monitoring() -> Callable[[Request], Awaitable[None]]:
+    """Dependency of /metrics: a client in `[api] monitoring_networks`, or a viewer token."""
+
+    async def dep(request: Request) -> None:
+        if not await monitoring_allowed(request):
+            await authenticate(request)  # raises: no token
 
     return dep
 

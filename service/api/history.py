@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from service.api.deps import ErrorOut, require
-from service.api.params import iso_times_only
+from service.api.params import iso_times_only, within_span
 from service.auth import Principal
 from service.storage.history import (
     bounded_step,
@@ -20,7 +20,8 @@ from service.storage.history import (
 
 router = APIRouter(tags=["points"])
 # Positive durations only, at most 9 integer digits, so the published schema already rejects "", "0" and overflow.
-STEP_PATTERN = r"^\s*(?:0*[1-9]\d{0,8}(?:\.\d+)?|0*\.\d*[1-9]\d*|0*[0-9]\.\d*[1-9]\d*)\s*(?:ms|s|m|h|d)?\s*$"
+# Spaces only around the parts: a tab or newline, a control character, is refused in any parameter (guards.py).
+STEP_PATTERN = r"^ *(?:0*[1-9]\d{0,8}(?:\.\d+)?|0*\.\d*[1-9]\d*|0*[0-9]\.\d*[1-9]\d*) *(?:ms|s|m|h|d)? *$"
 
 
 class HistoryBucket(BaseModel):
@@ -58,7 +59,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "missing, invalid or revoked token"},
     403: {"model": ErrorOut, "description": "the token lacks the viewer role"},
     404: {"model": ErrorOut, "description": "no point with this id"},
-    422: {"model": ErrorOut, "description": "bad start, end, step or agg (or too many buckets)"},
+    422: {"model": ErrorOut, "description": "bad start, end, step or agg, or a range longer than [api] "
+                                            "max_query_span_days"},
     429: {"model": ErrorOut, "description": "too many failed authentications from this client"},
     503: {"model": ErrorOut, "description": "the database is unavailable"},
 }
@@ -78,10 +80,12 @@ async def history(
     """Time-bucketed avg/min/max/last of one point's readings (viewer).
 
     At most 10,000 buckets: a finer step is coarsened, and `step_s` in the answer is the step applied.
+    A range longer than `[api] max_query_span_days` (366 days by default) is refused with 422.
     """
     iso_times_only(request)  # the schema says date-time: "start=0.5" is refused, not read as 1970
     t1 = _aware(end) if end else datetime.now(UTC)
     t0 = _aware(start) if start else t1 - timedelta(hours=1)
+    within_span(request, t0, t1)  # [api] max_query_span_days: the rows read grow with the range
     # HistoryError 422, UnknownPoint 404, a bucket beyond PostgreSQL's range 422, database away 503.
     width = parse_step(step) if step is not None else default_step(t0, t1)
     if t1 >= t0:

@@ -1,6 +1,7 @@
 """Query parameters shared by several endpoints."""
 
 import re
+from datetime import datetime, timedelta
 
 from fastapi import HTTPException, Request
 
@@ -16,8 +17,21 @@ def iso_times_only(request: Request, names: tuple[str, ...] = ("start", "end")) 
                                      f"not {value!r}")
 
 
+def within_span(request: Request, start: datetime, end: datetime, hint: str = "") -> None:
+    """Refuse a start..end range longer than `[api] max_query_span_days` (422): its work grows with its length."""
+    max_days: float = request.app.state.heatrec.config.api.max_query_span_days
+    if end - start > timedelta(days=max_days):
+        days = (end - start).total_seconds() / 86400
+        raise HTTPException(422, f"the range {start.isoformat()} .. {end.isoformat()} spans {days:.0f} days: at "
+                                 f"most {max_days:g} days can be asked at once ([api] max_query_span_days); ask "
+                                 f"for shorter ranges one after another{hint}")
+
+
 # PostgreSQL text cannot hold NUL: free text stored in the database says so in its schema (not a 422 later).
 NO_NUL = r"^[^\x00]*$"
+# No path or query parameter may hold a control character (service/api/guards.py refuses them): a parameter
+# with a pattern of its own says so in it.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 
 
 def operation_ref(path: str, method: str = "post") -> str:

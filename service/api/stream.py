@@ -10,10 +10,13 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
+from service.api.deps import bearer_token
 from service.auth import Principal, Role
+from service.errors import HeatrecError
 from service.model import Sample
 
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+REVOKED_EVENT = f"event: revoked\ndata: {json.dumps({'reason': 'the token is no longer valid'})}\n\n"
 
 
 def _sample_event(s: Sample) -> str:
@@ -37,15 +40,26 @@ def add_stream_routes(app: FastAPI, require: Callable[[Role], Callable[[Request]
         """Server-Sent Events: `sample` for every new sample, `alarm` for every alarm state change (viewer).
 
         A client that reads too slowly loses samples (bounded queue); it gets a `dropped` event with
-        the count, never a stalled service.
+        the count, never a stalled service. The token is checked again with every batch of events and
+        at least every `[api] stream_recheck_s`: once it is revoked the stream sends `revoked` and ends.
         """
         state = request.app.state.heatrec
+        token = bearer_token(request)  # valid: the dependency has just checked it
+        recheck_s = min(state.config.api.stream_recheck_s, KEEPALIVE_S)
         wanted = tuple(p.strip() for p in points.split(",") if p.strip()) if points else ()
         sub = state.bus.subscribe(f"stream-{id(request)}", maxsize=10_000)
         alarm_q = state.alarms.listen() if alarms and state.alarms is not None else None
 
+        def token_valid() -> bool:
+            try:
+                return token is not None and state.tokens.principal(token) is not None
+            except HeatrecError:  # the token store unreadable: nothing can be verified, so nothing is streamed
+                return False
+
         async def events() -> AsyncIterator[str]:
             reported_drops = 0
+            loop = asyncio.get_running_loop()
+            quiet_since = loop.time()
             try:
                 yield ": heatrec live stream\n\n"
                 while True:
@@ -53,7 +67,7 @@ def add_stream_routes(app: FastAPI, require: Callable[[Role], Callable[[Request]
                     if alarm_q is not None:
                         getters.add(asyncio.ensure_future(alarm_q.get()))
                     try:
-                        done, pending = await asyncio.wait(getters, timeout=KEEPALIVE_S,
+                        done, pending = await asyncio.wait(getters, timeout=recheck_s,
                                                            return_when=asyncio.FIRST_COMPLETED)
                     except BaseException:
                         # The client left mid-wait (the generator is closed here): no getter may outlive the
@@ -63,7 +77,13 @@ def add_stream_routes(app: FastAPI, require: Callable[[Role], Callable[[Request]
                         raise
                     for p in pending:
                         p.cancel()
-                    if not done:
+                    if not token_valid():  # revoked since: not one more event
+                        yield REVOKED_EVENT
+                        return
+                    if done:
+                        quiet_since = loop.time()
+                    elif loop.time() - quiet_since >= KEEPALIVE_S:
+                        quiet_since = loop.time()
                         yield ": keep-alive\n\n"
                     for d in done:
                         item = d.result()
@@ -84,4 +104,4 @@ def add_stream_routes(app: FastAPI, require: Callable[[Role], Callable[[Request]
                     state.alarms.unlisten(alarm_q)
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

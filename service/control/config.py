@@ -92,6 +92,15 @@ class ControlConfig(StrictModel):
     period_s: float = Field(default=1.0, gt=0, le=60, description="fixed cycle period")
     initial_mode: Literal["auto", "manual", "off"] = Field(default="auto", description="mode at start-up")
     supply_temperature: str = Field(pattern=_POINT_REF, description="controlled variable: network supply, °C")
+    supply_temperature_check: str | None = Field(
+        default=None, pattern=_POINT_REF,
+        description="a second sensor of the same supply on another path (e.g. the heat pump's own supply "
+                    "temperature, or a second meter): disagreeing with supply_temperature beyond "
+                    "supply_temperature_check_band_k for supply_temperature_check_delay_s is a safe state")
+    supply_temperature_check_band_k: float = Field(
+        default=5.0, gt=0, description="largest difference between the two supply sensors that still agrees, K")
+    supply_temperature_check_delay_s: float = Field(
+        default=10.0, ge=0, le=600, description="how long they may disagree before the loop goes safe")
     outdoor_temperature: str | None = Field(default=None, pattern=_POINT_REF,
                                             description="outdoor temperature point the curve reads")
     target: Literal["curve", "fixed"] = Field(default="curve", description="where the target comes from")
@@ -159,6 +168,8 @@ class ControlConfig(StrictModel):
             raise ValueError("curve breakpoints must have strictly ascending outdoor temperatures")
         if self.safe_setpoint is not None and not self.setpoint_min <= self.safe_setpoint <= self.setpoint_max:
             raise ValueError(f"safe_setpoint ({self.safe_setpoint}) is outside setpoint_min..setpoint_max")
+        if self.supply_temperature_check == self.supply_temperature:
+            raise ValueError("supply_temperature_check must be another sensor than supply_temperature")
         ids = [h.id for h in self.heat_pumps]
         if len(set(ids)) != len(ids):
             raise ValueError("heat_pumps ids must be unique")
@@ -167,6 +178,8 @@ class ControlConfig(StrictModel):
     def point_refs(self) -> list[tuple[str, str, bool]]:
         """(field path, point id, must be writable) for every point the loop reads or writes."""
         refs: list[tuple[str, str, bool]] = [("control.supply_temperature", self.supply_temperature, False)]
+        if self.supply_temperature_check:
+            refs.append(("control.supply_temperature_check", self.supply_temperature_check, False))
         if self.outdoor_temperature:
             refs.append(("control.outdoor_temperature", self.outdoor_temperature, False))
         refs += [(f"control.feedforward_heat[{i}]", p, False) for i, p in enumerate(self.feedforward_heat)]

@@ -76,6 +76,7 @@ class Controller:
         self._lim_reset: float | None = None  # external-reset state of the CDU limit controller
         self._frozen_value: float | None = None
         self._frozen_since = 0.0
+        self._disagree_since: float | None = None  # when the two supply sensors began to disagree
         self._beat = 0
         self._direct = False
         self._target_rate = 0.0
@@ -104,6 +105,30 @@ class Controller:
         elif now - self._frozen_since >= self.cfg.frozen_after_s:
             return Reading(None, "frozen")
         return r
+
+    def _cross_check(self, image: ProcessImage, pv: float | None, now: float) -> str | None:
+        """Why the supply temperature is not believed (it disagrees with its second sensor for too long), or None.
+
+        The steering input may come over a path that can be spoofed (an MQTT telegram); a second sensor on
+        another path (the heat pump's own, over Modbus) must tell the same story within the band.
+        """
+        cfg = self.cfg
+        check = cfg.supply_temperature_check
+        other = image.get(check).value if check else None
+        if check is None or pv is None or other is None:
+            self._disagree_since = None  # nothing to compare: the supply input's own checks stand alone
+            return None
+        gap = abs(pv - other)
+        if gap <= cfg.supply_temperature_check_band_k:
+            self._disagree_since = None
+            return None
+        if self._disagree_since is None:
+            self._disagree_since = now
+        lasted = now - self._disagree_since
+        if lasted < cfg.supply_temperature_check_delay_s:
+            return None
+        return (f"disagreeing:{cfg.supply_temperature} ({pv:.1f} °C) and {check} ({other:.1f} °C) are {gap:.1f} K "
+                f"apart (band {cfg.supply_temperature_check_band_k:g} K) for {lasted:.0f} s")
 
     @property
     def seen_inputs(self) -> bool:
@@ -141,6 +166,7 @@ class Controller:
         cfg, now = self.cfg, image.now_s
         pv_r = self._frozen_check(image.get(cfg.supply_temperature), now)
         pv = pv_r.value
+        disagreeing = self._cross_check(image, pv, now)
         outdoor = image.get(cfg.outdoor_temperature) if cfg.outdoor_temperature else Reading(None, "missing")
         raw, source = self._raw_target(outdoor)
         note: str | None = None
@@ -166,6 +192,8 @@ class Controller:
                 safe_reason = f"{pv_r.problem}:{cfg.supply_temperature}"
             elif self.mode == "auto" and target is None:
                 safe_reason = f"{outdoor.problem}:{cfg.outdoor_temperature}"
+            elif self.mode == "auto" and disagreeing is not None:
+                safe_reason = disagreeing
         if self._output is None or (safe_reason is None and not self._seen_inputs):
             # First usable cycle: nothing was written yet, so the pumps hold what the supply shows.
             self._output = pv if pv is not None else (target if target is not None else cfg.setpoint_min)

@@ -2,7 +2,9 @@
 
 A write to Mode or SupplyTemperatureTarget is an operator request to the arbiter, like a PUT on
 /api/v1/control: it is validated and audited there, and the OPC UA status code tells the client the
-outcome (Good, BadOutOfRange for a refused value). Writing NaN to the target clears the override.
+outcome (Good, BadOutOfRange for a refused value, BadTypeMismatch for one of the wrong type). Writing NaN
+to the target clears the override; ±Inf (and NaN elsewhere) is refused with BadOutOfRange and audited as
+refused. Each node of a write request gets its own status: one bad value never fails the others.
 ExpiresInS shows the seconds left of the override (or manual mode) in force, NaN when neither is; writing it
 sets them anew.
 """
@@ -38,12 +40,21 @@ _VARIABLES: dict[str, tuple[ua.VariantType, bool]] = {
     "Constraint": (ua.VariantType.String, False),
     "ExpiresInS": (ua.VariantType.Double, True),
 }
+# writable node → the ControlRequest field it sets
+_FIELDS = {"Mode": "mode", "SupplyTemperatureTarget": "supply_temperature_target", "ExpiresInS": "expires_in_s"}
 WriteFn = Callable[[ua.WriteParameters, User], Awaitable[list[ua.StatusCode]]]
 _INTERNAL = User(role=UserRole.Admin)  # asyncua's default for server-internal writes
 
 
 def _seconds_left(until: datetime | None) -> float:
     return math.nan if until is None else max((until - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _for_audit(value: Any) -> Any:
+    """The value as the audit trail (JSON) can hold it: inf and NaN as text, anything long cut short."""
+    if value is None or (isinstance(value, int | float) and math.isfinite(value)):
+        return value
+    return (value if isinstance(value, str) else repr(value))[:200]
 
 
 def _status(code: int) -> ua.StatusCode:
@@ -96,42 +107,62 @@ class ControlNodes:
         service.write = write  # type: ignore[method-assign]
 
     async def _write(self, wv: ua.WriteValue, user: User) -> ua.StatusCode:
+        """One node of a write request; whatever happens, the answer is this node's status alone."""
+        name = self._by_nodeid[wv.NodeId]
+        try:
+            return await self._write_one(name, wv, user)
+        except Exception:  # never fail the other nodes of the request (BadInternalError for the whole of it)
+            self.writes_refused += 1
+            log.exception("SCADA write to Control/%s failed", name)
+            return _status(ua.StatusCodes.BadInternalError)
+
+    async def _write_one(self, name: str, wv: ua.WriteValue, user: User) -> ua.StatusCode:
         from service.control.model import ControlRequest, ControlRequestError
 
-        name = self._by_nodeid[wv.NodeId]
         if wv.AttributeId != ua.AttributeIds.Value:
             return _status(ua.StatusCodes.BadNotWritable)
         if user.role == UserRole.Anonymous:  # the permission ruleset already refuses; never rely on one guard
             return _status(ua.StatusCodes.BadUserAccessDenied)
         value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
-        try:
-            if name == "Mode":
-                if value not in _MODES:
-                    self.writes_refused += 1
-                    return _status(ua.StatusCodes.BadOutOfRange)
-                req = ControlRequest(mode=value)
-            elif name == "SupplyTemperatureTarget":
-                if not isinstance(value, float | int) or isinstance(value, bool):
-                    self.writes_refused += 1
-                    return _status(ua.StatusCodes.BadTypeMismatch)
-                req = ControlRequest(supply_temperature_target=None if math.isnan(value) else float(value))
-            elif name == "ExpiresInS":
-                if not isinstance(value, float | int) or isinstance(value, bool) or math.isnan(value):
-                    self.writes_refused += 1
-                    return _status(ua.StatusCodes.BadTypeMismatch)
-                req = ControlRequest(expires_in_s=float(value))
+        principal = f"scada:{user.name}" if user.name else "scada"
+        role = "admin" if user.role == UserRole.Admin else "operator"
+        field = _FIELDS.get(name)
+        if field is None:
+            return _status(ua.StatusCodes.BadNotWritable)
+        if name == "Mode":
+            if value not in _MODES:
+                return await self._refuse(name, field, value, principal, role, ua.StatusCodes.BadOutOfRange,
+                                          "mode must be auto, manual or off")
+            req = ControlRequest(mode=value)
+        else:
+            if not isinstance(value, float | int) or isinstance(value, bool):
+                return await self._refuse(name, field, value, principal, role, ua.StatusCodes.BadTypeMismatch,
+                                          f"{field} must be a number")
+            if name == "SupplyTemperatureTarget" and math.isnan(value):
+                req = ControlRequest(supply_temperature_target=None)  # NaN clears the override
+            elif not math.isfinite(value):
+                return await self._refuse(name, field, value, principal, role, ua.StatusCodes.BadOutOfRange,
+                                          f"{field} must be a finite number")
             else:
-                return _status(ua.StatusCodes.BadNotWritable)
-            principal = f"scada:{user.name}" if user.name else "scada"
-            role = "admin" if user.role == UserRole.Admin else "operator"
+                req = ControlRequest.model_validate({field: float(value)})
+        try:
             await self._arbiter.request_control(req, principal, role)
-        except ControlRequestError as err:
+        except ControlRequestError as err:  # refused and audited by the loop
             self.writes_refused += 1
             log.warning("SCADA write to Control/%s refused: %s", name, err)
             return _status(ua.StatusCodes.BadOutOfRange)
         self.writes_accepted += 1
         await self.refresh()
         return _status(ua.StatusCodes.Good)
+
+    async def _refuse(self, name: str, field: str, value: Any, principal: str, role: str, code: int,
+                      reason: str) -> ua.StatusCode:
+        """A value no control request can carry: refused here, for this node only, and audited as refused."""
+        self.writes_refused += 1
+        shown = _for_audit(value)
+        log.warning("SCADA write to Control/%s by %s refused: %s (%s)", name, principal, reason, shown)
+        await self._arbiter.refuse_control({field: shown}, principal, role, f"SCADA Control/{name}: {reason}")
+        return _status(code)
 
     async def refresh(self) -> None:
         """Copy the loop's status into the nodes."""

@@ -3,6 +3,10 @@
 Reads are open to anonymous sessions when allowed; writes need an authenticated operator. The
 plant variables themselves are read-only: setpoint writes go through the control arbiter, which
 exposes its own writable nodes under Plant/Control (service/scada/control_nodes.py).
+
+Security (service/scada/channel.py): user names only over signed channels with the password encrypted,
+no writes over a channel without security, client certificates checked against the trust list
+(service/scada/pki.py says where), and failed logins delayed and locked out (service/scada/guard.py).
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from asyncua import Node, Server, ua
+from asyncua import Node, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import ADMIN_TYPES, USER_TYPES, PermissionRuleset, User, UserRole
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from drivers.opcua_trust import TrustList
 from service.bus import SampleBus, Subscription
 from service.config import HeatrecConfig, ScadaConfig
 from service.localservers.errors import LocalServerError
 from service.model import Quality, Sample
+from service.private_files import ensure_private_key
 from service.scada.alarm_nodes import AlarmNodes
+from service.scada.channel import ChannelRules, GuardedServer
 from service.scada.control_nodes import ControlNodes
+from service.scada.guard import LoginGuard
+from service.scada.pki import rejected_dir, trusted_dir
 from service.scada.units import eu_information
 
 if TYPE_CHECKING:
@@ -87,7 +96,10 @@ class _ReadOnlyForViewers(PermissionRuleset):
 
 
 class _Users:
-    """Username/password check against the configured users (constant-time compare)."""
+    """Username/password check against the configured users (constant-time compare).
+
+    Failures are counted, delayed and logged by the login guard, which also knows the client's address.
+    """
 
     def __init__(self, cfg: ScadaConfig) -> None:
         self._cfg = cfg
@@ -104,7 +116,6 @@ class _Users:
                 # Viewers get the anonymous (read-only) permissions under their own name.
                 role = UserRole.User if u.role in ("operator", "admin") else UserRole.Anonymous
                 return User(role=role, name=u.username)
-        log.warning("SCADA OPC UA: rejected login for user %r", username)
         return None
 
 
@@ -118,7 +129,10 @@ class ScadaServer:
         self.control_nodes = ControlNodes(control, arbiter) if control is not None else None
         self.alarm_nodes = AlarmNodes(alarms) if alarms is not None else None
         self._cert_dir = base_dir / cfg.certificate_dir
-        self._server: Server | None = None
+        self.login_guard = LoginGuard(cfg.login)
+        self.trust = TrustList(trusted_dir(cfg, base_dir), rejected_dir(cfg, base_dir), peer="SCADA client")
+        self.rules = ChannelRules(self.login_guard, self.trust)
+        self._server: GuardedServer | None = None
         self._nodes: dict[str, Node] = {}
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -139,6 +153,7 @@ class ScadaServer:
         self._cert_dir.mkdir(parents=True, exist_ok=True)
         key, cert = self._cert_dir / "server-key.pem", self._cert_dir / "server-cert.der"
         host = urlsplit(self.cfg.endpoint).hostname or "localhost"
+        await asyncio.to_thread(ensure_private_key, key)  # 0600 from its first byte; asyncua issues the certificate
         await setup_self_signed_certificate(key, cert, APP_URI, socket.gethostname(),
                                             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
                                             {"commonName": f"heatrec SCADA {host}", "organizationName": "heatrec"})
@@ -148,7 +163,7 @@ class ScadaServer:
     async def start(self) -> None:
         """Build the address space and open the endpoint."""
         u = urlsplit(self.cfg.endpoint)
-        server = Server(user_manager=_Users(self.cfg))  # type: ignore[arg-type]
+        server = GuardedServer(self.rules, user_manager=_Users(self.cfg))
         await server.init()
         server.set_endpoint(self.cfg.endpoint)
         server.set_server_name(f"heatrec SCADA: {self._plant.plant.name}")
@@ -163,6 +178,7 @@ class ScadaServer:
             key, cert = await self._certificate()
             await server.load_certificate(str(cert))
             await server.load_private_key(str(key))
+            await self.trust.reload_if_changed()  # makes trusted/ and rejected/ for the operator
         ns = await server.register_namespace(NAMESPACE_URI)
         plant = await server.nodes.objects.add_object(_string("Plant", ns), ua.QualifiedName("Plant", ns))
         for device in self._plant.devices:
@@ -188,6 +204,10 @@ class ScadaServer:
             await server.stop()
             raise LocalServerError(f"port {u.port} on {u.hostname} (SCADA OPC UA server) is already in use: "
                                    "stop what listens there or change [scada] endpoint") from err
+        if not server.guarded():  # fail closed: never serve without the login guard and the trust list
+            await server.stop()
+            raise RuntimeError("the SCADA channel rules could not be installed in this asyncua version")
+        server.hide_user_names_on_plain_endpoints()
         self._server = server
         # Seed from what is already known, then follow the bus.
         for s in list(self._bus.latest.values()):
@@ -198,8 +218,8 @@ class ScadaServer:
             self.control_nodes.start()
         if self.alarm_nodes is not None:
             self.alarm_nodes.start()
-        log.info("SCADA OPC UA server at %s (%d points; policies %s)", self.endpoint, len(self._nodes),
-                 ", ".join(self.cfg.security_policies))
+        log.info("SCADA OPC UA server at %s (%d points; policies %s; client certificates trusted from %s)",
+                 self.endpoint, len(self._nodes), ", ".join(self.cfg.security_policies), self.trust.trusted_dir)
 
     async def _apply(self, s: Sample) -> None:
         node = self._nodes.get(s.point)

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from service.schema import StrictModel
+
+# libpq's names and meanings (without `allow`): what TLS the connection needs and what of the server it checks.
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address that never leaves this machine: localhost, 127.0.0.0/8, ::1, a Unix socket directory."""
+    if host.startswith("/") or host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class DatabaseConfig(StrictModel):
@@ -16,6 +32,35 @@ class DatabaseConfig(StrictModel):
     user: str = "heatrec"
     password: str | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    sslmode: SslMode | None = Field(
+        default=None, description="TLS: disable, prefer, require, verify-ca or verify-full; unset means verify-full "
+                                  "for a host elsewhere and disable on loopback")
+    tls_ca_file: str | None = Field(default=None, description="CA bundle (PEM) the server's certificate must chain to "
+                                                               "(verify-ca, verify-full; the system CAs if unset)")
+    tls_cert_file: str | None = Field(default=None, description="client certificate (PEM) presented to the server")
+    tls_key_file: str | None = Field(default=None, description="private key (PEM) of tls_cert_file")
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> DatabaseConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both for a client certificate, "
+                             "or neither")
+        mode = self.tls_mode
+        which = f"{mode!r}" + (" (the default on a loopback host)" if self.sslmode is None else "")
+        if self.tls_ca_file is not None and mode in ("disable", "prefer"):
+            raise ValueError(f"tls_ca_file is set but sslmode is {which}, which does not check the server: "
+                             "set sslmode = \"verify-full\" (or \"verify-ca\")")
+        if self.tls_cert_file is not None and mode == "disable":
+            raise ValueError(f"tls_cert_file is set but sslmode is {which}: set sslmode = \"verify-full\" "
+                             "(or \"require\")")
+        return self
+
+    @property
+    def tls_mode(self) -> SslMode:
+        """`sslmode`, or its default: verify-full for a server elsewhere, disable on loopback."""
+        if self.sslmode is not None:
+            return self.sslmode
+        return "disable" if is_loopback(self.host) else "verify-full"
 
     def dsn(self) -> str:
         """libpq-style URL for asyncpg (password passed separately)."""

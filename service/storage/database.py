@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from service.config import DatabaseConfig
+from service.config import ConfigError, DatabaseConfig
 from service.errors import StorageUnavailable, StorageValueError
 from service.model import utcnow
 
@@ -53,15 +54,79 @@ def _password(cfg: DatabaseConfig) -> str | None:
     return cfg.password or os.environ.get("HEATREC_DB_PASSWORD") or None
 
 
+def tls_context(cfg: DatabaseConfig) -> ssl.SSLContext | bool | str:
+    """asyncpg's `ssl` argument for `[database] sslmode` (or its default: verify-full off loopback).
+
+    disable: no TLS. prefer: asyncpg's own mode (TLS if the server offers it, unverified; plain otherwise).
+    require: TLS, the certificate unchecked, unless tls_ca_file is set (then checked as verify-ca, as libpq
+    does). verify-ca: the certificate must chain to tls_ca_file (or the system CAs). verify-full: that, and
+    it must name `host`. A client certificate (tls_cert_file, tls_key_file) is presented in every TLS mode.
+    """
+    mode = cfg.tls_mode
+    if mode == "disable":
+        return False
+    if mode == "prefer":
+        return "prefer"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if mode == "require" and cfg.tls_ca_file is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        try:
+            if cfg.tls_ca_file is not None:
+                ctx.load_verify_locations(cafile=cfg.tls_ca_file)
+            else:
+                ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"[database] tls_ca_file: cannot load '{cfg.tls_ca_file}': {err}") from err
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.check_hostname = mode == "verify-full"
+    if cfg.tls_cert_file is not None:
+        try:
+            ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"[database] tls_cert_file / tls_key_file: cannot load '{cfg.tls_cert_file}' / "
+                              f"'{cfg.tls_key_file}': {err}") from err
+    return ctx
+
+
+def connect_kwargs(cfg: DatabaseConfig) -> dict[str, Any]:
+    """What asyncpg.connect and asyncpg.create_pool take for `cfg`: address, role, password, timeouts, TLS.
+
+    Every connection heatrec opens is built from here, so none can skip the TLS settings.
+    """
+    return {"host": cfg.host, "port": cfg.port, "user": cfg.user, "database": cfg.name,
+            "password": _password(cfg), "timeout": cfg.connect_timeout_s, "command_timeout": 60,
+            "ssl": tls_context(cfg)}
+
+
+def _tls_failure(err: BaseException) -> str | None:
+    """What to do about a failed TLS negotiation, or None when `err` is something else."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        why = err.verify_message or str(err)
+        return (f"TLS: the server's certificate does not verify ({why}): check [database] host (with "
+                "sslmode verify-full it must be a name the certificate carries), tls_ca_file and sslmode")
+    if isinstance(err, ssl.SSLError):
+        return f"TLS negotiation failed ({err}): check [database] sslmode, tls_ca_file, tls_cert_file, tls_key_file"
+    text = str(err)
+    if isinstance(err, ConnectionError) and "rejected SSL upgrade" in text:
+        return ("the server does not offer TLS, which [database] sslmode requires: turn on ssl in its "
+                "postgresql.conf (or, on a trusted network only, set sslmode = \"disable\")")
+    if isinstance(err, asyncpg.InvalidAuthorizationSpecificationError) and "no encryption" in text:
+        return f"{text}: the server accepts this role only over TLS: set [database] sslmode (e.g. \"verify-full\")"
+    return None
+
+
 async def connect_pool(cfg: DatabaseConfig, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
     """Open a connection pool, translating failures into DatabaseUnavailable."""
     try:
         pool = await asyncio.wait_for(
-            asyncpg.create_pool(host=cfg.host, port=cfg.port, user=cfg.user, database=cfg.name,
-                                password=_password(cfg), min_size=min_size, max_size=max_size,
-                                timeout=cfg.connect_timeout_s, command_timeout=60),
+            asyncpg.create_pool(**connect_kwargs(cfg), min_size=min_size, max_size=max_size),
             cfg.connect_timeout_s + 5)
     except (OSError, TimeoutError) as err:
+        if (tls := _tls_failure(err)) is not None:
+            raise DatabaseUnavailable(f"PostgreSQL at {cfg.host}:{cfg.port}: {tls}") from err
         raise DatabaseUnavailable(
             f"cannot reach PostgreSQL at {cfg.host}:{cfg.port} ({err.__class__.__name__}: {err}): "
             "is it running? check [database] host and port") from err
@@ -72,6 +137,8 @@ async def connect_pool(cfg: DatabaseConfig, *, min_size: int = 1, max_size: int 
         raise DatabaseUnavailable(f"database '{cfg.name}' does not exist on {cfg.host}:{cfg.port}: "
                                   f"create it (createdb {cfg.name}) or fix [database] name") from err
     except asyncpg.PostgresError as err:
+        if (tls := _tls_failure(err)) is not None:
+            raise DatabaseUnavailable(f"PostgreSQL at {cfg.host}:{cfg.port}: {tls}") from err
         raise DatabaseUnavailable(f"PostgreSQL error at connect: {err}") from err
     assert pool is not None
     return pool
@@ -213,10 +280,7 @@ class Database:
     async def _probe(self) -> None:
         if self._pool is None:
             # min_size=0: creating the pool opens no connection, so it cannot fail on a database that is away.
-            self._pool = await asyncpg.create_pool(
-                host=self.cfg.host, port=self.cfg.port, user=self.cfg.user, database=self.cfg.name,
-                password=_password(self.cfg), min_size=0, max_size=self._max_size,
-                timeout=self.cfg.connect_timeout_s, command_timeout=60)
+            self._pool = await asyncpg.create_pool(**connect_kwargs(self.cfg), min_size=0, max_size=self._max_size)
         async with self._pool.acquire(timeout=self.cfg.connect_timeout_s + 1) as conn:
             await conn.fetchval("SELECT 1", timeout=self.cfg.connect_timeout_s)
             if not self.stats.prepared and self._prepare is not None:
@@ -247,6 +311,8 @@ class Database:
 
 
 def _describe(err: BaseException) -> str:
+    if (tls := _tls_failure(err)) is not None:
+        return tls
     if isinstance(err, asyncpg.InvalidPasswordError):
         return "wrong password: set [database] password or HEATREC_DB_PASSWORD"
     if isinstance(err, asyncpg.InvalidCatalogNameError):

@@ -22,10 +22,10 @@ import asyncpg
 import pytest
 import yaml
 
-from service.config import DatabaseConfig
-from service.localservers.postgres import PG_BIN
+from service.localservers import PostgresCluster
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
+from tests.deploy.stack_db import GRAFANA_ROLE, INIT_SCRIPTS, OWNER_ROLE, init_like_compose, renamed, run_as_entrypoint
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -143,8 +143,11 @@ def test_plant_example_listens_where_compose_publishes_and_reaches_the_stack() -
     assert "simulation" not in cfg and "env_file" not in cfg
     db = cfg["database"]
     assert db["host"] == "timescaledb" and db["port"] == 5432 and db["password"] == "${HEATREC_DB_PASSWORD}"
+    # The stack's own network on this host: no TLS there (a database elsewhere: verify-full, docs/DEPLOY.md).
+    assert db["sslmode"] == "disable"
     env = services["timescaledb"]["environment"]
-    assert (db["user"], db["name"]) == (env["POSTGRES_USER"], env["POSTGRES_DB"])
+    assert db["name"] == env["POSTGRES_DB"] and db["user"] != env["POSTGRES_USER"]  # the owner role, no superuser
+    assert services["heatrec"]["environment"]["HEATREC_DB_PASSWORD"] == env["HEATREC_DB_PASSWORD"]
     listener = re.search(r"(?m)^listener (\d+)", (DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
     assert listener is not None
     for device in cfg["devices"]:
@@ -165,11 +168,14 @@ def test_plant_example_listens_where_compose_publishes_and_reaches_the_stack() -
 
 
 def test_documented_compose_commands_address_the_stack() -> None:
-    """Every `docker compose -f deploy/compose.yaml …` of the compose section names a service, and the heatrec
-    commands parse with heatrec's own CLI (with -c, the file compose mounts)."""
+    """Every `docker compose -f deploy/compose.yaml …` of the compose section (and of the upgrade from before the
+    owner role) names a service, and the heatrec commands parse with heatrec's own CLI (with -c, the file compose
+    mounts)."""
     from service.cli import build_parser
 
-    section = compose_section()
+    doc = DOC.read_text()
+    upgrade = doc[doc.index("\n## A database from before the owner role\n"):].split("\n## ", 2)[1]
+    section = compose_section() + "\n" + upgrade
     commands = re.findall(r"(?m)^(docker compose .*)$", section) + re.findall(r"`(docker compose [^`]+)`", section)
     assert len(commands) >= 4, commands
     services = stack()["services"]
@@ -179,7 +185,8 @@ def test_documented_compose_commands_address_the_stack() -> None:
         argv = shlex.split(command)
         assert argv[:4] == ["docker", "compose", "-f", "deploy/compose.yaml"], command
         sub = argv[4]
-        if sub == "up":
+        if sub in ("up", "pull", "stop", "down"):  # the services they name, if any, are the stack's
+            assert {w for w in argv[5:] if not w.startswith("-")} <= set(services), command
             continue
         assert sub in ("exec", "run"), command
         i = 5
@@ -203,52 +210,108 @@ def test_documented_compose_commands_address_the_stack() -> None:
     assert parsed >= 2  # the token and the check-config commands
 
 
-def test_grafana_role_script_reads_later_migrations(database: DatabaseConfig, tmp_path: Path) -> None:
-    """The init script compose runs, then heatrec's migrations: grafana reads every table and view they made."""
+def test_init_scripts_make_an_owner_role_and_a_read_only_grafana_role(postgres: PostgresCluster) -> None:
+    """The init scripts compose runs, then heatrec's migrations as heatrec's role: it owns everything and is no
+    superuser; grafana reads every table and view the migrations made except the API tokens, and writes nothing."""
     import asyncio
 
     services = stack()["services"]
-    assert mounts(services["timescaledb"])["/docker-entrypoint-initdb.d/" + GRAFANA_SQL.name] == \
-        "./timescaledb/" + GRAFANA_SQL.name
-    assert "HEATREC_GRAFANA_DB_PASSWORD" in services["timescaledb"]["environment"]
-    role = services["grafana"]["environment"]["HEATREC_GRAFANA_DB_USER"]
+    timescaledb = services["timescaledb"]
+    for script in INIT_SCRIPTS:
+        assert mounts(timescaledb)["/docker-entrypoint-initdb.d/" + script.name] == "./timescaledb/" + script.name
+    env = timescaledb["environment"]
+    assert {"HEATREC_DB_PASSWORD", "HEATREC_GRAFANA_DB_PASSWORD"} <= set(env)
+    cfg = tomllib.loads(EXAMPLE.read_text())["database"]
+    # heatrec logs in as the role the owner script makes, never as the image's superuser.
+    assert cfg["user"] == OWNER_ROLE != env["POSTGRES_USER"] and cfg["name"] == env["POSTGRES_DB"]
+    assert "HEATREC_DB_ADMIN_PASSWORD" in env["POSTGRES_PASSWORD"]
+    assert services["grafana"]["environment"]["HEATREC_GRAFANA_DB_USER"] == GRAFANA_ROLE
     sql = GRAFANA_SQL.read_text()
-    owner = services["timescaledb"]["environment"]["POSTGRES_USER"]
-    assert f"FOR ROLE {owner} IN SCHEMA public" in sql and f"CREATE ROLE {role} " in sql
-    # The session cluster's superuser is heatrec, like POSTGRES_USER; roles are cluster-wide, so grafana's is unique.
-    unique = f"grafana_{secrets.token_hex(4)}"
-    script = tmp_path / GRAFANA_SQL.name
-    script.write_text(re.sub(rf"\b{role}\b", unique, sql))
-    password = secrets.token_urlsafe(16)
-    # As the postgres image's entrypoint runs it (docker_process_sql): ON_ERROR_STOP, no psqlrc, -f FILE.
-    r = subprocess.run([str(PG_BIN / "psql"), "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "-h", database.host,
-                        "-p", str(database.port), "-U", database.user, "-d", database.name, "-f", str(script)],
-                       env={**os.environ, "PGPASSWORD": database.password or "", "HEATREC_GRAFANA_DB_PASSWORD":
-                            password}, capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 0, r.stderr
+    assert f"FOR ROLE {OWNER_ROLE} IN SCHEMA public" in sql and f"CREATE ROLE {GRAFANA_ROLE} " in sql
+
+    db = init_like_compose(postgres)
 
     async def check() -> None:
-        pool = await connect_pool(database)
+        pool = await connect_pool(db.owner)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
-                relations = [r["relname"] for r in await conn.fetch(
-                    "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE nspname = 'public' AND relkind IN ('r', 'v', 'm', 'p')")]
+                me = await conn.fetchrow("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
+                                         "WHERE rolname = current_user")
+                assert me is not None and not any(me.values()), dict(me or {})
+                owners = {r["relname"]: r["owner"] for r in await conn.fetch(
+                    "SELECT relname, pg_get_userbyid(relowner) AS owner FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE nspname = 'public' AND relkind IN ('r', 'v', 'm', 'p')")}
+                assert await conn.fetchval("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                                           "WHERE datname = current_database()") == db.owner.user
         finally:
             await pool.close()
-        assert {"samples", "readings", "settlements", "register_hours"} <= set(relations)
-        conn = await asyncpg.connect(host=database.host, port=database.port, user=unique, password=password,
-                                     database=database.name)
+        assert {"samples", "readings", "settlements", "register_hours", "api_tokens"} <= set(owners)
+        assert set(owners.values()) == {db.owner.user}, owners
+        conn = await asyncpg.connect(host=db.owner.host, port=db.owner.port, user=db.grafana_user,
+                                     password=db.grafana_password, database=db.name)
         try:
-            for rel in relations:
+            for rel in sorted(set(owners) - {"api_tokens"}):
                 await conn.fetchval(f'SELECT count(*) FROM "{rel}"')
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute("DELETE FROM events")
+            for forbidden in ("SELECT token_hash FROM api_tokens", "DELETE FROM events",
+                              "INSERT INTO events (time, source, kind, message) VALUES (now(), 'g', 'x', 'y')",
+                              "UPDATE points SET description = 'x'", "CREATE TABLE mine (x int)",
+                              "CREATE TEMP TABLE mine (x int)"):
+                with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.ReadOnlySQLTransactionError)):
+                    await conn.execute(forbidden)
         finally:
             await conn.close()
+        # No role beyond the two reaches the database (CONNECT revoked from PUBLIC): here the session's heatrec role.
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await asyncpg.connect(host=postgres.host, port=postgres.port, user=postgres.user,
+                                  password=postgres.password, database=db.name)
 
     asyncio.run(check())
+
+
+def test_grafana_script_run_again_after_the_migrations_grants_no_tokens(postgres: PostgresCluster) -> None:
+    """DEPLOY.md's "run it once by hand" on a volume heatrec has migrated already: api_tokens stays private."""
+    import asyncio
+
+    db = init_like_compose(postgres)
+
+    async def migrate_as_owner() -> None:
+        pool = await connect_pool(db.owner)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        finally:
+            await pool.close()
+
+    asyncio.run(migrate_as_owner())
+    other = f"grafana_{secrets.token_hex(4)}"
+    run_as_entrypoint(postgres, db.name, GRAFANA_SQL, renamed(GRAFANA_SQL.read_text(), db.owner.user, other),
+                      {"HEATREC_GRAFANA_DB_PASSWORD": "pw-of-the-second-role"})
+    privileges = postgres.psql(f"SELECT has_table_privilege('{other}', 'api_tokens', 'SELECT'), "
+                               f"has_table_privilege('{other}', 'samples', 'SELECT'), "
+                               f"has_table_privilege('{db.grafana_user}', 'api_tokens', 'SELECT')", db=db.name)
+    assert privileges == "f|t|f"
+
+
+def test_compose_services_run_with_least_privilege() -> None:
+    """Every container: all capabilities dropped (only the few a service needs added back), no new privileges,
+    a read-only root file system, and an image pinned to an exact version."""
+    # What each may add back, and why; anything else is a finding. None needs any today.
+    allowed_caps: dict[str, set[str]] = {}
+    for name, service in stack()["services"].items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert set(service.get("cap_add", [])) <= allowed_caps.get(name, set()), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("read_only") is True, name
+        assert service.get("privileged", False) is False and "network_mode" not in service, name
+        if "image" in service:
+            image = service["image"]
+            tag = image.split("@")[0].rsplit(":", 1)[1]
+            # An exact version (major.minor.patch), never a moving tag such as latest or a bare major.
+            assert re.match(r"^v?\d+\.\d+\.\d+", tag), f"{name}: {image} is not pinned to an exact version"
+    # Those whose images start as root run as their own users instead (heatrec's and Grafana's images do already).
+    assert stack()["services"]["timescaledb"]["user"] == "postgres"
+    assert stack()["services"]["mosquitto"]["user"] == "1883:1883"
 
 
 def _image_tree(dest: Path) -> Path:

@@ -35,4 +35,6 @@ def test_image_runs_as_non_root() -> None:
 def test_systemd_unit_runs_heatrec_unprivileged() -> None:
     unit = (ROOT / "deploy" / "systemd" / "heatrec.service").read_text()
     assert "User=heatrec" in unit and "ExecStart=/opt/heatrec/.venv/bin/heatrec run -c " in unit
-    assert "WorkingDirectory=/var/lib/heatrec" in unit and "ReadWritePaths=/var/lib/heatrec" in unit
+    # Its working directory is its StateDirectory: the one place ProtectSystem=strict leaves writable.
+    assert "WorkingDirectory=/var/lib/heatrec" in unit and "StateDirectory=heatrec" in unit
+    assert "ProtectSystem=strict" in unit and "ReadWritePaths=" not in unit

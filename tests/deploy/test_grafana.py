@@ -8,12 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from service.config import DatabaseConfig, parse_config
+from service.config import parse_config
+from service.localservers import PostgresCluster
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
 from service.storage.points import sync_points
+from tests.deploy.stack_db import init_like_compose
 from tests.support import demo_config_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,9 +118,13 @@ def test_dashboard_imports_through_the_ui_and_provisions_by_uid(path: Path) -> N
     assert all(r["uid"] == "picked-uid" for r in datasource_refs(imported))
 
 
-async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseConfig) -> None:
+async def test_every_panel_query_runs_against_seeded_schema(postgres: PostgresCluster) -> None:
+    """As Grafana runs them: logged in as the read-only grafana role, on a database compose's scripts initialised."""
     cfg = parse_config(_demo_devices())
-    pool = await connect_pool(database)
+    db = init_like_compose(postgres)
+    pool = await connect_pool(db.owner)
+    reader = await asyncpg.connect(host=db.owner.host, port=db.owner.port, user=db.grafana_user,
+                                   password=db.grafana_password, database=db.name)
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -141,20 +148,21 @@ async def test_every_panel_query_runs_against_seeded_schema(database: DatabaseCo
                 d = json.loads(path.read_text())
                 variables: dict[str, Any] = {}
                 for v in query_variables(d):
-                    options = [r[0] for r in await conn.fetch(v["query"])]
+                    options = [r[0] for r in await reader.fetch(v["query"])]
                     default = v["current"]["value"]
                     for name in default if isinstance(default, list) else [default]:
                         assert name in options, f"{path.name}: ${v['name']} default {name} is not offered"
                     variables[v["name"]] = default
                 for p in panels(d):
                     for t in p["targets"]:
-                        result = await conn.fetch(expand(t["rawSql"], variables))
+                        result = await reader.fetch(expand(t["rawSql"], variables))
                         assert result, f"{path.name}: panel '{p['title']}' returned no rows on seeded data"
                         if t["format"] == "time_series":
                             assert "time" in result[0].keys() and "value" in result[0].keys()
                         checked += 1
             assert checked >= 10
     finally:
+        await reader.close()
         await pool.close()
 
 

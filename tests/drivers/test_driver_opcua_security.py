@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import threading
 from collections.abc import Coroutine, Iterator
@@ -101,6 +102,9 @@ def secure_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurePeer
 
 
 def _device(peer: SecurePeer, pki: Path, **kw: Any) -> OpcUaDevice:
+    # The driver trusts this server: its certificate is in the device's trust list (pki/trusted).
+    (pki / "trusted").mkdir(parents=True, exist_ok=True)
+    shutil.copy(peer.pki / "server.der", pki / "trusted" / "secure-peer.der")
     base: dict[str, Any] = {
         "id": "cdu", "protocol": "opcua", "endpoint": peer.endpoint, "poll_interval_s": 0.1, "timeout_s": 5.0,
         "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "certificate_dir": str(pki),

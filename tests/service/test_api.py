@@ -1,7 +1,8 @@
-"""HTTP API: health without auth, points with a viewer token, JSON errors for bad auth."""
+"""HTTP API: health's status without auth (its parts with a token), points with a viewer token, JSON errors."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -33,19 +34,23 @@ async def api(database: DatabaseConfig) -> AsyncIterator[tuple[httpx.AsyncClient
                   "operator": await create_token(conn, "operator", "o")}
     bus = SampleBus()
     health = {"database": ("ok", ""), "driver:hp1": ("degraded", "backing_off")}
-    app = create_app(ServiceState(CFG, bus, pool, lambda: health), FailedAuthLimiter(max_failures=5))
+    app = create_app(ServiceState(CFG, bus, pool, lambda: health), FailedAuthLimiter(max_failures=5, delay_s=0.01,
+                                                                                   max_held=1))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         yield client, tokens, bus
     await pool.close()
 
 
 async def test_health_needs_no_token_and_reports_degraded(api) -> None:  # type: ignore[no-untyped-def]
-    client, _, _ = api
+    client, tokens, _ = api
     r = await client.get("/api/v1/health")
     assert r.status_code == 200
+    assert r.json() == {"status": "degraded"}  # for load balancers: the status alone, no detail
+    r = await client.get("/api/v1/health", headers={"Authorization": f"Bearer {tokens['viewer']}"})
     body = r.json()
     assert body["status"] == "degraded" and body["plant"] == "test plant"
     assert body["components"]["driver:hp1"] == {"status": "degraded", "detail": "backing_off"}
+    assert (await client.get("/api/v1/health", headers={"Authorization": "Bearer nope"})).status_code == 401
 
 
 async def test_points_with_viewer_token(api) -> None:  # type: ignore[no-untyped-def]
@@ -81,11 +86,18 @@ async def test_unknown_path_is_json_404(api) -> None:  # type: ignore[no-untyped
     assert r.status_code == 404 and r.json()["error"] == "Not Found"
 
 
-async def test_guessing_tokens_is_rate_limited(api) -> None:  # type: ignore[no-untyped-def]
+async def test_guessing_tokens_is_slowed_down_and_a_good_token_still_passes(api) -> None:  # type: ignore[no-untyped-def]
     client, tokens, _ = api
+    limiter = client._transport.app.state.auth_limiter  # type: ignore[attr-defined]
     statuses = [(await client.get("/api/v1/points", headers={"Authorization": f"Bearer guess-{i}"})).status_code
                 for i in range(7)]
-    assert statuses == [401] * 5 + [429] * 2
+    assert statuses == [401] * 7 and limiter.total_delayed == 2  # the 6th and 7th were held before their 401
+    # Guessing in parallel: one held answer per client at most, the others get 429 at once.
+    answers = await asyncio.gather(*(client.get("/api/v1/points", headers={"Authorization": f"Bearer par-{i}"})
+                                     for i in range(4)))
+    refused = [r for r in answers if r.status_code == 429]
+    assert sorted(r.status_code for r in answers) == [401, 429, 429, 429], [r.status_code for r in answers]
+    assert int(refused[0].headers["retry-after"]) >= 1 and "too many failed authentications" in refused[0].json()[
+        "error"]
     r = await client.get("/api/v1/points", headers={"Authorization": f"Bearer {tokens['viewer']}"})
-    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1  # even a good token waits out the lock
-    assert "too many failed authentications" in r.json()["error"]
+    assert r.status_code == 200  # a valid token is never refused, whatever else came from its address

@@ -54,7 +54,8 @@ async def test_https_when_configured(tmp_path: Path) -> None:
         ctx = ssl.create_default_context(cafile=str(cert))
         async with httpx.AsyncClient(verify=ctx) as client:
             r = await client.get(f"https://127.0.0.1:{api.port}/api/v1/health")
-            assert r.status_code == 200 and r.json()["plant"] == "tls plant"
+            assert r.status_code == 200 and r.json() == {"status": "ok"}
+            assert r.headers["strict-transport-security"].startswith("max-age=")  # HSTS over HTTPS only
         async with httpx.AsyncClient() as plain:
             with pytest.raises(httpx.HTTPError):
                 await plain.get(f"http://127.0.0.1:{api.port}/api/v1/health")

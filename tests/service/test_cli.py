@@ -72,9 +72,10 @@ def test_run_with_unreachable_database_runs_and_says_so_once(tmp_path: Path) -> 
 
     api_port = free_port()
     cfg = tmp_path / "plant.toml"
+    # Monitoring from this host reads /metrics and the health's parts without a token ([api] monitoring_networks).
     cfg.write_text(f'[database]\nport = {free_port()}\nconnect_timeout_s = 1\n[api]\nport = {api_port}\n'
-                   f'token_store = "{tmp_path}/tokens.json"\n[storage]\nspool_dir = "{tmp_path}/spool"\n'
-                   "retry_max_s = 0.5\n")
+                   f'token_store = "{tmp_path}/tokens.json"\nmonitoring_networks = ["127.0.0.1"]\n'
+                   f'[storage]\nspool_dir = "{tmp_path}/spool"\nretry_max_s = 0.5\n')
     log = tmp_path / "run.log"
     with log.open("w") as out:
         proc = subprocess.Popen([*HEATREC, "run", "-c", str(cfg)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,

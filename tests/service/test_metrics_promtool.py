@@ -29,10 +29,12 @@ async def test_metrics_pass_promtool_lint(plant_config_file: Path, mosquitto: Mo
         assert svc.alarm_publisher is not None
         publisher = svc.alarm_publisher
         await wait_until(lambda: publisher.stats.published > 0, 15, "alarm snapshot published")
+        assert svc.tokens is not None
+        _, token = svc.tokens.create("viewer", "prometheus")  # Prometheus scrapes with a token (docs/API.md)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api_port}", timeout=10) as client:
             await client.get("/api/v1/health")  # so the latency histogram has a series
             await client.get("/api/v1/points")  # and a 401 one
-            r = await client.get("/metrics")
+            r = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200
         text = r.text
     families = {f.name for f in text_string_to_metric_families(text)}

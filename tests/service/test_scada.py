@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -93,6 +94,7 @@ async def test_operator_session_over_signed_and_encrypted_channel(scada: tuple[S
     key, cert = tmp_path / "client-key.pem", tmp_path / "client-cert.der"
     await setup_self_signed_certificate(key, cert, "urn:heatrec:test:client", socket.gethostname(),
                                         [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "test client"})
+    shutil.copy(cert, srv.trust.trusted_dir / cert.name)  # the operator trusts this SCADA client
     for policy in ("Basic256Sha256,SignAndEncrypt", "Aes256Sha256RsaPss,Sign"):
         client = Client(srv.endpoint, timeout=10)
         client.application_uri = "urn:heatrec:test:client"
