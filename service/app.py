@@ -278,7 +278,8 @@ class Service:
             registry, latency = build_registry(self)
             app = create_app(ServiceState(cfg, self.bus, db, self.health, registry, latency, self.alarms,
                                           control=self.control, arbiter=self.arbiter, tokens=self.tokens,
-                                          audit=audit.record, journal=self.journal))
+                                          audit=audit.record, journal=self.journal,
+                                          closed_periods=self.closed_periods))
             server = _ApiServer(api_server_config(app, cfg.api))
             # The long-lived parts, in dependency order; the stack stops them in reverse (API first, writer
             # after the drivers, so it flushes what they produced; the journal and the database last), then

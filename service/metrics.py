@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.alarms.mqtt_publisher import AlarmPublisher
     from service.bus import SampleBus
     from service.control.loop import ControlLoop
+    from service.scada.server import ScadaServer
     from service.storage.database import Database
     from service.storage.journal import Journal
     from service.storage.writer import SampleWriter
@@ -57,6 +58,11 @@ class MetricsSource(Protocol):
     @property
     def control(self) -> ControlLoop | None:
         """The control loop, when [control] is configured."""
+        ...
+
+    @property
+    def scada(self) -> ScadaServer | None:
+        """The SCADA OPC UA server, when [scada] is configured."""
         ...
 
     @property
@@ -174,6 +180,8 @@ class ServiceCollector(Collector):
                                           "spool was full (oldest segment deleted)", value=sp.dropped_samples)
                 yield CounterMetricFamily("heatrec_storage_spool_corrupt_records", "Torn spool records cut off "
                                           "at start (a crash mid-append)", value=sp.corrupt_records)
+        if svc.scada is not None:
+            yield from _scada_families(svc.scada)
         if svc.database is not None:
             ds = svc.database.stats
             yield GaugeMetricFamily("heatrec_database_up", "1 while the database answers and is prepared",
@@ -211,6 +219,20 @@ def _refusal_families(svc: MetricsSource) -> Iterator[CounterMetricFamily]:
         for point in sorted(closed.points):
             late.add_metric([point], closed.refused.get(point, 0))
         yield late
+
+
+def _scada_families(scada: ScadaServer) -> Iterator[CounterMetricFamily]:
+    """What the SCADA server refused: guessed passwords, lockouts, insecure logins and writes, certificates."""
+    login, rules = scada.login_guard.stats, scada.rules
+    refused = CounterMetricFamily("heatrec_scada_refused", "SCADA requests refused, by reason", labels=["reason"])
+    refused.add_metric(["wrong_password"], login.failures)
+    refused.add_metric(["locked_out"], login.refused_locked)
+    refused.add_metric(["insecure_login"], rules.insecure_logins_refused)
+    refused.add_metric(["insecure_change"], rules.insecure_changes_refused)
+    refused.add_metric(["untrusted_certificate"], rules.certificates_refused)
+    yield refused
+    yield CounterMetricFamily("heatrec_scada_lockouts", "SCADA login lockouts engaged (users and addresses)",
+                              value=login.lockouts)
 
 
 def _control_families(svc: MetricsSource) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

@@ -307,8 +307,8 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
             return Response(settlements_csv(docs), media_type="text/csv")
         return JSONResponse(SettlementList(settlements=docs).model_dump(mode="json"))
 
-    async def _close(cfg: HeatrecConfig, db: asyncpg.Pool, contract_id: str, period: str, who: Principal,
-                     reason: str, correction: bool, incomplete_reason: str = "") -> dict[str, Any]:
+    async def _close(request: Request, cfg: HeatrecConfig, db: asyncpg.Pool, contract_id: str, period: str,
+                     who: Principal, reason: str, correction: bool, incomplete_reason: str = "") -> dict[str, Any]:
         contract_known(cfg, contract_id)
 
         async def work() -> dict[str, Any]:
@@ -319,28 +319,32 @@ def add_accounting_routes(app: FastAPI, require: Callable[[Role], Callable[[Requ
                     raise SettlementConflict(refusal)
                 if incomplete_reason.strip():
                     s = replace(s, meta={**s.meta, "incomplete_reason": incomplete_reason})
-                return await save_settlement(conn, s, who.name, reason, correction)
+                saved = await save_settlement(conn, s, who.name, reason, correction)
+                if closed_periods is not None:  # at once, not at the guard's next look at the table
+                    closed_periods.close(s.contract_id, s.start, s.end)
+                return saved
 
+        closed_periods = request.app.state.heatrec.closed_periods
         doc: dict[str, Any] = await guarded(work)
         return doc
 
     @app.post("/api/v1/settlements/{contract_id}/{period}/close", tags=["accounting"],
               responses={**_ERR, 200: {"description": "the closed version", "links": _CLOSED_LINKS}})
     async def close(contract_id: ContractId, period: Period, body: CloseIn, who: Operator, cfg: Config,
-                    db: Pool) -> dict[str, Any]:
+                    db: Pool, request: Request) -> dict[str, Any]:
         """Compute and close a month's settlement as version 1 (operator).
 
         409 when it is closed already, when the month has not ended, or when its data is incomplete and
         no incomplete_reason is given.
         """
-        return await _close(cfg, db, contract_id, period, who, body.note, False, body.incomplete_reason)
+        return await _close(request, cfg, db, contract_id, period, who, body.note, False, body.incomplete_reason)
 
     @app.post("/api/v1/settlements/{contract_id}/{period}/correct", tags=["accounting"],
               responses={**_ERR, 200: {"description": "the new version", "links": _CLOSED_LINKS}})
     async def correct(contract_id: ContractId, period: Period, body: CorrectIn, who: Operator, cfg: Config,
-                      db: Pool) -> dict[str, Any]:
+                      db: Pool, request: Request) -> dict[str, Any]:
         """Recompute a closed settlement as a new version with a reason (operator); 409 if not closed yet."""
-        return await _close(cfg, db, contract_id, period, who, body.reason, True)
+        return await _close(request, cfg, db, contract_id, period, who, body.reason, True)
 
     @app.post("/api/v1/meters/{meter_id}/readings", response_model=RecordedOut, tags=["accounting"],
               responses={**_ERR, **_QUEUED})

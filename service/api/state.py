@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from prometheus_client import CollectorRegistry, Histogram
 
+from service.accounting.closed_periods import ClosedPeriods
 from service.alarms.manager import AlarmManager
 from service.audit import AuditLog, AuditSink
 from service.bus import SampleBus
@@ -35,6 +36,7 @@ class ServiceState:
     tokens: TokenStore = field(default_factory=lambda: TokenStore(None))  # in memory unless the service gives one
     audit: AuditSink | None = None  # where audit entries go (the journal); straight to the database if unset
     journal: Journal | None = None  # records (manual readings) that must outlive a database outage
+    closed_periods: ClosedPeriods | None = None  # told at once when a month is closed: no late reading slips in
     db: Database = field(init=False)
 
     def __post_init__(self) -> None:
