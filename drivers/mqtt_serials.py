@@ -1,18 +1,19 @@
 """The meter serials the MQTT driver tracks, kept in a small local file so a restart checks against the same meter.
 
 A device without a configured `serial` keeps the first serial its telegrams carry; from then on a telegram
-from another meter is refused. The file is written atomically (temp file, fsync, rename), like the control
-loop's state file, and only when a serial is first seen: never on the hot path.
+from another meter is refused. The file is written atomically (service/private_files.py), and only when a
+serial is first seen: never on the hot path.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
+
+from service.private_files import write_private
 
 log = logging.getLogger("drivers.mqtt")
 
@@ -59,11 +60,6 @@ class SerialFile:
         data[device_id] = {"serial": serial, "first_seen": datetime.now(UTC).isoformat(timespec="seconds")}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
+            write_private(self.path, json.dumps(data, indent=2))
         except OSError as err:  # the serial is still checked in memory; only a restart would forget it
             log.error("tracked meter serial of %s not saved to %s: %s", device_id, self.path, err)

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ import asyncpg
 
 from service.auth import ROLES, Principal, Role, hash_token
 from service.errors import HeatrecError
+from service.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -291,23 +291,7 @@ class TokenStore:
              "mirrored": r.token_hash in mirrored} for r in sorted(records.values(), key=lambda r: r.id)]}
         try:
             self._ensure_dir()
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")  # 0600
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(doc, f, indent=1)
-                    f.write("\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)  # the rename itself survives a power cut
-            finally:
-                os.close(dfd)
+            write_private(self.path, json.dumps(doc, indent=1) + "\n")  # 0600, atomic, durable
         except OSError as err:
             # Not the database's kind of OSError: a mirror must not take it for the database being away.
             raise self._unwritable(err) from err

@@ -19,7 +19,6 @@ import asyncio
 import bisect
 import json
 import logging
-import os
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +28,7 @@ import asyncpg
 from service.bus import SampleSink
 from service.config import HeatrecConfig
 from service.model import Sample
+from service.private_files import write_private
 from service.storage.database import Database, DatabaseDown
 
 log = logging.getLogger(__name__)
@@ -201,11 +201,6 @@ class ClosedPeriods:
                            for c, iv in sorted(self._periods.items())}}
         try:
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state_file.with_suffix(".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self._state_file)
+            write_private(self._state_file, json.dumps(data, indent=2))
         except OSError as err:  # the guard holds in memory; only a start without the database would miss it
             log.error("closed settlement periods not saved to %s: %s", self._state_file, err)
