@@ -89,6 +89,7 @@ def control_config(feedforward: bool = True, **overrides: object) -> ControlConf
         "pid": {"kp": 1.0, "ti_s": 60.0, "td_s": 0.0},
         "feedforward": feedforward, "feedforward_lead_s": 70.0 if feedforward else 0.0,
         "setpoint_min": 40.0, "setpoint_max": 85.0, "setpoint_rate_k_per_s": 0.5, "safe_setpoint": 65.0,
+        "cdu_limit_setpoint_min": 55.0,  # return (~36 °C) + the condensers' design spread (20 K)
         "frozen_after_s": 30.0,
         "heat_pumps": [{"id": f"hp{i}", "setpoint": f"hp{i}.supply_setpoint", "sg_ready": f"hp{i}.sg_ready",
                         "heartbeat": f"hp{i}.heartbeat", "status": f"hp{i}.status",
@@ -108,7 +109,8 @@ def image_of(model: PlantModel, now_s: float, frozen: dict[str, float] | None = 
     """The model's state under the demo's point ids (a frozen point reports its stuck value)."""
     r: dict[str, Reading] = {}
     for cdu_id, cdu in model.cdus.items():
-        r[f"{cdu_id}.secondary_supply_temperature"] = Reading(cdu.supply_temperature)
+        # What the CDU's sensor reports (with its noise: a true value at rest would look frozen).
+        r[f"{cdu_id}.secondary_supply_temperature"] = Reading(model.reported_cdu(cdu_id).supply_temperature)
         r[f"{cdu_id}.supply_temperature_allowable_max"] = Reading(cdu.supply_temperature_allowable_max)
         r[f"{cdu_id}.secondary_return_temperature"] = Reading(cdu.return_temperature)
         r[f"{cdu_id}.heat_removed"] = Reading(cdu.heat_removed_kw)

@@ -22,6 +22,7 @@ from service.accounting.closed_periods import ClosedPeriods
 from service.accounting.rollup_task import run_rollups
 from service.accounting.store import apply_manual_reading, apply_replacement
 from service.alarms import store as alarm_store
+from service.alarms.engine import headroom_rules
 from service.alarms.manager import AlarmManager
 from service.alarms.mqtt_publisher import AlarmPublisher
 from service.api.app import create_app
@@ -132,11 +133,16 @@ class Service:
 
     def _database_transition(self, up: bool, detail: str) -> None:
         """Record the database's loss and return as events, through the journal (stored once it is back)."""
+        self._record_event("storage", "database_up" if up else "database_down", "info" if up else "warning",
+                           detail)
+
+    def _record_event(self, source: str, kind: str, severity: str, message: str) -> None:
+        """A row in `events`, through the journal: durable at once, stored when the database can take it."""
         if self.journal is None:
             return
         journal = self.journal
-        data = {"time": utcnow().isoformat(), "source": "storage", "kind": "database_up" if up else "database_down",
-                "severity": "info" if up else "warning", "message": detail}
+        data = {"time": utcnow().isoformat(), "source": source, "kind": kind, "severity": severity,
+                "message": message}
         task = asyncio.get_running_loop().create_task(journal.append("event", data))
         self._events.add(task)
         task.add_done_callback(self._events.discard)
@@ -244,7 +250,8 @@ class Service:
                                        lambda: {d.device_id: str(d.state.value) for d in self.drivers},
                                        journal=self.journal,
                                        serial_devices=[d.device_id for d in mqtt_drivers if d.device.serial_path],
-                                       device_faults=lambda: {d.device_id: d.serial_problem for d in mqtt_drivers})
+                                       device_faults=lambda: {d.device_id: d.serial_problem for d in mqtt_drivers},
+                                       headroom=headroom_rules(cfg.control))
             await self.alarms.start()
             if cfg.alarms.mqtt is not None:
                 alarms = self.alarms
@@ -268,7 +275,9 @@ class Service:
 
                 self.control = ControlLoop(cfg.control, self.bus, control_write, audit=audit.record,
                                            caps=lambda caps: arbiter.set_caps("cdu_limit", caps),
-                                           state_path=Path(cfg.control.state_file))
+                                           state_path=Path(cfg.control.state_file),
+                                           events=lambda kind, severity, message: self._record_event(
+                                               "control", kind, severity, message))
                 arbiter.control = self.control  # operators reach the loop parameters through the arbiter too
             if cfg.scada is not None:
                 self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms,

@@ -255,8 +255,23 @@ def _control_families(svc: MetricsSource) -> Iterator[CounterMetricFamily | Gaug
                               value=c.write_failures)
     yield CounterMetricFamily("heatrec_control_safe_state_entries", "Times the loop entered its safe state",
                               value=c.safe_state_entries)
+    status = svc.control.status()
     yield GaugeMetricFamily("heatrec_control_safe_state", "1 while the control loop is in its safe state",
-                            value=1.0 if svc.control.status().safe_state else 0.0)
+                            value=1.0 if status.safe_state else 0.0)
+    # IT cooling first, visible: how close the CDUs are to their allowable maximum, and whether the CDU
+    # limit is holding the heat pumps back right now.
+    yield GaugeMetricFamily("heatrec_control_cdu_limit_active", "1 while the CDU limit caps the heat-pump "
+                            "setpoints (IT cooling first)", value=1.0 if status.constraint == "cdu_limit" else 0.0)
+    if status.cdu_headroom_k is not None:
+        yield GaugeMetricFamily("heatrec_control_cdu_headroom_kelvin", "Smallest CDU allowable maximum minus "
+                                "supply temperature", value=status.cdu_headroom_k)
+    yield CounterMetricFamily("heatrec_control_cdu_limited_cycles", "Control cycles in which the CDU limit "
+                              "capped the heat-pump setpoints", value=c.cdu_limited_cycles)
+    constraint = GaugeMetricFamily("heatrec_control_constraint", "1 for what shapes the setpoint now "
+                                   "(none, cdu_limit, setpoint_limit, rate_limit, off, safe_state, ...)",
+                                   labels=["constraint"])
+    constraint.add_metric([(status.constraint or "none").split(":", 1)[0]], 1.0)
+    yield constraint
 
 
 def build_registry(service: MetricsSource) -> tuple[CollectorRegistry, Histogram]:

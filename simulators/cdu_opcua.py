@@ -178,7 +178,7 @@ class CduOpcUaServer:
             await server.stop()
 
     async def _build_address_space(self, server: Server) -> None:
-        state = self._faults.view(self.cfg.id, self._model.cdus[self.cfg.id])
+        state = self._faults.view(self.cfg.id, self._model.reported_cdu(self.cfg.id))
         cdu = await server.nodes.objects.add_object(_string_node_id(self.cfg.id),
                                                     ua.QualifiedName(self.cfg.id, NAMESPACE_INDEX))
         now = self._clock.now()
@@ -207,7 +207,7 @@ class CduOpcUaServer:
         """Publish the model's state: measurements every time, settings only when they change."""
         if self._server is None:
             return
-        state = self._faults.view(self.cfg.id, self._model.cdus[self.cfg.id])
+        state = self._faults.view(self.cfg.id, self._model.reported_cdu(self.cfg.id))
         stamp = self._model.time  # when the values were computed, i.e. measured
         now = cast(ua.DateTime, self._clock.now())
         await self._server.write_attribute_value(

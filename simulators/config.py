@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from service.schema import ID_PATTERN, StrictModel
 
@@ -25,6 +25,8 @@ class SimCdu(StrictModel):
     supply_temperature_allowable_max: float = 35.0
     setpoint_min: float = Field(default=15.0, description="lowest supply setpoint the CDU accepts over OPC UA")
     setpoint_max: float = Field(default=45.0, description="highest supply setpoint the CDU accepts over OPC UA")
+    time_constant_s: float = Field(default=30.0, gt=0,
+                                   description="first-order lag of the supply temperature (the CDU's control loop)")
 
 
 class SimHeatPump(StrictModel):
@@ -33,7 +35,11 @@ class SimHeatPump(StrictModel):
     id: str = Field(pattern=ID_PATTERN)
     endpoint: str = "127.0.0.1:5020"
     unit_id: int = Field(default=1, ge=0, le=255)
-    capacity_kw: float = Field(default=1000.0, gt=0)
+    capacity_kw: float = Field(default=1000.0, gt=0, description="largest condenser heat output, kW")
+    compressor_power_kw: float | None = Field(
+        default=None, gt=0, description="largest electrical input of the compressor; none = no such bound. With "
+                                        "it the heat output is also at most compressor_power_kw * COP, so at a "
+                                        "lower supply (lower lift, higher COP) the pump moves more heat")
     carnot_efficiency: float = Field(default=0.5, gt=0, le=1)
     supply_setpoint: float = Field(default=70.0, description="local setpoint, also the watchdog fallback")
     setpoint_min: float = Field(default=40.0, description="lowest remote setpoint accepted over Modbus")
@@ -88,6 +94,12 @@ class SimulationConfig(StrictModel):
     dry_cooler_capacity_kw: float | None = Field(
         default=None, ge=0, description="heat the dry coolers can reject; none = unlimited. Heat that neither "
                                         "recovery nor dry coolers take raises the CDU supply temperature")
+    dry_cooler_design_outdoor_temperature: float | None = Field(
+        default=None, description="outdoor temperature at which dry_cooler_capacity_kw is rated; none = the "
+                                  "capacity holds in any weather. With it, the capacity falls in proportion to "
+                                  "the loop-to-air difference on hotter days (never above the rating)")
+    dry_cooler_design_loop_temperature: float = Field(
+        default=40.0, description="CDU return (loop water into the dry coolers) at the rating, °C")
     surplus_heat_temperature: float = Field(default=90.0, gt=0, lt=150, description="its temperature, °C")
     control_port: int | None = Field(default=None, ge=0, lt=65536,
                                      description="HTTP fault-injection endpoint on 127.0.0.1; none = off")
@@ -97,3 +109,11 @@ class SimulationConfig(StrictModel):
     cdus: list[SimCdu] = Field(default_factory=list)
     heat_pumps: list[SimHeatPump] = Field(default_factory=list)
     heat_meters: list[SimHeatMeter] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _dry_cooler_rating(self) -> SimulationConfig:
+        design = self.dry_cooler_design_outdoor_temperature
+        if design is not None and self.dry_cooler_design_loop_temperature <= design:
+            raise ValueError(f"dry_cooler_design_loop_temperature ({self.dry_cooler_design_loop_temperature}) "
+                             f"must be above dry_cooler_design_outdoor_temperature ({design})")
+        return self

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.clock import Clock
 from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
@@ -27,10 +27,11 @@ CDU_LOOP_DENSITY = 994.0  # kg/m³ at ~35 °C, converts the CDU mass flow to L/m
 CDU_DESIGN_DELTA_K = 10.0  # the CDU pump holds this secondary spread at any load
 CDU_NOMINAL_PUMP_PERCENT = 80.0  # pump speed at nominal IT load, leaving headroom
 CDU_MIN_PUMP_PERCENT = 20.0
-CDU_TIME_CONSTANT_S = 30.0  # CDU supply temperature control loop
 CDU_LOAD_SWING = 0.03  # ±3 % slow IT load variation (period below)
 CDU_LOAD_PERIOD_S = 1800.0
 CDU_LOAD_NOISE = 0.003  # relative process noise on the IT load
+CDU_TEMPERATURE_NOISE_K = 0.02  # noise of the CDU's secondary supply and return sensors, as reported
+CDU_ALLOWABLE_MAX_RANGE = (0.0, 100.0)  # °C a CDU panel accepts as its allowable maximum (the EURange)
 HX_APPROACH_K = 2.0  # CDU heat exchanger: primary side leaves this much below secondary return
 MIN_LIFT_K = 5.0  # below this lift the Carnot formula explodes; real compressors have a floor
 MAX_COP = 10.0
@@ -53,7 +54,7 @@ class SgReady(enum.IntEnum):
 
 @dataclass
 class CduState:
-    """What a CDU controller reports (DMTF Redfish CoolingUnit names)."""
+    """A CDU's true state (DMTF Redfish CoolingUnit names); `PlantModel.reported_cdu` is what it serves."""
 
     it_load_kw: float
     supply_temperature: float
@@ -148,6 +149,21 @@ def dh_demand_kw(cfg: SimulationConfig, outdoor_c: float) -> float:
     return cfg.dh_design_demand_kw * max(heating, cfg.dh_base_demand_fraction)
 
 
+def dry_cooler_capacity(cfg: SimulationConfig, loop_c: float, outdoor_c: float) -> float | None:
+    """What the dry coolers can reject now, kW; None = unlimited.
+
+    Rated at dry_cooler_design_outdoor_temperature with the loop water at dry_cooler_design_loop_temperature;
+    an air cooler's duty is about proportional to the water-to-air difference, so on a hotter day (or a
+    cooler loop) it takes less, never more than its rating (the fans are at full speed at the design point).
+    """
+    cap = cfg.dry_cooler_capacity_kw
+    design_out = cfg.dry_cooler_design_outdoor_temperature
+    if cap is None or design_out is None:
+        return cap
+    design_span = cfg.dry_cooler_design_loop_temperature - design_out
+    return cap * min(max(loop_c - outdoor_c, 0.0) / design_span, 1.0)
+
+
 def first_order(value: float, target: float, dt_s: float, tau_s: float) -> float:
     """Exact discrete first-order lag, stable for any step size."""
     return target + (value - target) * math.exp(-dt_s / tau_s)
@@ -160,6 +176,10 @@ class PlantModel:
         self.cfg = cfg
         self._clock = clock
         self._rng = random.Random(cfg.seed)
+        # Sensor noise of what the CDUs report: its own seeded stream, so the physics (which draws from
+        # _rng) follows exactly the same trajectory as without it.
+        self._sensor_rng = random.Random(f"{cfg.seed}:cdu-sensors")
+        self._cdu_noise: dict[str, tuple[float, float]] = {}
         self._last_monotonic = clock.monotonic()
         self._last_heartbeat_s: dict[str, float] = {}
         self.elapsed_s = 0.0
@@ -172,6 +192,8 @@ class PlantModel:
         self.delivered_kw = 0.0
         self.dh_demand_kw = dh_demand_kw(cfg, cfg.outdoor_temperature)
         self.it_load_scale = 1.0  # scenarios scale every CDU's IT load with this
+        self.dh_demand_scale = 1.0  # ... and the network's demand with this (a demand collapse)
+        self.dry_cooler_available_kw: float | None = cfg.dry_cooler_capacity_kw  # at today's outdoor temperature
         self._last_heat_kw = 0.0
         self.ledger = EnergyLedger()
         # Dead time: each heat pump's commanded targets (elapsed_s, °C); the oldest due one acts.
@@ -222,7 +244,7 @@ class PlantModel:
         self.elapsed_s += dt_s
         self.time = self._clock.now()
         dh_return = dh_return_temperature(self.outdoor_temperature)
-        self.dh_demand_kw = dh_demand_kw(self.cfg, self.outdoor_temperature)
+        self.dh_demand_kw = dh_demand_kw(self.cfg, self.outdoor_temperature) * self.dh_demand_scale
         heat_kw, mass_flow, mixed_return = self._step_cdus(dt_s)
         heat_kw, mass_flow, mixed_return = self._add_surplus_source(heat_kw, mass_flow, mixed_return)
         source_inlet = mixed_return - HX_APPROACH_K
@@ -236,7 +258,7 @@ class PlantModel:
         work = sum(hp.electric_power_kw for hp in self.heat_pumps.values())
         # IT cooling has priority: whatever recovery does not take goes to dry coolers, up to their capacity.
         rejected = max(heat_kw - direct - evaporated, 0.0)
-        cap = self.cfg.dry_cooler_capacity_kw
+        cap = self.dry_cooler_available_kw = dry_cooler_capacity(self.cfg, mixed_return, self.outdoor_temperature)
         self.dry_cooler_kw = rejected if cap is None else min(rejected, cap)
         self.unremoved_kw = rejected - self.dry_cooler_kw
         self.direct_exchange_kw = direct
@@ -293,10 +315,13 @@ class PlantModel:
             share = load / heat_total if (heat_total := self._last_heat_kw) > 0 else 0.0
             rise = self.unremoved_kw * share / (m * CP_WATER) if m > 0 else 0.0
             cdu.supply_temperature = first_order(cdu.supply_temperature, cdu.supply_temperature_setpoint + rise,
-                                                 dt_s, CDU_TIME_CONSTANT_S)
+                                                 dt_s, cfg.time_constant_s)
             cdu.pump_speed_percent = pump
             cdu.flow_liters_per_minute = m / CDU_LOOP_DENSITY * 1000.0 * 60.0
             cdu.return_temperature = cdu.supply_temperature + load / (m * CP_WATER)
+            # A fresh sensor reading every step: a settled loop still reports a live value.
+            self._cdu_noise[cdu_id] = (self._sensor_rng.gauss(0.0, CDU_TEMPERATURE_NOISE_K),
+                                       self._sensor_rng.gauss(0.0, CDU_TEMPERATURE_NOISE_K))
             # Primary valve opens with load; 70 % at nominal leaves control range both ways.
             cdu.valve_position_percent = min(100.0 * 0.7 * load / cfg.it_load_kw, 100.0)
             total_q += load
@@ -344,11 +369,12 @@ class PlantModel:
             available = heat_kw * share
             # The DH pump can only carry so much heat at the present spread (matters at start-up).
             dh_limit = cfg.capacity_kw / DH_DESIGN_SPREAD_K * max(hp.supply_temperature - dh_return, 0.0)
+            compressor = cfg.compressor_power_kw if cfg.compressor_power_kw is not None else math.inf
             q_evap, cop, q_cond = available, 1.0, 0.0
             for _ in range(3):  # the source outlet depends on q_evap, COP on the outlet: converges fast
                 t_cold = source_inlet - q_evap / (m_src * CP_WATER)
                 cop = carnot_cop(hp.supply_temperature, t_cold, cfg.carnot_efficiency)
-                q_cond = min(available * cop / (cop - 1.0), limit, dh_limit)
+                q_cond = min(available * cop / (cop - 1.0), limit, dh_limit, compressor * cop)
                 q_evap = q_cond * (cop - 1.0) / cop
             hp.cop = cop
             hp.heat_output_kw = q_cond
@@ -419,6 +445,19 @@ class PlantModel:
         cfg = self._cdu_cfg[cdu_id]
         _check_range(value, cfg.setpoint_min, cfg.setpoint_max, f"{cdu_id} supply temperature setpoint")
         self.cdus[cdu_id].supply_temperature_setpoint = value
+
+    def set_cdu_allowable_max(self, cdu_id: str, value: float) -> None:
+        """The CDU's allowable maximum changed on its own panel; ValueError outside 0..100 °C or non-finite."""
+        cdu = self.cdus[cdu_id]
+        _check_range(value, *CDU_ALLOWABLE_MAX_RANGE, f"{cdu_id} supply temperature allowable maximum")
+        cdu.supply_temperature_allowable_max = float(value)
+
+    def reported_cdu(self, cdu_id: str) -> CduState:
+        """What the CDU's controller reports: its state with sensor noise on secondary supply and return."""
+        cdu = self.cdus[cdu_id]
+        supply_noise, return_noise = self._cdu_noise.get(cdu_id, (0.0, 0.0))
+        return replace(cdu, supply_temperature=cdu.supply_temperature + supply_noise,
+                       return_temperature=cdu.return_temperature + return_noise)
 
     def set_heat_pump_setpoint(self, hp_id: str, value: float) -> None:
         """Accept a remote supply setpoint; ValueError outside the heat pump's accepted range."""

@@ -27,7 +27,7 @@ from simulators.modbus_face import ModbusFace
 from simulators.net import ensure_port_free, split_host_port, split_opcua_endpoint
 from simulators.plant import PlantModel
 from simulators.register_state import RegisterFile
-from simulators.scenario import FaultSpec, Scenario, ScenarioPlayer
+from simulators.scenario import FaultSpec, Scenario, ScenarioEvent, ScenarioPlayer
 
 Face = CduOpcUaServer | ModbusFace
 # Which fault kinds each kind of device supports; anything else is refused with a clear message.
@@ -204,6 +204,19 @@ class Simulation:
         await self._publish()
         return gone
 
+    async def set_cdu_allowable_max(self, cdu_id: str, value: float) -> float:
+        """Change a CDU's allowable maximum as on its own panel, and publish it; returns the value now held.
+
+        SimulatorError when there is no such CDU, ValueError outside 0..100 °C (or not finite).
+        """
+        if cdu_id not in self.model.cdus:
+            raise SimulatorError(f"no simulated CDU '{cdu_id}' (have {', '.join(sorted(self.model.cdus)) or 'none'})")
+        self.model.set_cdu_allowable_max(cdu_id, value)
+        held = self.model.cdus[cdu_id].supply_temperature_allowable_max
+        log.warning("CDU %s allowable maximum set to %.2f °C on its panel", cdu_id, held)
+        await self._publish()
+        return held
+
     async def _undo(self, fault: Fault) -> None:
         face = self.face(fault.device)
         if fault.kind == "offline" and face is not None and self.faults.first(fault.device, "offline") is None:
@@ -215,6 +228,11 @@ class Simulation:
     def _check_scenario(self, scenario: Scenario) -> None:
         """A scenario naming a device this plant lacks, or a fault it cannot have, fails at start, not hours in."""
         for event in scenario.events:
+            for cdu_id in event.cdu_allowable_max or {}:
+                if cdu_id not in self.model.cdus:
+                    have = ", ".join(sorted(self.model.cdus)) or "none"
+                    raise SimulatorError(f"scenario '{scenario.name}' event at {event.at_s:g} s: cdu_allowable_max "
+                                         f"names '{cdu_id}', which is not a CDU of this plant (CDUs: {have})")
             spec = event.fault
             if spec is None:
                 continue
@@ -232,22 +250,49 @@ class Simulation:
         """Scenario events that are due, and the outdoor profile, take effect from the next step."""
         if self.player is None:
             return
+        settings_changed = False
         for event in self.player.due(self.model.elapsed_s):
-            if event.it_load_scale is not None:
-                self.model.it_load_scale = event.it_load_scale
-            if event.outdoor_temperature is not None:
-                self.player.fixed_outdoor = True
-                self.model.outdoor_temperature = event.outdoor_temperature
-            if event.clear_faults is not None:
-                await self.clear_faults(None if event.clear_faults == "*" else event.clear_faults)
-            if event.fault is not None:
-                try:
-                    await self.inject(event.fault)
-                except SimulatorError as err:
-                    log.error("scenario event at %.0f s: %s", event.at_s, err)
+            settings_changed = await self._apply_event(event) or settings_changed
         outdoor = self.player.outdoor_at(self.clock.now())
         if outdoor is not None:
             self.model.outdoor_temperature = outdoor
+        if settings_changed:
+            await self._publish()  # a client sees the panel's new limit now, not only after the next tick
+
+    async def apply_event(self, event: ScenarioEvent) -> None:
+        """Carry out one scenario event now (its at_s is ignored): the control endpoint's POST /events."""
+        scenario = Scenario(name="control endpoint", events=[event])
+        self._check_scenario(scenario)
+        if event.fault is not None:
+            await self.inject(event.fault)  # refused faults raise here, for the caller
+            event = event.model_copy(update={"fault": None})
+        if await self._apply_event(event):
+            await self._publish()
+
+    async def _apply_event(self, event: ScenarioEvent) -> bool:
+        """One event's changes; True when a CDU setting changed (publish it at once)."""
+        settings_changed = False
+        if event.it_load_scale is not None:
+            self.model.it_load_scale = event.it_load_scale
+        if event.dh_demand_scale is not None:
+            self.model.dh_demand_scale = event.dh_demand_scale
+        if event.outdoor_temperature is not None:
+            if self.player is not None:
+                self.player.fixed_outdoor = True
+            self.model.outdoor_temperature = event.outdoor_temperature
+        for cdu_id, allowable_max in (event.cdu_allowable_max or {}).items():
+            self.model.set_cdu_allowable_max(cdu_id, allowable_max)  # ids checked at start, values on load
+            settings_changed = True
+            log.info("scenario event at %.0f s: CDU %s allowable maximum %.2f °C", event.at_s, cdu_id,
+                     allowable_max)
+        if event.clear_faults is not None:
+            await self.clear_faults(None if event.clear_faults == "*" else event.clear_faults)
+        if event.fault is not None:
+            try:
+                await self.inject(event.fault)
+            except SimulatorError as err:
+                log.error("scenario event at %.0f s: %s", event.at_s, err)
+        return settings_changed
 
     async def refresh(self) -> float:
         """Advance the model to the clock and publish to every face; returns the step in seconds."""

@@ -1,4 +1,5 @@
-"""Scenario files: IT load steps, outdoor temperature over days and seasons, demand and faults, on plant time."""
+"""Scenario files: IT load steps, outdoor temperature over days and seasons, demand, CDU limits and faults,
+on plant time."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import tomllib
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,6 +18,10 @@ from simulators.faults import FaultKind
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DeviceId = Annotated[str, Field(pattern=ID_PATTERN)]
+AllowableMax = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, strict=True)]  # °C, a CDU panel's range
 
 
 class OutdoorProfile(_Strict):
@@ -56,8 +61,13 @@ class ScenarioEvent(_Strict):
     at_s: float = Field(ge=0)
     it_load_scale: float | None = Field(default=None, ge=0, le=2, description="every CDU's IT load times this")
     outdoor_temperature: float | None = Field(default=None, description="fixed outdoor °C (ends any profile)")
+    dh_demand_scale: float | None = Field(default=None, ge=0, le=2,
+                                          description="the network's heat demand times this (0.2: demand collapse)")
     fault: FaultSpec | None = None
     clear_faults: str | None = Field(default=None, description="device id, or '*' for every device")
+    cdu_allowable_max: dict[DeviceId, AllowableMax] | None = Field(
+        default=None, min_length=1,
+        description="CDU id -> new supply temperature allowable maximum, °C, as set on the CDU's own panel")
 
 
 class Scenario(_Strict):

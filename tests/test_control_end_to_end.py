@@ -30,8 +30,8 @@ SCADA_PASSWORD = "scada-test-secret"
 def faster_plant(path: Path) -> None:
     """Heat pump lag 5 s and a quick target ramp, so the test runs in seconds of real time."""
     text = path.read_text()
-    text = text.replace("capacity_kw = 1200.0\n\n[[simulation.heat_meters]]",
-                        "capacity_kw = 1200.0\ntime_constant_s = 5.0\n\n[[simulation.heat_meters]]", 1)
+    text = text.replace("capacity_kw = 1200.0\ncompressor_power_kw",
+                        "capacity_kw = 1200.0\ntime_constant_s = 5.0\ncompressor_power_kw", 1)
     text = text.replace("target_ramp_k_per_min = 3.0", "target_ramp_k_per_min = 60.0", 1)
     text = text.replace("feedforward_lead_s = 70.0", "feedforward_lead_s = 6.0", 1)
     text = text.replace("ti_s = 60.0", "ti_s = 10.0", 1)

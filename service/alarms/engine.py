@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from service.alarms.model import Alarm, AlarmEvent, AlarmState, Severity
-from service.config import AlarmsConfig, LimitAlarm, StateAlarm
+from service.config import AlarmsConfig, ControlConfig, LimitAlarm, StateAlarm
 from service.errors import Conflict, NotFound
 from service.model import Quality, Sample
 
@@ -32,10 +33,36 @@ class UnknownAlarm(AlarmError, NotFound):
     http_status = 404
 
 
+@dataclass(frozen=True)
+class HeadroomRule:
+    """Warn while a CDU's supply is within `warn_k` of its allowable maximum (before the CDU limit runs out)."""
+
+    supply_point: str
+    allowable_max_point: str | None  # read from the CDU; falls back to `allowable_max_value`
+    allowable_max_value: float | None
+    warn_k: float
+    on_delay_s: float
+    deadband_k: float = 0.2
+
+    @property
+    def alarm_id(self) -> str:
+        """<supply point>:headroom."""
+        return f"{self.supply_point}:headroom"
+
+
+def headroom_rules(control: ControlConfig | None) -> list[HeadroomRule]:
+    """One headroom warning per `[[control.cdus]]` entry, unless `cdu_headroom_alarm_k` turns them off."""
+    if control is None or control.cdu_headroom_alarm_k is None:
+        return []
+    return [HeadroomRule(c.supply_temperature, c.allowable_max, c.allowable_max_value, control.cdu_headroom_alarm_k,
+                         control.cdu_headroom_alarm_delay_s) for c in control.cdus]
+
+
 class AlarmEngine:
     """Evaluates every alarm each cycle and applies ISA-18.2 state transitions."""
 
-    def __init__(self, cfg: AlarmsConfig, devices: list[str], *, serial_devices: list[str] | None = None) -> None:
+    def __init__(self, cfg: AlarmsConfig, devices: list[str], *, serial_devices: list[str] | None = None,
+                 headroom: list[HeadroomRule] | None = None) -> None:
         self.cfg = cfg
         self.alarms: dict[str, Alarm] = {}
         self._rules: dict[str, LimitAlarm] = {}
@@ -60,6 +87,13 @@ class AlarmEngine:
             self._add(Alarm(f"device:{dev}:meter_serial", dev, "meter_serial", Severity.HIGH,
                             f"device {dev}: telegrams from another meter (serial mismatch), refused"), None)
 
+        self._headroom: dict[str, HeadroomRule] = {}
+        for h in headroom or []:
+            self._add(Alarm(h.alarm_id, h.supply_point, "headroom", Severity.HIGH,
+                            f"{h.supply_point} within {h.warn_k:g} K of the CDU's allowable maximum: the heat "
+                            "pumps are being held back for IT cooling, and little margin is left"), None)
+            self._headroom[h.alarm_id] = h
+
     def _add(self, alarm: Alarm, rule: LimitAlarm | None) -> None:
         self.alarms[alarm.id] = alarm
         if rule is not None:
@@ -80,6 +114,8 @@ class AlarmEngine:
                 alarm.detail = problem
             return problem is not None
         sample = latest.get(alarm.source)
+        if alarm.kind == "headroom":
+            return self._headroom_condition(alarm, sample, latest)
         if alarm.kind == "state":
             return self._state_condition(alarm, sample)
         if alarm.kind == "quality":
@@ -98,6 +134,25 @@ class AlarmEngine:
         if v < rule.low:
             return True
         return False if v > rule.low + rule.deadband else None
+
+    def _headroom_condition(self, alarm: Alarm, sample: Sample | None, latest: Mapping[str, Sample]) -> bool | None:
+        """Allowable maximum minus supply below the warning; None without valid values (other alarms say so)."""
+        rule = self._headroom[alarm.id]
+        if sample is None or sample.value is None or sample.quality != Quality.GOOD:
+            return None
+        limit = rule.allowable_max_value
+        if rule.allowable_max_point is not None:
+            m = latest.get(rule.allowable_max_point)
+            if m is not None and m.value is not None and m.quality == Quality.GOOD:
+                limit = m.value
+        if limit is None:
+            return None
+        room = limit - sample.value
+        alarm.value = round(room, 3)
+        alarm.detail = f"headroom {room:.2f} K (allowable maximum {limit:g} °C)"
+        if room < rule.warn_k:
+            return True
+        return False if room > rule.warn_k + rule.deadband_k else None
 
     def _state_condition(self, alarm: Alarm, sample: Sample | None) -> bool | None:
         """A discrete value's condition: a bit, a code, or one of a set of codes (with its text)."""
@@ -123,6 +178,8 @@ class AlarmEngine:
             return 0.0  # one foreign telegram is one too many
         if alarm.kind == "state":
             return self._states[alarm.id].on_delay_s
+        if alarm.kind == "headroom":
+            return self._headroom[alarm.id].on_delay_s
         return self._rules[alarm.id].on_delay_s
 
     # ------------------------------------------------------------------ evaluation

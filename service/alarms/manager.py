@@ -10,7 +10,7 @@ from datetime import datetime
 import asyncpg
 
 from service.alarms import store
-from service.alarms.engine import AlarmEngine
+from service.alarms.engine import AlarmEngine, HeadroomRule
 from service.alarms.model import Alarm, AlarmEvent, AlarmState
 from service.bus import SampleBus
 from service.config import AlarmsConfig
@@ -27,8 +27,9 @@ class AlarmManager:
     def __init__(self, cfg: AlarmsConfig, devices: list[str], bus: SampleBus, pool: Database | asyncpg.Pool,
                  device_states: Callable[[], Mapping[str, str]], now: Callable[[], datetime] = utcnow,
                  journal: Journal | None = None, *, serial_devices: list[str] | None = None,
-                 device_faults: Callable[[], Mapping[str, str | None]] | None = None) -> None:
-        self.engine = AlarmEngine(cfg, devices, serial_devices=serial_devices)
+                 device_faults: Callable[[], Mapping[str, str | None]] | None = None,
+                 headroom: list[HeadroomRule] | None = None) -> None:
+        self.engine = AlarmEngine(cfg, devices, serial_devices=serial_devices, headroom=headroom)
         self._cfg, self._bus, self._states, self._now = cfg, bus, device_states, now
         self._faults = device_faults  # per device: a serial mismatch its driver saw lately, or None
         self._pool = pool if isinstance(pool, Database) else Database.from_pool(pool)

@@ -141,6 +141,17 @@ class ControlConfig(StrictModel):
                                   "each heat pump's watchdog fall back to its local setpoint")
     cdus: list[ControlCdu] = Field(default_factory=list)
     cdu_margin_k: float = Field(default=0.5, ge=0, description="the CDU limit controller holds this below the max")
+    cdu_limit_setpoint_min: float | None = Field(
+        default=None, description="lowest setpoint the CDU limit asks for; none = setpoint_min. Below about the "
+                                  "network return plus the condenser's design spread the heat pump cannot pass "
+                                  "its heat into the network, so a lower setpoint would take less heat from the "
+                                  "CDUs, not more")
+    cdu_headroom_alarm_k: float | None = Field(
+        default=1.5, gt=0, description="alarm (high) while a CDU's allowable maximum minus its supply is below "
+                                       "this; above cdu_margin_k, so it warns before the headroom is gone; "
+                                       "none = no such alarm")
+    cdu_headroom_alarm_delay_s: float = Field(default=5.0, ge=0, le=3600,
+                                              description="how long the headroom must stay low before it alarms")
     cdu_pid: ControlPid = ControlPid(kp=4.0, ti_s=30.0, td_s=90.0)
     stale_after_s: float = Field(default=5.0, gt=0, description="an input older than this is stale")
     frozen_after_s: float | None = Field(
@@ -168,6 +179,12 @@ class ControlConfig(StrictModel):
             raise ValueError("curve breakpoints must have strictly ascending outdoor temperatures")
         if self.safe_setpoint is not None and not self.setpoint_min <= self.safe_setpoint <= self.setpoint_max:
             raise ValueError(f"safe_setpoint ({self.safe_setpoint}) is outside setpoint_min..setpoint_max")
+        if self.cdu_headroom_alarm_k is not None and self.cdu_headroom_alarm_k <= self.cdu_margin_k:
+            raise ValueError(f"cdu_headroom_alarm_k ({self.cdu_headroom_alarm_k}) must be above cdu_margin_k "
+                             f"({self.cdu_margin_k}): it warns before the margin the CDU limit holds is used up")
+        floor = self.cdu_limit_setpoint_min
+        if floor is not None and not self.setpoint_min <= floor <= self.setpoint_max:
+            raise ValueError(f"cdu_limit_setpoint_min ({floor}) is outside setpoint_min..setpoint_max")
         if self.supply_temperature_check == self.supply_temperature:
             raise ValueError("supply_temperature_check must be another sensor than supply_temperature")
         ids = [h.id for h in self.heat_pumps]

@@ -74,8 +74,7 @@ class Controller:
         self._target: float | None = None
         self._output: float | None = None
         self._lim_reset: float | None = None  # external-reset state of the CDU limit controller
-        self._frozen_value: float | None = None
-        self._frozen_since = 0.0
+        self._frozen: dict[str, tuple[float, float]] = {}  # point -> (value, since when unchanged)
         self._disagree_since: float | None = None  # when the two supply sensors began to disagree
         self._beat = 0
         self._direct = False
@@ -84,6 +83,7 @@ class Controller:
         self._cap_active = False
         self._last_headroom: float | None = None
         self._headroom_d = 0.0
+        self._headroom_f: float | None = None  # the headroom low-passed for the derivative
         self._pid_live = False
         self.last: StepResult | None = None
 
@@ -97,12 +97,14 @@ class Controller:
 
     # --- the cycle ------------------------------------------------------------------------------
 
-    def _frozen_check(self, r: Reading, now: float) -> Reading:
+    def _frozen_check(self, point: str, r: Reading, now: float) -> Reading:
+        """The reading, or a "frozen" one when its value has not changed at all for frozen_after_s."""
         if self.cfg.frozen_after_s is None or r.value is None:
             return r
-        if r.value != self._frozen_value:
-            self._frozen_value, self._frozen_since = r.value, now
-        elif now - self._frozen_since >= self.cfg.frozen_after_s:
+        last = self._frozen.get(point)
+        if last is None or r.value != last[0]:
+            self._frozen[point] = (r.value, now)
+        elif now - last[1] >= self.cfg.frozen_after_s:
             return Reading(None, "frozen")
         return r
 
@@ -144,10 +146,18 @@ class Controller:
         return (self.curve(outdoor.value) if outdoor.value is not None else None), "curve"
 
     def _cdu(self, image: ProcessImage) -> tuple[float | None, str | None]:
-        """Smallest headroom (allowable max - supply) over the CDUs, or the first unusable input."""
+        """Smallest headroom (allowable max - supply) over the CDUs, or the first unusable input.
+
+        A heat pump whose status word is unusable counts too: whether it still takes heat from the CDUs
+        (or has tripped) is then unknown, so IT cooling cannot be vouched for.
+        """
         headroom: float | None = None
+        for hp in self.cfg.heat_pumps:
+            status = image.get(hp.status) if hp.status else None
+            if status is not None and status.value is None:
+                return None, f"{status.problem}:{hp.status}"
         for cdu in self.cfg.cdus:
-            sup = image.get(cdu.supply_temperature)
+            sup = self._frozen_check(cdu.supply_temperature, image.get(cdu.supply_temperature), image.now_s)
             if sup.value is None:
                 return None, f"{sup.problem}:{cdu.supply_temperature}"
             limit = cdu.allowable_max_value
@@ -164,7 +174,7 @@ class Controller:
     def step(self, image: ProcessImage, dt: float) -> StepResult:
         """One cycle on a frozen image; returns the writes the arbiter let through."""
         cfg, now = self.cfg, image.now_s
-        pv_r = self._frozen_check(image.get(cfg.supply_temperature), now)
+        pv_r = self._frozen_check(cfg.supply_temperature, image.get(cfg.supply_temperature), now)
         pv = pv_r.value
         disagreeing = self._cross_check(image, pv, now)
         outdoor = image.get(cfg.outdoor_temperature) if cfg.outdoor_temperature else Reading(None, "missing")
@@ -182,7 +192,7 @@ class Controller:
         ff = self._feedforward(image, target, prev_target, dt)
         headroom, cdu_problem = self._cdu(image)
         if headroom is None:
-            self._last_headroom, self._headroom_d = None, 0.0
+            self._last_headroom, self._headroom_d, self._headroom_f = None, 0.0, None
 
         safe_reason: str | None = None
         if self.mode != "off":
@@ -254,11 +264,21 @@ class Controller:
                     self._lim_reset = self._output
                 # Derivative on the headroom: a shrinking headroom lowers the cap before the margin is gone,
                 # because the heat pump answers a setpoint change slower than the CDU loop warms.
+                # The headroom is low-passed first (tf = Td/N), then differentiated and filtered again:
+                # a single filter lets a real sensor's 0.02 K noise through as kelvins of cap.
+                tf = g.td_s / g.derivative_filter
+                if self._headroom_f is None or g.td_s <= 0:
+                    self._headroom_f = headroom
+                prev_f = self._headroom_f
+                self._headroom_f += (headroom - self._headroom_f) * dt / (tf + dt) if g.td_s > 0 else 0.0
                 if self._last_headroom is not None and dt > 0 and g.td_s > 0:
-                    d_raw = g.td_s * (headroom - self._last_headroom) / dt
-                    tf = g.td_s / g.derivative_filter
+                    d_raw = g.td_s * (self._headroom_f - prev_f) / dt
                     self._headroom_d += (d_raw - self._headroom_d) * dt / (tf + dt)
                 limit = self._lim_reset + g.kp * (headroom - cfg.cdu_margin_k + min(self._headroom_d, 0.0))
+                # Below the floor a lower setpoint takes less heat from the CDUs (the condenser cannot pass it
+                # to the network): the cap stops there, and so does its integral (it follows the output).
+                floor = cfg.cdu_limit_setpoint_min if cfg.cdu_limit_setpoint_min is not None else cfg.setpoint_min
+                limit = max(limit, floor)
                 # A cap above where the rate clamp can go this cycle cannot bind: leave it out (and out of status).
                 if limit < self._output + cfg.setpoint_rate_k_per_s * dt:
                     caps += [Cap(h.setpoint, limit, "cdu_limit") for h in cfg.heat_pumps]

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 WriteFn = Callable[[str, float], Awaitable["WriteResult"]]
 CapsFn = Callable[[dict[str, float]], None]
+CDU_LIMIT_RELEASE_HOLD_S = 30.0  # the CDU limit counts as released after this long without capping
+EventFn = Callable[[str, str, str], None]  # (kind, severity, message): a row in the plant's events
 
 
 class ControlLoop:
@@ -45,8 +47,11 @@ class ControlLoop:
 
     def __init__(self, cfg: ControlConfig, bus: SampleBus, write: WriteFn, clock: Clock | None = None,
                  audit: AuditSink | None = None, *, caps: CapsFn | None = None,
-                 state_path: Path | None = None) -> None:
+                 state_path: Path | None = None, events: EventFn | None = None) -> None:
         self.cfg = cfg
+        self._events = events  # the CDU limit taking and giving back charge, for the trend and Grafana
+        self._cdu_limited = False
+        self._cdu_limited_at = -math.inf  # monotonic time the CDU limit last capped the setpoints
         self.controller = Controller(cfg)
         self._caps = caps  # the write arbiter: the CDU limit bounds every writer, not only this loop
         self._state_path = state_path  # None: requests in force are not kept across restarts (tests)
@@ -103,6 +108,7 @@ class ControlLoop:
                     and now - self._started_at < self.cfg.start_grace_s:
                 return result  # the first samples are on their way: no safe state, no writes, no audit yet
             self._starting = False
+        self._track_cdu_limit(result)
         if self._caps is not None:
             self._caps(result.caps)
         await self._track_safe_state(result)
@@ -141,6 +147,31 @@ class ControlLoop:
             if point not in self._failing:
                 log.warning("control write to %s failed (%s); retrying every cycle", point, message)
             self._failing[point] = message
+
+    def _track_cdu_limit(self, result: StepResult) -> None:
+        """Count the cycles the CDU limit is in charge; log and record when it takes and gives back charge."""
+        limited = result.constraint == "cdu_limit"
+        now = self._clock.monotonic()
+        if limited:
+            self.stats.cdu_limited_cycles += 1
+            self._cdu_limited_at = now
+        if limited == self._cdu_limited:
+            return
+        if not limited and now - self._cdu_limited_at < CDU_LIMIT_RELEASE_HOLD_S:
+            return  # a limit that lets go for a few cycles at its margin is still in charge: no event chatter
+        self._cdu_limited = limited
+        room = "unknown" if result.cdu_headroom_k is None else f"{result.cdu_headroom_k:.2f} K"
+        setpoints = ", ".join(f"{k} {v:.1f} °C" for k, v in result.setpoints.items() if v is not None)
+        if limited:
+            message = (f"CDU limit in charge: heat-pump setpoints capped for IT cooling (CDU headroom {room}; "
+                       f"{setpoints})")
+            log.warning("%s", message)
+        else:
+            message = f"CDU limit released: setpoints follow the supply target again (CDU headroom {room})"
+            log.info("%s", message)
+        if self._events is not None:
+            self._events("cdu_limit" if limited else "cdu_limit_released", "warning" if limited else "info",
+                         message)
 
     async def _track_safe_state(self, result: StepResult) -> None:
         if result.safe_state == self._safe:

@@ -89,6 +89,7 @@ class ControlStats:
     write_failures: int = 0
     writes_skipped: int = 0  # the previous cycle's writes were still in flight
     safe_state_entries: int = 0
+    cdu_limited_cycles: int = 0  # cycles in which the CDU limit capped the setpoints
     jitter_samples_s: list[float] = field(default_factory=list)  # the most recent cycles, for percentiles
     JITTER_WINDOW = 4096
 

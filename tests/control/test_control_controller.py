@@ -18,8 +18,11 @@ def image(t: float, **changes: float | str | None) -> ProcessImage:
     """GOOD readings with some replaced: a number, or a problem name ("stale", "bad") for no value."""
     readings = {p: Reading(v) for p, v in GOOD.items()}
     readings[METER] = Reading(70.0 + 0.01 * (int(t) % 2))  # a live sensor never repeats for long
+    readings["cdu1.secondary_supply_temperature"] = Reading(30.0 + 0.01 * (int(t) % 2))
     for key, value in changes.items():
         point = key.replace("__", ".")
+        if point == "cdu1.secondary_supply_temperature" and isinstance(value, float):
+            value += 0.01 * (int(t) % 2)  # live, like the network supply (a constant one would be frozen)
         readings[point] = Reading(None, value) if isinstance(value, str) else Reading(value)  # type: ignore[arg-type]
     return ProcessImage(t, readings)
 
@@ -184,3 +187,43 @@ def test_status_lists_pumps_by_their_own_status_word_with_the_reason() -> None:
     res = Controller(control_config()).step(image(0.0, hp1__status=0.0, hp2__status=5.0), 1.0)
     assert res.reported_running == ["hp2"] and res.not_running["hp1"].startswith("stopped")
     assert "watchdog fallback" in res.not_running["hp2"]
+
+
+def test_a_frozen_cdu_sensor_and_an_unknown_heat_pump_status_are_safe_states() -> None:
+    ctl = Controller(control_config(frozen_after_s=30.0, safe_setpoint=65.0))
+    run(ctl, 20)
+    # The CDU supply sticks at one value: 30 s later the loop cannot vouch for IT cooling any more.
+    def stuck(t: float) -> ProcessImage:
+        return ProcessImage(t, {**image(t).readings, "cdu1.secondary_supply_temperature": Reading(30.25)})
+
+    for k in range(29):
+        assert not ctl.step(stuck(20.0 + k), 1.0).safe_state
+    res = ctl.step(stuck(50.0), 1.0)
+    assert res.safe_state and res.constraint == "safe_state:frozen_input"
+    assert "cdu1.secondary_supply_temperature" in (res.safe_state_reason or "")
+    assert not ctl.step(image(51.0), 1.0).safe_state, "a live value again ends it at once"
+    # A heat pump's status word goes stale (its Modbus link lost): tripped or not is unknown.
+    res = ctl.step(image(52.0, hp2__status="stale"), 1.0)
+    assert res.safe_state and res.constraint == "safe_state:stale_input" and "hp2.status" in (res.safe_state_reason
+                                                                                               or "")
+    assert res.writes["hp1.supply_setpoint"] <= res.setpoints["hp1"]  # type: ignore[operator]
+    assert not ctl.step(image(53.0), 1.0).safe_state
+
+
+def test_the_cdu_limit_stops_at_its_floor() -> None:
+    """Below cdu_limit_setpoint_min a lower setpoint takes less heat: however short the headroom, no lower."""
+    ctl = Controller(control_config(cdu_limit_setpoint_min=60.0))
+    run(ctl, 200)
+    run(ctl, 600, 200.0, cdu1__secondary_supply_temperature=36.0)  # 1 K above the maximum, for 10 minutes
+    assert ctl.last is not None and ctl.last.constraint == "cdu_limit"
+    assert ctl.last.writes["hp1.supply_setpoint"] == pytest.approx(60.0)
+    # Released: the setpoint climbs back from the floor at the rate clamp, not from a wound-down integral.
+    run(ctl, 20, 800.0)
+    assert 60.0 < ctl.last.writes["hp1.supply_setpoint"] <= 60.0 + 20 * 0.5 + 1e-6
+
+
+def test_a_floor_outside_the_setpoint_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="cdu_limit_setpoint_min"):
+        control_config(cdu_limit_setpoint_min=30.0)
+    with pytest.raises(ValueError, match="cdu_headroom_alarm_k"):
+        control_config(cdu_headroom_alarm_k=0.4)

@@ -30,6 +30,7 @@ def image(t: float, supply: float, check: float | str | None = None) -> ProcessI
     """Plant readings at time t: the steered supply (a live sensor: it never repeats for long) and its check."""
     readings = {p: Reading(v) for p, v in GOOD.items()}
     readings[METER] = Reading(supply + 0.01 * (int(t) % 2))
+    readings["cdu1.secondary_supply_temperature"] = Reading(30.0 + 0.01 * (int(t) % 2))
     checked_value = supply if check is None else check
     readings[CHECK] = Reading(None, checked_value) if isinstance(checked_value, str) else Reading(checked_value)  # type: ignore[arg-type]
     return ProcessImage(t, readings)

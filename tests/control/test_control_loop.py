@@ -48,7 +48,7 @@ class Harness:
     def publish(self, **quality: Quality) -> None:
         now = self.clock.now()
         for point, value in INPUTS.items():
-            if point == METER:
+            if point in (METER, "cdu1.secondary_supply_temperature"):
                 value += 0.01 * (self.k % 2)  # a live sensor
             q = quality.get(point.replace(".", "__"), Quality.GOOD)
             self.bus.publish(Sample(point, value, q, now, now))

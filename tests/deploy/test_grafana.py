@@ -136,6 +136,9 @@ async def test_every_panel_query_runs_against_seeded_schema(postgres: PostgresCl
             await conn.execute("INSERT INTO events (time, source, kind, message) VALUES ($1, 'driver:hp1', "
                                "'disconnected', 'connection refused')", START + timedelta(minutes=5))
             await _seed_accounting(conn)
+            # The CDU limit taking charge, as the control loop records it.
+            await conn.execute("INSERT INTO events (time, source, kind, severity, message) VALUES ($1, 'control', "
+                               "'cdu_limit', 'warning', 'CDU limit in charge')", START + timedelta(minutes=7))
             # A heat-pump trip: the state alarm's row and its transition, as the alarm manager stores them.
             await conn.execute("INSERT INTO alarms (id, source, kind, severity, message, state, active, value, since) "
                                "VALUES ('hp1.status:trip', 'hp1.status', 'state', 'high', 'heat pump hp1 tripped', "

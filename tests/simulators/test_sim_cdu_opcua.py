@@ -94,7 +94,10 @@ async def test_values_follow_the_model_with_source_timestamps(plant: Plant, clie
     await plant.advance(7)
     dv = await node(client, "secondary_return_temperature").read_data_value()
     assert dv.SourceTimestamp == before + timedelta(seconds=7)
-    assert dv.Value is not None and dv.Value.Value == pytest.approx(state.return_temperature)
+    # Temperatures are served as the CDU's sensors read them: the true value plus a little noise.
+    reading = plant.model.reported_cdu("cdu1")
+    assert dv.Value is not None and dv.Value.Value == pytest.approx(reading.return_temperature)
+    assert reading.return_temperature == pytest.approx(state.return_temperature, abs=0.1)
     flow = await node(client, "secondary_flow_liters_per_minute").read_value()
     assert flow == pytest.approx(state.flow_liters_per_minute)
     assert await node(client, "supply_temperature_allowable_max").read_value() == 35.0
@@ -126,7 +129,9 @@ async def test_setpoint_write_reaches_the_model_and_the_loop_follows(plant: Plan
     assert plant.model.cdus["cdu1"].supply_temperature_setpoint == 32.5
     assert await node(client, "supply_temperature_setpoint").read_value() == 32.5
     await plant.advance(300)
-    assert await node(client, "secondary_supply_temperature").read_value() == pytest.approx(32.5, abs=0.01)
+    assert plant.model.cdus["cdu1"].supply_temperature == pytest.approx(32.5, abs=0.01)
+    served = await node(client, "secondary_supply_temperature").read_value()
+    assert served == pytest.approx(plant.model.reported_cdu("cdu1").supply_temperature)  # sensor noise on top
 
 
 async def test_out_of_range_setpoint_is_refused(plant: Plant, client: Client) -> None:

@@ -301,4 +301,4 @@ async def test_opcua_cdu_frozen_value_and_offline(clock: VirtualClock) -> None:
         await sim.clear_faults()
         async with OpcUaClient(url, timeout=5) as client:
             assert await client.get_node(nid).read_value() == pytest.approx(
-                sim.model.cdus["cdu1"].supply_temperature)
+                sim.model.reported_cdu("cdu1").supply_temperature)

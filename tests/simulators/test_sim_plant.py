@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from service.clock import VirtualClock
-from service.config import SimulationConfig
+from service.config import SimCdu, SimulationConfig
+from simulators.faults import FaultBoard
 from simulators.plant import (
     CDU_LOOP_DENSITY,
+    CDU_TEMPERATURE_NOISE_K,
     CP_WATER,
     PlantModel,
     SgReady,
@@ -246,3 +250,127 @@ def test_negative_steps_are_refused(plant_config: MakeConfig, clock: VirtualCloc
     model = PlantModel(plant_config(), clock)
     with pytest.raises(ValueError, match="non-negative"):
         model.step(-1.0)
+
+
+# --- CDU sensors, time constant and panel ------------------------------------------------------------
+
+def test_a_settled_cdu_reports_live_noisy_temperatures_while_the_physics_stays_true(
+        plant_config: MakeConfig, clock: VirtualClock) -> None:
+    model = PlantModel(plant_config(), clock)
+    run(model, clock, 300)
+    true_supply, served_supply, served_return = [], [], []
+    for _ in range(200):
+        run(model, clock, 1)
+        reading = model.reported_cdu("cdu1")
+        true_supply.append(model.cdus["cdu1"].supply_temperature)
+        served_supply.append(reading.supply_temperature)
+        served_return.append(reading.return_temperature - model.cdus["cdu1"].return_temperature)
+        assert reading.heat_removed_kw == model.cdus["cdu1"].heat_removed_kw  # only the temperatures are noisy
+    assert set(true_supply) == {30.0}, "the physics state settles exactly at its setpoint"
+    assert len(set(served_supply)) == len(served_supply), "every served reading differs from the one before"
+    for noise in ([t - 30.0 for t in served_supply], served_return):
+        assert abs(statistics.fmean(noise)) < 0.01
+        assert 0.5 * CDU_TEMPERATURE_NOISE_K < statistics.stdev(noise) < 1.5 * CDU_TEMPERATURE_NOISE_K
+    assert model.cdus["cdu1"].supply_temperature == 30.0, "reading the sensors changes nothing"
+
+
+def test_reading_the_sensors_does_not_perturb_the_seeded_run(plant_config: MakeConfig) -> None:
+    def trajectory(read: bool) -> list[object]:
+        clock = VirtualClock()
+        model = PlantModel(plant_config(seed=3), clock)
+        out: list[object] = []
+        for _ in range(50):
+            clock.advance(1.0)
+            model.tick()
+            if read:
+                for _ in range(3):
+                    model.reported_cdu("cdu1")
+            out.append((snapshot(model), model.reported_cdu("cdu1")))
+        return out
+
+    assert trajectory(read=False) == trajectory(read=True)
+
+
+def test_a_frozen_cdu_temperature_serves_exactly_the_captured_reading(plant_config: MakeConfig,
+                                                                       clock: VirtualClock) -> None:
+    model = PlantModel(plant_config(), clock)
+    run(model, clock, 60)
+    board = FaultBoard()
+    board.add("cdu1", "frozen", point="supply_temperature")
+    first = board.view("cdu1", model.reported_cdu("cdu1"))
+    served = []
+    for _ in range(50):
+        run(model, clock, 1)
+        served.append(board.view("cdu1", model.reported_cdu("cdu1")))
+    assert {s.supply_temperature for s in served} == {first.supply_temperature}
+    assert len({s.return_temperature for s in served}) == len(served), "the other sensor stays live"
+
+
+@pytest.mark.parametrize("tau", [30.0, 120.0])
+def test_cdu_supply_lag_follows_its_configured_time_constant(plant_config: MakeConfig, clock: VirtualClock,
+                                                             tau: float) -> None:
+    keys = {} if tau == 30.0 else {"time_constant_s": tau}  # 30 s is the default
+    model = PlantModel(plant_config(cdu=keys), clock)
+    run(model, clock, 10)
+    model.set_cdu_setpoint("cdu1", 35.0)
+    run(model, clock, tau)
+    moved = (model.cdus["cdu1"].supply_temperature - 30.0) / 5.0
+    assert moved == pytest.approx(1 - math.exp(-1), abs=1e-9)  # one time constant: 63 %
+    run(model, clock, 10 * tau)
+    assert model.cdus["cdu1"].supply_temperature == pytest.approx(35.0, abs=1e-3)
+
+
+def test_cdu_time_constant_must_be_positive() -> None:
+    assert SimCdu(id="cdu1").time_constant_s == 30.0
+    with pytest.raises(ValidationError, match="time_constant_s"):
+        SimCdu(id="cdu1", time_constant_s=0.0)
+
+
+def test_the_allowable_max_set_on_the_cdu_panel_is_range_checked(plant_config: MakeConfig,
+                                                                 clock: VirtualClock) -> None:
+    model = PlantModel(plant_config(), clock)
+    assert model.cdus["cdu1"].supply_temperature_allowable_max == 35.0
+    model.set_cdu_allowable_max("cdu1", 31.5)
+    assert model.cdus["cdu1"].supply_temperature_allowable_max == 31.5
+    assert model.reported_cdu("cdu1").supply_temperature_allowable_max == 31.5
+    model.set_cdu_allowable_max("cdu1", 0.0)
+    model.set_cdu_allowable_max("cdu1", 100.0)
+    for bad in (-0.1, 100.5, math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="cdu1 supply temperature allowable maximum"):
+            model.set_cdu_allowable_max("cdu1", bad)
+    assert model.cdus["cdu1"].supply_temperature_allowable_max == 100.0
+    run(model, clock, 10)
+    assert model.cdus["cdu1"].supply_temperature_allowable_max == 100.0, "the physics leaves the setting alone"
+
+
+# --- compressor power limit ------------------------------------------------------------------------
+
+def settled_heat_pump(plant_config: MakeConfig, supply_setpoint: float, compressor_power_kw: float | None
+                      ) -> PlantModel:
+    clock = VirtualClock()
+    model = PlantModel(plant_config(heat_pump={"supply_setpoint": supply_setpoint,
+                                               "compressor_power_kw": compressor_power_kw}), clock)
+    run(model, clock, 600)
+    return model
+
+
+def test_with_a_compressor_limit_a_lower_supply_takes_more_heat_from_the_source(plant_config: MakeConfig) -> None:
+    high = settled_heat_pump(plant_config, 70.0, 150.0).heat_pumps["hp1"]
+    low = settled_heat_pump(plant_config, 60.0, 150.0).heat_pumps["hp1"]
+    for hp in (high, low):
+        assert hp.electric_power_kw == pytest.approx(150.0), "the compressor is what limits"
+        assert hp.heat_output_kw == pytest.approx(150.0 * hp.cop)
+        assert hp.heat_output_kw < 1000.0  # not the capacity
+    assert low.cop > high.cop + 0.5
+    assert low.evaporator_heat_kw > high.evaporator_heat_kw + 100.0  # the lever a CDU limit pulls
+
+
+def test_without_a_compressor_limit_nothing_changes(plant_config: MakeConfig) -> None:
+    for setpoint in (70.0, 60.0):
+        unset = settled_heat_pump(plant_config, setpoint, None)
+        never_binding = settled_heat_pump(plant_config, setpoint, 1e9)
+        assert snapshot(unset) == snapshot(never_binding)
+        assert unset.ledger == never_binding.ledger
+        hp = unset.heat_pumps["hp1"]
+        assert hp.heat_output_kw == pytest.approx(1000.0), "bounded by capacity_kw only, as before"
+        assert hp.electric_power_kw == pytest.approx(hp.heat_output_kw / hp.cop)
