@@ -44,6 +44,10 @@ from tests.support import running_service, wait_until
 
 FROZEN_AFTER_S = 15.0
 STALE_AFTER_S = 5.0  # the demo's (the default)
+# docs/CONTROL.md: the safe state follows in the first cycle whose image shows the bad input, i.e. within the
+# input's own bound (frozen_after_s or stale_after_s) + one driver poll (1 s) + two cycles (1 s each); the test
+# sees it through GET /api/v1/control, polled, so 2 s more. It ends in the first cycle with the input usable.
+ENTRY_SLACK_S = 1.0 + 2 * 1.0 + 2.0
 HEADROOM_ALARM = "cdu1.secondary_supply_temperature:headroom"
 RATE_K_PER_S = 0.5  # setpoint_rate_k_per_s of the demo
 
@@ -160,8 +164,8 @@ async def settle_summer_day(api: httpx.AsyncClient, plant: httpx.AsyncClient, re
 
 async def lower_the_allowable_maximum(api: httpx.AsyncClient, plant: httpx.AsyncClient, record: Record, *,
                                       cdu_limit: bool = True) -> None:
-    """31.0 °C, then 30.6 °C on the CDU's panel; with the CDU limit, honoured within a cycle of its sample."""
-    for phase, limit in (("allowable max 31.0", 31.0), ("allowable max 30.6", 30.6)):
+    """31.2 °C, then 30.6 °C on the CDU's panel; with the CDU limit, honoured within a cycle of its sample."""
+    for phase, limit in (("allowable max 31.2", 31.2), ("allowable max 30.6", 30.6)):
         record.phase = phase
         r = await plant.put("/cdus/cdu1", json={"supply_temperature_allowable_max": limit})
         assert r.status_code == 200, r.text
@@ -170,10 +174,10 @@ async def lower_the_allowable_maximum(api: httpx.AsyncClient, plant: httpx.Async
         async def seen(limit: float = limit) -> bool:
             st = await control(api)
             # The CDU holds at least its own 30 °C setpoint: against the new maximum the headroom is at most
-            # limit - 30 K (before, against 32 °C at ~30.7 °C, it was about 1.3 K).
+            # limit - 30 K (before, against 32 °C at ~30.8 °C, it was about 1.2 K).
             return st["cdu_headroom_k"] is not None and st["cdu_headroom_k"] <= limit - 29.95
 
-        if cdu_limit and phase.endswith("31.0"):
+        if cdu_limit and phase.endswith("31.2"):
             # The OPC UA poll (1 s) brings the sample, the next control cycle (1 s) uses it.
             await wait_until(seen, 5, "the loop's headroom computed against the lowered maximum")
             assert time.monotonic() - changed < 3.5
@@ -224,10 +228,10 @@ async def test_the_summer_peak_fault_tour_keeps_the_cdu_below_its_maximum(
         exits: dict[str, float] = {}
         for name, fault, bound_in, why in (
                 ("frozen CDU sensor", {"device": "cdu1", "kind": "frozen", "point": "supply_temperature"},
-                 FROZEN_AFTER_S + 4.0, "frozen"),
-                ("CDU offline", {"device": "cdu1", "kind": "offline"}, STALE_AFTER_S + 4.0, None),
+                 FROZEN_AFTER_S + ENTRY_SLACK_S, "frozen"),
+                ("CDU offline", {"device": "cdu1", "kind": "offline"}, STALE_AFTER_S + ENTRY_SLACK_S, None),
                 ("heat-pump status stale", {"device": "hp1", "kind": "slow", "delay_s": 8.0},
-                 STALE_AFTER_S + 4.0, None)):
+                 STALE_AFTER_S + ENTRY_SLACK_S, None)):
             record.phase = name
             record.trust_opcua = fault["device"] != "cdu1"
             r = await plant.post("/faults", json=fault)
@@ -250,10 +254,11 @@ async def test_the_summer_peak_fault_tour_keeps_the_cdu_below_its_maximum(
             await asyncio.sleep(5)
         print(f"safe state entered after {entries}, left after {exits} (s)")
         assert entries["frozen CDU sensor"] >= FROZEN_AFTER_S - 1.0, entries  # not before the sensor is stale
-        for name, bound in (("frozen CDU sensor", FROZEN_AFTER_S + 4.0), ("CDU offline", STALE_AFTER_S + 4.0),
-                            ("heat-pump status stale", STALE_AFTER_S + 4.0)):
-            assert entries[name] <= bound, (name, entries)
-        assert all(t <= 30.0 for t in exits.values()), exits
+        for name, bound in (("frozen CDU sensor", FROZEN_AFTER_S), ("CDU offline", STALE_AFTER_S),
+                            ("heat-pump status stale", STALE_AFTER_S)):
+            assert entries[name] <= bound + ENTRY_SLACK_S, (name, entries)
+        # A CDU back online needs the driver's reconnect first (its backoff), then one poll and one cycle.
+        assert all(t <= 20.0 for t in exits.values()), exits
 
         # --- the data centre lowers the allowable maximum: the CDU limit binds ------------------------------
         await lower_the_allowable_maximum(api, plant, record)
@@ -281,7 +286,7 @@ async def test_the_summer_peak_fault_tour_keeps_the_cdu_below_its_maximum(
               f"max supply - max {max(s[2] - s[3] for s in got):+.2f} K")
     capacity = ["summer day", "summer peak", "after the trip", "frozen CDU sensor", "after frozen CDU sensor",
                 "CDU offline", "after CDU offline", "heat-pump status stale", "after heat-pump status stale",
-                "allowable max 31.0", "allowable max 30.6", "demand collapse"]
+                "allowable max 31.2", "allowable max 30.6", "demand collapse"]
     for phase in capacity:
         assert record.of(phase), f"no samples in phase {phase}"
         assert record.over(phase) == [], f"CDU above its allowable maximum in '{phase}' (capacity to cool)"
