@@ -213,15 +213,17 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
     },
     "aircooled-heatpump": {
         "sizing": ("Dry coolers for the summer case: the network's summer base load (15 %, 3.75 MW) leaves 11 MW of"
-                   " the 15 MW to reject; 12 MW at 25 °C outdoors with the loops returning at 27 °C + the approach."),
+                   " the 15 MW to reject; 12 MW at 20 °C outdoors with the loops returning at 27 °C. Above that"
+                   " the air is too close to 27 °C water: on a 24 °C day they take 5 MW and the heat pumps carry"
+                   " the rest."),
         "comment": "Meta Odense-like: air-cooled halls give 27 °C cooling water; nine heat pumps lift it "
                    "to 75 °C for a network returning at 35-40 °C.",
         "plant": "aircooled-heatpump (Meta Odense-like)", "api_port": 8200, "db_port": 55632,
         "simulation": {
             "seed": 21, "outdoor_temperature": 0.0, "mqtt_broker": "mqtt://127.0.0.1:2083", **_MQTT_AUTH,
             "dh_design_demand_kw": 25000.0, "pipe_loss_fraction": 0.01, "control_port": 8280,
-            "dry_cooler_capacity_kw": 12000.0, "dry_cooler_design_outdoor_temperature": 25.0,
-            "dry_cooler_design_loop_temperature": 37.0,
+            "dry_cooler_capacity_kw": 12000.0, "dry_cooler_design_outdoor_temperature": 20.0,
+            "dry_cooler_design_loop_temperature": 27.0,
             "cdus": [{"id": f"loop{i}", "endpoint": f"opc.tcp://127.0.0.1:{5040 + i}", "it_load_kw": 5000.0,
                       "supply_temperature_setpoint": 17.0, "supply_temperature_allowable_max": 20.0,
                       "setpoint_min": 12.0, "setpoint_max": 22.0} for i in range(1, 4)],
