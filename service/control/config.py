@@ -100,7 +100,8 @@ class ControlConfig(StrictModel):
     supply_temperature_check_band_k: float = Field(
         default=5.0, gt=0, description="largest difference between the two supply sensors that still agrees, K")
     supply_temperature_check_delay_s: float = Field(
-        default=10.0, ge=0, le=600, description="how long they may disagree before the loop goes safe")
+        default=10.0, ge=0, le=600,
+        description="how long they may disagree before the loop goes safe, and must agree again before it leaves")
     outdoor_temperature: str | None = Field(default=None, pattern=_POINT_REF,
                                             description="outdoor temperature point the curve reads")
     target: Literal["curve", "fixed"] = Field(default="curve", description="where the target comes from")

@@ -76,6 +76,8 @@ class Controller:
         self._lim_reset: float | None = None  # external-reset state of the CDU limit controller
         self._frozen: dict[str, tuple[float, float]] = {}  # point -> (value, since when unchanged)
         self._disagree_since: float | None = None  # when the two supply sensors began to disagree
+        self._agree_since: float | None = None  # when they last began to agree within the band
+        self._distrusted = False  # the disagreement lasted: the supply input is not believed until it agrees
         self._beat = 0
         self._direct = False
         self._target_rate = 0.0
@@ -112,25 +114,38 @@ class Controller:
         """Why the supply temperature is not believed (it disagrees with its second sensor for too long), or None.
 
         The steering input may come over a path that can be spoofed (an MQTT telegram); a second sensor on
-        another path (the heat pump's own, over Modbus) must tell the same story within the band.
+        another path (the heat pump's own, over Modbus) must tell the same story within the band. An episode
+        of disagreement ends only after the delay of agreement in a row, going in and coming out.
         """
         cfg = self.cfg
         check = cfg.supply_temperature_check
         other = image.get(check).value if check else None
         if check is None or pv is None or other is None:
-            self._disagree_since = None  # nothing to compare: the supply input's own checks stand alone
+            # Nothing to compare: the supply input's own checks stand alone.
+            self._disagree_since, self._agree_since, self._distrusted = None, None, False
             return None
         gap = abs(pv - other)
+        hold = cfg.supply_temperature_check_delay_s
         if gap <= cfg.supply_temperature_check_band_k:
-            self._disagree_since = None
-            return None
+            # One agreeing sample proves little when a spoofer interleaves its telegrams with the real ones:
+            # an episode ends only after the two have agreed for the whole delay in a row.
+            if self._agree_since is None:
+                self._agree_since = now
+            if now - self._agree_since >= hold:
+                self._disagree_since, self._distrusted = None, False
+        else:
+            self._agree_since = None
+            if self._disagree_since is None:
+                self._disagree_since = now
         if self._disagree_since is None:
-            self._disagree_since = now
-        lasted = now - self._disagree_since
-        if lasted < cfg.supply_temperature_check_delay_s:
             return None
+        lasted = now - self._disagree_since
+        if not self._distrusted and (lasted < hold or self._agree_since is not None):
+            return None  # an episode trips on a disagreeing sample once it has lasted the delay
+        self._distrusted = True
+        agreeing = f", agreeing for {now - self._agree_since:.0f} s" if self._agree_since is not None else ""
         return (f"disagreeing:{cfg.supply_temperature} ({pv:.1f} °C) and {check} ({other:.1f} °C) are {gap:.1f} K "
-                f"apart (band {cfg.supply_temperature_check_band_k:g} K) for {lasted:.0f} s")
+                f"apart (band {cfg.supply_temperature_check_band_k:g} K) since {lasted:.0f} s{agreeing}")
 
     @property
     def seen_inputs(self) -> bool:

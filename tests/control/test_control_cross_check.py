@@ -65,19 +65,33 @@ def test_agreeing_again_leaves_the_safe_state_bumplessly() -> None:
     assert ctl.last is not None and ctl.last.safe_state
     held = ctl.last.setpoints["hp1"]
     assert held == 65.0
-    back = ctl.step(image(110, 66.0, 66.5), 1.0)  # both sensors on the same page again
+    # Both sensors on the same page again: believed once they have agreed for the whole delay (5 s) in a row.
+    agreeing = steps(ctl, 110, 5, 66.0, 66.5)
+    assert all(r.safe_state for r in agreeing), "one agreeing sample is not enough to believe the input again"
+    back = ctl.step(image(115, 66.0, 66.5), 1.0)
     assert not back.safe_state and back.constraint != "safe_state:disagreeing_input"
     assert back.setpoints["hp1"] is not None and abs(back.setpoints["hp1"] - held) <= 0.5 + 1e-9, \
         "the PID resumes from the held output: no jump"
     assert back.decisions["hp1.supply_setpoint"].winner == "auto"
 
 
-def test_the_band_is_inclusive_and_a_brief_excursion_resets_the_delay() -> None:
+def test_the_band_is_inclusive_and_a_brief_excursion_followed_by_agreement_is_tolerated() -> None:
     ctl = checked()
     assert not any(r.safe_state for r in steps(ctl, 0, 60, 70.0, 75.0)), "5 K apart is still within the band"
-    for k in range(20):  # 4 s out, 1 s back, again and again: never 5 s in a row
-        res = ctl.step(image(60 + k, 70.0, 80.0 if k % 5 else 70.0), 1.0)
+    for k in range(40):  # 4 s out, then 6 s back (more than the delay), again and again
+        res = ctl.step(image(60 + k, 70.0, 80.0 if k % 10 < 4 else 70.0), 1.0)
         assert not res.safe_state
+
+
+def test_spoofed_samples_interleaved_with_real_ones_are_a_disagreement_not_a_reset() -> None:
+    ctl = checked()
+    steps(ctl, 0, 30, 70.0)
+    # An attacker at 20 Hz over a meter that sends its real value once a second: now and then a cycle sees the
+    # real value. Those single agreeing cycles must neither hold off the safe state nor end it.
+    results = [ctl.step(image(30 + k, 70.0 if k % 4 == 3 else 45.0, 70.0), 1.0) for k in range(40)]
+    first = next(k for k, r in enumerate(results) if r.safe_state)
+    assert first <= 6, f"safe only after {first} s"
+    assert all(r.safe_state for r in results[first:]), "an interleaved real sample let the loop out of its safe state"
 
 
 @pytest.mark.parametrize("problem", ["stale", "bad", "missing"])
@@ -131,6 +145,8 @@ async def test_the_loop_reads_the_check_audits_entering_and_leaving_and_shows_it
     assert status.safe_state and status.constraint == "safe_state:disagreeing_input"
     assert status.safe_state_reason is not None and status.safe_state_reason.startswith(f"disagreeing:{METER}")
     assert loop.health()[0] == "degraded"
+    await cycles(2, 69.0, 69.5)
+    assert loop.status().safe_state, "agreeing for less than the delay: still not believed"
     await cycles(2, 69.0, 69.5)
     assert not loop.status().safe_state
     entries = [(e.action, e.outcome, e.detail) for e in audit if e.action == "control.safe_state"]
