@@ -25,8 +25,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The fuzz suites (marked `fuzz`) run once, inside tests/deploy/test_make_fuzz.py: through `make fuzz` with
+# the deterministic seed, the command docs/API.md shows. Running them directly too would run them twice.
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not fuzz"
 
 # The integration tests (marked by tests/conftest.py, or in their module) are left out; HEATREC_UNIT_ONLY=1 makes
 # any test that still listens, connects or spawns a process fail (tests/isolation.py).

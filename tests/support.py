@@ -133,11 +133,19 @@ def api_in_thread(build: ApiBuilder) -> Iterator[str]:
         thread.join(30)
 
 
+DETERMINISTIC_FUZZ = ([1], 15)  # `make test`'s case: seed 1, 15 examples per operation, the same cases every run
+
+
 def fuzz_settings() -> tuple[list[int], int]:
     """(seeds, examples per operation): seed 1 and 15 examples in `make test`; `make fuzz` sets
     HEATREC_FUZZ_SEEDS (comma-separated) and HEATREC_FUZZ_EXAMPLES for a wider randomised run."""
     seeds = [int(x) for x in os.environ.get("HEATREC_FUZZ_SEEDS", "1").split(",") if x.strip()]
     return seeds or [1], int(os.environ.get("HEATREC_FUZZ_EXAMPLES", "15"))
+
+
+def fuzz_is_deterministic() -> bool:
+    """Whether this run is `make test`'s deterministic case (as it is when `make test` runs it through `make fuzz`)."""
+    return fuzz_settings() == DETERMINISTIC_FUZZ
 
 
 def run_schemathesis(url: str, token: str, *options: str, cwd: Path,
@@ -149,13 +157,13 @@ def run_schemathesis(url: str, token: str, *options: str, cwd: Path,
     Each seed's command is printed, so a finding can be replayed as written.
     """
     st = Path(sys.executable).with_name("st")
-    seeds, examples = ([1], 15) if deterministic else fuzz_settings()
+    seeds, examples = DETERMINISTIC_FUZZ if deterministic else fuzz_settings()
     result: subprocess.CompletedProcess[str] | None = None
     for seed in seeds:
         cmd = [str(st), "--config-file", str(SCHEMATHESIS_CONFIG), "run", f"{url}/openapi.json", "--checks", "all",
                "-H", f"Authorization: Bearer {token}",
                "--max-examples", str(examples), "--seed", str(seed), "--no-color", *options]
-        if deterministic or (len(seeds) == 1 and "HEATREC_FUZZ_SEEDS" not in os.environ):
+        if deterministic or fuzz_is_deterministic():
             cmd.append("--generation-deterministic")  # make test: the same cases every run
         print("schemathesis:", " ".join(c if not c.startswith("Authorization") else "'Authorization: Bearer …'"
                                         for c in cmd[1:]), flush=True)

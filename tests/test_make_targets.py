@@ -22,8 +22,15 @@ def test_make_unit_leaves_out_integration_tests_under_the_guard() -> None:
 
 
 def test_make_test_still_runs_everything() -> None:
-    """`make test` lints and runs the whole suite, integration tests included."""
-    assert re.search(r"^test: setup lint\n\t\$\(PY\) -m pytest\n", (ROOT / "Makefile").read_text(), re.M)
+    """`make test` lints and runs the whole suite: the fuzz modules once, through the `make fuzz` replay test."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r'^test: setup lint\n\t\$\(PY\) -m pytest -m "not fuzz"\n', makefile, re.M)
+    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                    if re.search(r"^pytestmark = pytest\.mark\.fuzz$", p.read_text(), re.M))
+    fuzz_recipe = " ".join(recipe("fuzz"))
+    assert marked and all(m in fuzz_recipe for m in marked), (marked, fuzz_recipe)
+    replay = (ROOT / "tests" / "deploy" / "test_make_fuzz.py").read_text()
+    assert "pytest.mark.fuzz" not in replay, "the replay test itself must run in `make test`"
 
 
 def test_make_bench_runs_every_benchmark_as_documented() -> None:

@@ -24,6 +24,9 @@ from service.storage.migrations import migrate
 from tests.accounting.acc_support import MARCH_START, config, constant_meter, write
 from tests.support import api_in_thread, new_database, run_schemathesis
 
+# `make test` runs this module through `make fuzz` (tests/deploy/test_make_fuzz.py), not directly: once.
+pytestmark = pytest.mark.fuzz
+
 
 @pytest.fixture(scope="module")
 def accounting_api(postgres: PostgresCluster) -> Iterator[dict[str, str]]:

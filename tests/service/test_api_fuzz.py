@@ -27,6 +27,9 @@ from service.storage.database import connect_pool
 from service.storage.migrations import migrate
 from tests.support import api_in_thread, new_database, run_schemathesis
 
+# `make test` runs this module through `make fuzz` (tests/deploy/test_make_fuzz.py), not directly: once.
+pytestmark = pytest.mark.fuzz
+
 CFG = parse_config({
     "devices": [{"id": "hp1", "protocol": "modbus", "endpoint": "127.0.0.1:5020", "points": [
         {"id": "supply_temperature", "unit": "degC", "address": 0, "function": "input", "scale": 0.1}]}],

@@ -7,7 +7,6 @@ unshelve. Every check applies at every step (no 5xx, documented status codes and
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,10 @@ from service.model import Quality, Sample
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
 from tests.accounting.acc_support import MARCH_END, MARCH_START, config_dict, constant_meter, write
-from tests.support import api_in_thread, fuzz_settings, new_database, run_schemathesis
+from tests.support import api_in_thread, fuzz_is_deterministic, fuzz_settings, new_database, run_schemathesis
+
+# `make test` runs this module through `make fuzz` (tests/deploy/test_make_fuzz.py), not directly: once.
+pytestmark = pytest.mark.fuzz
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ async def test_linked_operations_hold_their_contract_in_sequence(stateful_api: d
         assert await conn.fetchval("SELECT count(*) FROM alarm_events WHERE new_state = 'acked_active'") >= 1
     finally:
         await conn.close()
-    if "HEATREC_FUZZ_SEEDS" in os.environ:
+    if not fuzz_is_deterministic():
         # make fuzz: the random seeds too. Which links a random draw reaches is chance; every check must hold.
         for name, (paths, _) in CHAINS.items():
             r = walk(paths, deterministic=False)
