@@ -27,8 +27,9 @@ lint: setup
 
 # The fuzz suites (marked `fuzz`) run once, inside tests/deploy/test_make_fuzz.py: through `make fuzz` with
 # the deterministic seed, the command docs/API.md shows. Running them directly too would run them twice.
+# --durations: the slowest tests in the log, to keep the suite inside its time budget.
 test: setup lint
-	$(PY) -m pytest -m "not fuzz"
+	$(PY) -m pytest -m "not fuzz" --durations=25
 
 # The integration tests (marked by tests/conftest.py, or in their module) are left out; HEATREC_UNIT_ONLY=1 makes
 # any test that still listens, connects or spawns a process fail (tests/isolation.py).

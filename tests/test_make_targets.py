@@ -24,7 +24,7 @@ def test_make_unit_leaves_out_integration_tests_under_the_guard() -> None:
 def test_make_test_still_runs_everything() -> None:
     """`make test` lints and runs the whole suite: the fuzz modules once, through the `make fuzz` replay test."""
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r'^test: setup lint\n\t\$\(PY\) -m pytest -m "not fuzz"\n', makefile, re.M)
+    assert re.search(r'^test: setup lint\n\t\$\(PY\) -m pytest -m "not fuzz" --durations=25\n', makefile, re.M)
     marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                     if re.search(r"^pytestmark = pytest\.mark\.fuzz$", p.read_text(), re.M))
     fuzz_recipe = " ".join(recipe("fuzz"))
