@@ -22,13 +22,13 @@ from itertools import repeat
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from drivers.backoff import Backoff
-from drivers.config import ModbusDevice, MqttDevice, OpcUaDevice, PointBase
+from drivers.config import MbusDevice, ModbusDevice, MqttDevice, OpcUaDevice, PointBase
 from drivers.errors import CodecError, DeviceRefused, DriverError, DriverTimeout, WriteRejected
 from service.bus import SampleSink
 from service.clock import RealClock, SleepingClock
 from service.model import Quality, Sample, utcnow
 
-DeviceT = TypeVar("DeviceT", OpcUaDevice, ModbusDevice, MqttDevice)
+DeviceT = TypeVar("DeviceT", OpcUaDevice, ModbusDevice, MqttDevice, MbusDevice)
 T = TypeVar("T")
 # rejected: refused before anything was sent (envelope, type, unknown point); refused: sent, and the device said no.
 WriteStatus = Literal["ok", "rejected", "refused", "mismatch", "timeout", "error"]

@@ -7,15 +7,16 @@ and re-exports them, so `from service.config import ModbusDevice` still works.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from service.schema import ID_PATTERN, StrictModel
 
-__all__ = ["REGISTER_COUNT", "Device", "DeviceBase", "ModbusDevice", "ModbusPoint", "ModbusType", "MqttDevice",
-           "MqttPoint", "OpcUaDevice", "OpcUaPoint", "PointBase"]
+__all__ = ["MBUS_RECORDS", "MBUS_UNITS", "REGISTER_COUNT", "Device", "DeviceBase", "MbusDevice", "MbusPoint",
+           "ModbusDevice", "ModbusPoint", "ModbusType", "MqttDevice", "MqttPoint", "OpcUaDevice", "OpcUaPoint",
+           "PointBase"]
 
 _JSON_PATH = re.compile(r"^\$(\.[A-Za-z_][A-Za-z0-9_\-]*|\[\d+\])+$")
 MAX_CLOCK_SKEW_S = 31 * 86400.0  # a month; a gateway that buffers longer needs 0 (no check), set deliberately
@@ -339,4 +340,92 @@ class MqttDevice(DeviceBase):
         return list(dict.fromkeys(self.topic_filter(p) for p in self.points))
 
 
-Device = Annotated[OpcUaDevice | ModbusDevice | MqttDevice, Field(discriminator="protocol")]
+# M-Bus records a point can name, and the units each may be read in (the driver converts; drivers/mbus.py).
+MbusRecord = Literal["energy", "volume", "power", "volume_flow", "flow_temperature", "return_temperature",
+                     "temperature_difference", "on_time", "operating_time", "error_flags", "fabrication_number"]
+MBUS_RECORDS: tuple[str, ...] = get_args(MbusRecord)
+_ENERGY = ("Wh", "kWh", "MWh", "J", "kJ", "MJ", "GJ")
+_TIME = ("s", "min", "h", "d")
+MBUS_UNITS: dict[str, tuple[str, ...]] = {
+    "energy": _ENERGY, "volume": ("m3", "l"), "power": ("W", "kW", "MW"), "volume_flow": ("m3/h", "l/h"),
+    "flow_temperature": ("degC",), "return_temperature": ("degC",), "temperature_difference": ("K",),
+    "on_time": _TIME, "operating_time": _TIME, "error_flags": ("",), "fabrication_number": ("",)}
+
+
+class MbusPoint(PointBase):
+    """A point taken from a data record of an M-Bus meter's telegram, named by its meaning, not its offset."""
+
+    record: MbusRecord = Field(description="what the record measures, e.g. energy or flow_temperature")
+    storage: int = Field(default=0, ge=0, le=2**31, description="storage number: 0 = the current value")
+    tariff: int = Field(default=0, ge=0, le=255, description="tariff register: 0 = the total")
+    subunit: int = Field(default=0, ge=0, le=255, description="device subunit (second energy register etc.)")
+    function: Literal["instantaneous", "maximum", "minimum", "error"] = Field(
+        default="instantaneous", description="the record's function field: value, maximum, minimum, error state")
+    occurrence: int = Field(default=0, ge=0, le=63, description="the nth record that matches all of the above "
+                                                                "(0 = the first)")
+
+    @model_validator(mode="after")
+    def _mbus(self) -> MbusPoint:
+        if self.writable:
+            raise ValueError("M-Bus points are read-only: a meter takes no writes")
+        units = MBUS_UNITS[self.record]
+        if self.unit not in units:
+            raise ValueError(f"unit '{self.unit}' does not fit record '{self.record}' "
+                             f"(one of: {', '.join(repr(u) for u in units)})")
+        return self
+
+
+class MbusDevice(DeviceBase):
+    """One wired M-Bus meter behind a transparent TCP gateway or a serial master; meters on one bus share it."""
+
+    protocol: Literal["mbus"]
+    baudrate: Literal[300, 600, 1200, 2400, 4800, 9600, 19200, 38400] = Field(
+        default=2400, description="serial masters only: the bus's baud rate")
+    parity: Literal["even", "none", "odd"] = Field(default="even", description="serial masters only: 8 data bits, "
+                                                                               "this parity, 1 stop bit")
+    primary_address: int | None = Field(default=None, ge=0, le=250,
+                                        description="the meter's primary address (0-250)")
+    secondary_address: str | None = Field(default=None, pattern=r"^[0-9Ff*]{8}$",
+                                          description="the meter's identification number, 8 digits (F or * = "
+                                                      "any digit); selected before each read")
+    retries: int = Field(default=2, ge=0, le=5, description="repeats of an unanswered or corrupted request "
+                                                            "before the meter counts as failed")
+    max_telegrams: int = Field(default=8, ge=1, le=64,
+                               description="telegrams read per poll while the meter says more records follow")
+    identification: str | None = Field(default=None, pattern=r"^[0-9]{8}$",
+                                       description="the identification number of the meter installed; unset = "
+                                                   "the first one read is kept; another one is a meter exchange")
+    points: list[MbusPoint] = Field(min_length=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v.startswith("/"):
+            return v  # a serial master's tty, e.g. /dev/ttyUSB0
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in v:
+            raise ValueError(f"'{v}' is neither an M-Bus gateway endpoint like host:port nor a serial device "
+                             "like /dev/ttyUSB0")
+        return v
+
+    @property
+    def serial_port(self) -> str | None:
+        """The tty of a serial master, or None for a TCP gateway."""
+        return self.endpoint if self.endpoint.startswith("/") else None
+
+    @model_validator(mode="after")
+    def _addressed(self) -> MbusDevice:
+        self._check_points(self.points)
+        if (self.primary_address is None) == (self.secondary_address is None):
+            raise ValueError("give the meter's primary_address or its secondary_address (one of them)")
+        return self
+
+    @property
+    def address_text(self) -> str:
+        """How the meter is addressed, for messages."""
+        if self.secondary_address is not None:
+            return f"secondary {self.secondary_address}"
+        return f"primary {self.primary_address}"
+
+
+Device = Annotated[OpcUaDevice | ModbusDevice | MqttDevice | MbusDevice, Field(discriminator="protocol")]

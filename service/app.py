@@ -15,10 +15,12 @@ from fastapi import FastAPI
 
 from drivers import create_driver
 from drivers.base import Driver, WriteResult
+from drivers.mbus_link import MbusLinks
 from drivers.modbus import ModbusLinks
 from drivers.mqtt import MqttDriver
 from drivers.mqtt_serials import SerialFile
 from service.accounting.closed_periods import ClosedPeriods
+from service.accounting.meter_exchange import MeterExchangeRecorder
 from service.accounting.rollup_task import run_rollups
 from service.accounting.store import apply_manual_reading, apply_replacement
 from service.alarms import store as alarm_store
@@ -33,10 +35,12 @@ from service.bus import SampleBus
 from service.config import ApiConfig, HeatrecConfig
 from service.control.arbiter import Priority
 from service.control.loop import ControlLoop
+from service.fleet.uplink import Uplink
 from service.localservers.errors import LocalServerError
 from service.metrics import build_registry
 from service.model import utcnow
 from service.scada.server import ScadaServer
+from service.scada.sparkplug.node import EdgeNode
 from service.storage.database import Database
 from service.storage.journal import Journal, apply_event, journal_path
 from service.storage.migrations import migrate
@@ -103,6 +107,8 @@ class Service:
         self.alarm_publisher: AlarmPublisher | None = None  # [alarms.mqtt]
         self.closed_periods: ClosedPeriods | None = None  # [accounting]: late readings for closed months refused
         self.scada: ScadaServer | None = None
+        self.sparkplug: EdgeNode | None = None  # [sparkplug]
+        self.uplink: Uplink | None = None  # [uplink]: this site's batches to the fleet's centre
         self.control: ControlLoop | None = None
         self.arbiter: WriteArbiter | None = None
         self.database: Database | None = None
@@ -146,6 +152,11 @@ class Service:
         task = asyncio.get_running_loop().create_task(journal.append("event", data))
         self._events.add(task)
         task.add_done_callback(self._events.discard)
+
+    async def _audit_entry(self, entry: AuditEntry) -> None:
+        """An audit entry from a part built before the audit log (the M-Bus meter exchanges)."""
+        if self.audit is not None:
+            await self.audit.record(entry)
 
     async def _journal_refused(self, kind: str, data: dict[str, object], err: BaseException) -> None:
         """A queued record the database will not take (a duplicate manual reading): the trail says so."""
@@ -201,6 +212,16 @@ class Service:
                             f"{pub.stats.dropped} dropped")
         if self.control is not None:
             out["control"] = self.control.health()
+        if self.sparkplug is not None:
+            spk = self.sparkplug.stats
+            out["sparkplug"] = ("ok", f"online to {self.sparkplug.cfg.url}, bdSeq {spk.bdseq}") if spk.born else (
+                "degraded", f"not born ({'connected' if spk.connected else 'broker unavailable'}; primary host "
+                            f"{'online' if spk.host_online else 'offline'}): samples spooled")
+        if self.uplink is not None:
+            ul, box = self.uplink, self.uplink.outbox
+            held = f"{box.backlog_batches} batches ({box.backlog_samples} samples) not yet acknowledged"
+            out["uplink"] = ("ok", f"connected to {ul.cfg.url}, {held}") if ul.stats.connected else (
+                "degraded", f"central broker {ul.cfg.url} unavailable: {held}, kept in the outbox")
         for d in self.drivers:
             state = str(d.state.value)
             out[f"driver:{d.device_id}"] = ("ok" if state == "connected" else "degraded", state)
@@ -242,9 +263,16 @@ class Service:
             links = ModbusLinks()  # the devices behind one Modbus gateway share its connection
             closed = self.closed_periods = await self._closed_periods(db)
             serials = SerialFile(Path(cfg.storage.spool_dir) / "mqtt-serials.json")  # tracked meter serials
+            # M-Bus meters: identification numbers tracked, an exchange recorded in accounting (and audited).
+            journal = self.journal
+            exchanges = MeterExchangeRecorder(cfg.accounting.meters if cfg.accounting else [], journal.append,
+                                              self._audit_entry)
+            mbus_links, identities = MbusLinks(), SerialFile(Path(cfg.storage.spool_dir) / "mbus-identities.json")
             self.drivers = [create_driver(d, closed if closed is not None and any(
                                 f"{d.id}.{p.id}" in closed.points for p in d.points) else self.bus,
-                                          modbus_links=links, mqtt_serials=serials) for d in cfg.devices]
+                                          modbus_links=links, mqtt_serials=serials, mbus_links=mbus_links,
+                                          mbus_identities=identities, on_meter_exchange=exchanges.offer)
+                            for d in cfg.devices]
             mqtt_drivers = [d for d in self.drivers if isinstance(d, MqttDriver)]
             self.alarms = AlarmManager(cfg.alarms, [d.id for d in cfg.devices], self.bus, db,
                                        lambda: {d.device_id: str(d.state.value) for d in self.drivers},
@@ -279,6 +307,14 @@ class Service:
                                            events=lambda kind, severity, message: self._record_event(
                                                "control", kind, severity, message))
                 arbiter.control = self.control  # operators reach the loop parameters through the arbiter too
+            if cfg.sparkplug is not None:
+                # Subscribed to the bus now, before the drivers start; commands go through the arbiter.
+                self.sparkplug = EdgeNode(cfg.sparkplug, cfg.devices, self.bus,
+                                          device_states=lambda: {d.device_id: str(d.state.value) for d in self.drivers},
+                                          arbiter=self.arbiter, audit=audit.record)
+                self.sparkplug.start()
+            if cfg.uplink is not None:  # subscribed to the bus now, before the drivers start
+                self.uplink = Uplink(cfg.uplink, self.bus)
             if cfg.scada is not None:
                 self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms,
                                          arbiter=self.arbiter)
@@ -294,6 +330,8 @@ class Service:
             # after the drivers, so it flushes what they produced; the journal and the database last), then
             # SCADA, the journal and spool files, the pool and the socket.
             running.start("storage-writer", self.writer.run())
+            if self.uplink is not None:  # stopped after the drivers: it puts what they produced in its outbox
+                running.start("uplink", self.uplink.run())
             running.start("storage-retention", run_retention(db, cfg.storage))
             if cfg.accounting is not None:
                 running.start("accounting-rollups", run_rollups(db, cfg))
@@ -304,6 +342,8 @@ class Service:
             running.start("alarms", self.alarms.run())
             if self.alarm_publisher is not None:
                 running.start("alarm-mqtt", self.alarm_publisher.run())
+            if self.sparkplug is not None:  # stopped before the drivers: its NDEATH goes out while they still run
+                running.start("sparkplug", self.sparkplug.run())
             if self.control is not None:  # stopped before the drivers: no write may race their shutdown
                 running.start("control", self.control.run())
 

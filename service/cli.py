@@ -95,6 +95,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_central(args: argparse.Namespace) -> int:
+    """Run a central store instance: every site's batches into the central database (docs/FLEET.md)."""
+    from service.config import load_central_config
+    from service.fleet.central import Central
+
+    cfg = load_central_config(args.config)
+
+    async def main(stop: asyncio.Event) -> None:
+        central = Central(cfg)
+        task = asyncio.create_task(central.run(), name="central")
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        central.stop()
+        stopper.cancel()
+        await task
+
+    run_until_signal(main)
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Create an API token in this plant's token store (api.token_store), print it once, store only its hash.
 
@@ -264,9 +284,30 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     _quiet_drivers(args.verbose)
+    if args.records:
+        return _probe_records(cfg, args.device, args.json)
     rows = asyncio.run(probe(cfg, args.device, args.wait))
     print(format_probe(rows, args.json), flush=True)
     return 1 if any(r.quality == "BAD" for r in rows) else 0
+
+
+def _probe_records(cfg: HeatrecConfig, device_id: str | None, as_json: bool) -> int:
+    """Every record an M-Bus meter sends, with meaning, unit and value, to write its point map from."""
+    from drivers.config import MbusDevice
+    from drivers.errors import DriverError
+    from drivers.mbus import format_records, read_records
+
+    device = next((d for d in cfg.devices if d.id == device_id), None)
+    if not isinstance(device, MbusDevice):
+        raise ConfigError(f"--records lists an M-Bus meter's records: give --device with the id of a device "
+                          f"with protocol \"mbus\" (not {device_id!r})")
+    try:
+        telegrams = asyncio.run(read_records(device))
+    except DriverError as err:
+        print(f"{device.id}: {device.address_text} at {device.endpoint}: {err}", file=sys.stderr)
+        return 1
+    print(format_records(telegrams, as_json), flush=True)
+    return 0
 
 
 def cmd_write(args: argparse.Namespace) -> int:
@@ -337,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP fault-injection endpoint on 127.0.0.1 (overrides simulation.control_port)")
     s.set_defaults(func=cmd_simulate)
 
+    ce = sub.add_parser("central", help="run a central store instance of a fleet (docs/FLEET.md)",
+                        description=cmd_central.__doc__, epilog=SECRETS_HELP)
+    ce.add_argument("-c", "--config", required=True, metavar="FILE", help="central configuration (central.toml)")
+    ce.set_defaults(func=cmd_central)
+
     c = sub.add_parser("check-config", help="validate a config file and exit", description=cmd_check_config.__doc__)
     c.add_argument("file", metavar="FILE", nargs="?", help="plant configuration (TOML)")
     c.add_argument("-c", "--config", dest="config_option", metavar="FILE",
@@ -376,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", metavar="ID", help="probe only this device")
     pr.add_argument("--wait", type=float, metavar="SECONDS",
                     help="how long each device may take (default: its timeout_s plus one read)")
+    pr.add_argument("--records", action="store_true",
+                    help="with --device of an M-Bus meter: list every record of its telegrams (meaning, storage, "
+                         "tariff, subunit, value, unit) instead of the points")
     pr.set_defaults(func=cmd_probe)
 
     w = sub.add_parser("write", help="one guarded write with read-back (commissioning; no database)",

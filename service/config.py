@@ -54,7 +54,9 @@ from service.control.config import (
     ControlStaging,
 )
 from service.errors import HeatrecError
+from service.fleet_config import CentralConfig, UplinkConfig
 from service.scada.config import ScadaConfig, ScadaPolicy, ScadaUser
+from service.scada.sparkplug_config import SparkplugConfig, SparkplugPoint
 from service.schema import ID_PATTERN, StrictModel
 from service.storage.config import DatabaseConfig, StorageConfig
 from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
@@ -62,18 +64,19 @@ from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfi
 __all__ = [
     "ID_PATTERN", "PACKAGED_RULES_DIR", "PATH_KEYS", "REGISTER_COUNT",
     "AccountingConfig", "AccountingHeatPump", "AccountingMeter", "AlarmsConfig", "AlarmsMqttConfig", "ApiConfig",
-    "Co2Factor", "ConfigError", "ControlCdu", "ControlConfig", "ControlCurvePoint", "ControlHeatPump",
+    "CentralConfig", "Co2Factor", "ConfigError", "ControlCdu", "ControlConfig", "ControlCurvePoint", "ControlHeatPump",
     "ControlPid", "ControlStaging", "DatabaseConfig", "Device", "DeviceBase", "HeatrecConfig", "LimitAlarm",
-    "ModbusDevice", "ModbusPoint", "ModbusType", "MqttDevice", "MqttPoint", "OpcUaDevice", "OpcUaPoint",
-    "PlantConfig", "PointBase", "ScadaConfig", "ScadaPolicy", "ScadaUser", "SimCdu", "SimHeatMeter",
-    "SimHeatPump", "SimulationConfig", "StateAlarm", "StorageConfig", "StrictModel", "SupplyContract",
-    "load_config", "parse_config", "read_env_file",
+    "ModbusDevice", "ModbusPoint", "ModbusType", "MqttDevice", "MqttPoint", "OpcUaDevice", "OpcUaPoint", "PlantConfig",
+    "PointBase", "ScadaConfig", "ScadaPolicy", "ScadaUser", "SimCdu", "SimHeatMeter", "SimHeatPump",
+    "SimulationConfig", "SparkplugConfig", "SparkplugPoint", "StateAlarm", "StorageConfig", "StrictModel",
+    "SupplyContract", "UplinkConfig",
+    "load_central_config", "load_config", "parse_config", "read_env_file",
 ]
 
 # Keys holding a path: a relative one written in a config file means relative to that file's directory, so a
 # plant's files travel with it and do not depend on where the service is started (systemd, containers).
 PATH_KEYS = frozenset({"rules_dir", "spool_dir", "certificate_dir", "tls_ca_file", "tls_cert_file", "tls_key_file",
-                       "env_file", "state_file", "token_store",
+                       "env_file", "state_file", "token_store", "outbox_dir",
                        "trusted_certificates_dir", "rejected_certificates_dir", "trusted_ca_file"})  # OPC UA trust
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -105,6 +108,8 @@ class HeatrecConfig(StrictModel):
     scada: ScadaConfig | None = None
     accounting: AccountingConfig | None = None
     control: ControlConfig | None = None
+    sparkplug: SparkplugConfig | None = None
+    uplink: UplinkConfig | None = None  # a fleet site: batches to the central store (docs/FLEET.md)
 
     @model_validator(mode="after")
     def _references(self) -> HeatrecConfig:
@@ -130,7 +135,22 @@ class HeatrecConfig(StrictModel):
                 raise ValueError(self.unknown_point(where, point))
         if self.control is not None:
             self._check_control(points)
+        if self.sparkplug is not None:
+            self._check_sparkplug(points)
         return self
+
+    def _check_sparkplug(self, points: dict[str, PointBase]) -> None:
+        assert self.sparkplug is not None
+        ids = {d.id for d in self.devices}
+        for i, dev in enumerate(self.sparkplug.devices or []):
+            if dev not in ids:
+                raise ValueError(f"sparkplug.devices[{i}]: no device '{dev}' (devices: {', '.join(sorted(ids))})")
+        for i, p in enumerate(self.sparkplug.points):
+            point = points.get(p.point)
+            if point is None:
+                raise ValueError(self.unknown_point(f"sparkplug.points[{i}].point", p.point))
+            if p.commandable and not point.writable:
+                raise ValueError(f"sparkplug.points[{i}].commandable: point '{p.point}' is not writable")
 
     def _check_control(self, points: dict[str, PointBase]) -> None:
         assert self.control is not None
@@ -290,3 +310,28 @@ def load_config(path: str | Path) -> HeatrecConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: TOML syntax error: {exc}") from None
     return parse_config(data, str(p), p.parent)
+
+
+def load_central_config(path: str | Path) -> CentralConfig:
+    """Read and validate central.toml (`heatrec central`), with the plant file's env_file, ${VAR} and paths."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found (pass the centre's config with -c FILE)") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: TOML syntax error: {exc}") from None
+    source, extra = str(p), None
+    env_file = data.get("env_file")
+    if isinstance(env_file, str) and env_file:
+        extra = read_env_file(Path(env_file) if Path(env_file).is_absolute() else p.parent / env_file, source)
+    data = _resolve_paths(_expand_env(data, "", source, extra), p.parent)
+    try:
+        return CentralConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{source}: {_format_loc(tuple(e['loc']))}: {_describe(e)}"
+                                     for e in exc.errors())) from None

@@ -19,6 +19,7 @@ from service.localservers.mosquitto import plant_broker_users
 from service.private_files import write_private
 from service.scada.pki import DEMO_CLIENT_URI, ensure_client_identity
 from service.signals import run_until_signal
+from simulators.config import SimHeatMeter
 
 log = logging.getLogger(__name__)
 SCADA_PORT = 4840  # reserved for the SCADA OPC UA server (contract), checked so the demo owns it
@@ -64,6 +65,11 @@ def demo_ports(cfg: HeatrecConfig) -> dict[str, tuple[str, int]]:
         for h in sim.heat_pumps:
             host, _, port = h.endpoint.rpartition(":")
             ports[f"heat pump simulator {h.id} (Modbus TCP)"] = (host, int(port))
+        for m in sim.heat_meters:
+            if m.protocol != "mqtt":  # M-Bus meters on one endpoint share its gateway port
+                host, _, port = m.endpoint.rpartition(":")
+                kind = "Modbus TCP" if m.protocol == "modbus" else "M-Bus gateway"
+                ports.setdefault(f"heat meter simulator {m.endpoint} ({kind})", (host, int(port)))
     return ports
 
 
@@ -90,6 +96,15 @@ async def _ensure_tokens(cfg: HeatrecConfig, creds: dict[str, Any]) -> None:
         await pool.close()
 
 
+def _meter_line(m: SimHeatMeter) -> str:
+    """The banner's line for one simulated heat meter, by the face it shows."""
+    if m.protocol == "modbus":
+        return f"  heat meter   {m.endpoint}   ({m.id}, Modbus TCP unit {m.unit_id})"
+    if m.protocol == "mbus":
+        return f"  heat meter   {m.endpoint}   ({m.id}, M-Bus over TCP, primary address {m.primary_address})"
+    return f"  heat meter   topic {m.topic}   ({m.id}, MQTT)"
+
+
 def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
     sim = cfg.simulation
     lines = ["", f"heatrec demo is running: {cfg.plant.name} (Ctrl-C stops everything)",
@@ -106,8 +121,7 @@ def _banner(cfg: HeatrecConfig, creds: dict[str, Any], cred_path: Path) -> str:
         lines.append(f"  MQTT broker  {sim.mqtt_broker}")
         lines += [f"  CDU sim      {c.endpoint}   ({c.id}, OPC UA)" for c in sim.cdus]
         lines += [f"  heat pump    {h.endpoint}   ({h.id}, Modbus TCP unit {h.unit_id})" for h in sim.heat_pumps]
-        lines += [f"  heat meter   {m.endpoint}   ({m.id}, Modbus TCP unit {m.unit_id})" if m.protocol == "modbus"
-                  else f"  heat meter   topic {m.topic}   ({m.id}, MQTT)" for m in sim.heat_meters]
+        lines += [_meter_line(m) for m in sim.heat_meters]
     lines += [f"  viewer token    {creds['tokens']['viewer']}",
               f"  operator token  {creds['tokens']['operator']}",
               f"  credentials     {cred_path}",

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from service.alarms.mqtt_publisher import AlarmPublisher
     from service.bus import SampleBus
     from service.control.loop import ControlLoop
+    from service.fleet.view import FleetState
     from service.scada.server import ScadaServer
+    from service.scada.sparkplug.node import EdgeNode
     from service.storage.database import Database
     from service.storage.journal import Journal
     from service.storage.writer import SampleWriter
@@ -182,6 +184,9 @@ class ServiceCollector(Collector):
                                           "at start (a crash mid-append)", value=sp.corrupt_records)
         if svc.scada is not None:
             yield from _scada_families(svc.scada)
+        node = getattr(svc, "sparkplug", None)  # [sparkplug]; absent from sources built without it
+        if node is not None:
+            yield from _sparkplug_families(node)
         if svc.database is not None:
             ds = svc.database.stats
             yield GaugeMetricFamily("heatrec_database_up", "1 while the database answers and is prepared",
@@ -200,6 +205,51 @@ class ServiceCollector(Collector):
                                       "(audited)", value=js.refused)
         if svc.control is not None:
             yield from _control_families(svc)
+        uplink = getattr(svc, "uplink", None)  # [uplink]: this plant is a fleet site (docs/FLEET.md)
+        if uplink is not None:
+            box = uplink.outbox
+            yield GaugeMetricFamily("heatrec_uplink_connected", "1 while the uplink is connected to the central "
+                                    "broker", value=1.0 if uplink.stats.connected else 0.0)
+            yield GaugeMetricFamily("heatrec_uplink_backlog_batches", "Batches in the outbox the centre has not "
+                                    "acknowledged", value=box.backlog_batches)
+            yield GaugeMetricFamily("heatrec_uplink_backlog_samples", "Samples in the outbox the centre has not "
+                                    "acknowledged", value=box.backlog_samples)
+            yield GaugeMetricFamily("heatrec_uplink_lag_seconds", "Age of the oldest batch the centre has not "
+                                    "acknowledged", value=uplink.lag_s)
+            yield GaugeMetricFamily("heatrec_uplink_watermark", "Every batch up to this number is acknowledged",
+                                    value=box.watermark)
+            yield CounterMetricFamily("heatrec_uplink_published_batches", "Batches published (resent ones "
+                                      "included)", value=uplink.stats.published_batches)
+            yield CounterMetricFamily("heatrec_uplink_resent_batches", "Batches published again after an outage "
+                                      "or an acknowledgement timeout", value=uplink.stats.resent_batches)
+            yield CounterMetricFamily("heatrec_uplink_lost_batches", "Batches the outbox bound deleted unsent",
+                                      value=box.lost_batches)
+
+
+def _sparkplug_families(node: EdgeNode) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The Sparkplug edge node: session, what it published, commands, and bad input by reason."""
+    st = node.stats
+    yield GaugeMetricFamily("heatrec_sparkplug_online", "1 while the edge node is born (NBIRTH published)",
+                            value=1.0 if st.born else 0.0)
+    yield GaugeMetricFamily("heatrec_sparkplug_primary_host_online", "1 while the primary host's STATE is online",
+                            value=1.0 if st.host_online else 0.0)
+    yield CounterMetricFamily("heatrec_sparkplug_connects", "MQTT sessions opened", value=st.connects)
+    yield CounterMetricFamily("heatrec_sparkplug_messages", "Sparkplug messages published", value=st.messages)
+    yield CounterMetricFamily("heatrec_sparkplug_metrics", "Data metrics published (live and historical)",
+                              value=st.metrics)
+    yield CounterMetricFamily("heatrec_sparkplug_historical_metrics", "Spooled samples published as historical",
+                              value=st.historical)
+    yield CounterMetricFamily("heatrec_sparkplug_spooled_samples", "Samples spooled while the host or broker was "
+                              "away", value=st.spooled)
+    commands = CounterMetricFamily("heatrec_sparkplug_commands", "DCMD/NCMD writes by outcome", labels=["outcome"])
+    commands.add_metric(["accepted"], st.commands_accepted)
+    commands.add_metric(["refused"], st.commands_refused)
+    yield commands
+    bad = CounterMetricFamily("heatrec_sparkplug_bad_input", "Messages from hosts that could not be used",
+                              labels=["reason"])
+    for reason in ("malformed", "malformed_state", "unknown_metric", "wrong_datatype"):
+        bad.add_metric([reason], st.bad_input.get(reason, 0))
+    yield bad
 
 
 def _refusal_families(svc: MetricsSource) -> Iterator[CounterMetricFamily]:
@@ -282,3 +332,46 @@ def build_registry(service: MetricsSource) -> tuple[CollectorRegistry, Histogram
                         ["method", "route", "status"], registry=registry,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
     return registry, latency
+
+
+class FleetCollector(Collector):
+    """The centre's per-site figures (`heatrec central`): lag, backlog, watermark, batches by outcome."""
+
+    def __init__(self, state: FleetState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """Yield every family; called by the registry at scrape time."""
+        views = self._state.views()
+        lag = GaugeMetricFamily("heatrec_fleet_site_lag_seconds", "Now minus the site-side creation time of the "
+                                "site's newest batch committed centrally", labels=["site"])
+        backlog = GaugeMetricFamily("heatrec_fleet_site_backlog_samples", "Samples the site holds unacknowledged, "
+                                    "as its latest batch reported", labels=["site"])
+        backlog_b = GaugeMetricFamily("heatrec_fleet_site_backlog_batches", "Batches the site holds "
+                                      "unacknowledged, as its latest batch reported", labels=["site"])
+        mark = GaugeMetricFamily("heatrec_fleet_site_watermark", "Every batch of the site up to this number is "
+                                 "committed", labels=["site"])
+        online = GaugeMetricFamily("heatrec_fleet_site_online", "1 while the site's link is online", labels=["site"])
+        samples = CounterMetricFamily("heatrec_fleet_site_samples", "Samples of the site committed centrally",
+                                      labels=["site"])
+        for v in views:
+            if v.lag_s is not None:
+                lag.add_metric([v.site], v.lag_s)
+            backlog.add_metric([v.site], v.backlog_samples)
+            backlog_b.add_metric([v.site], v.backlog_batches)
+            mark.add_metric([v.site], v.last_acked_batch)
+            online.add_metric([v.site], 1.0 if v.link == "online" else 0.0)
+            samples.add_metric([v.site], v.samples)
+        yield from (lag, backlog, backlog_b, mark, online, samples)
+        batches = CounterMetricFamily("heatrec_fleet_batches", "Batches this instance handled, by site and outcome "
+                                      "(stored, replayed, malformed, refused, failed)", labels=["site", "outcome"])
+        for (site, outcome), n in sorted(self._state.counts.items()):
+            batches.add_metric([site, outcome], n)
+        yield batches
+
+
+def build_central_registry(state: FleetState) -> CollectorRegistry:
+    """The centre's registry (one per instance: tests run several)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(state))
+    return registry

@@ -61,9 +61,12 @@ class SimHeatMeter(StrictModel):
     """A simulated EN 1434 heat meter published by an M-Bus-to-MQTT gateway."""
 
     id: str = Field(pattern=ID_PATTERN)
-    protocol: Literal["mqtt", "modbus"] = Field(default="mqtt", description="M-Bus-to-MQTT gateway or Modbus TCP")
-    endpoint: str = Field(default="127.0.0.1:5030", description="host:port of a Modbus meter")
+    protocol: Literal["mqtt", "modbus", "mbus"] = Field(
+        default="mqtt", description="M-Bus-to-MQTT gateway, Modbus TCP, or wired M-Bus behind a TCP gateway")
+    endpoint: str = Field(default="127.0.0.1:5030", description="host:port of a Modbus meter or M-Bus gateway "
+                                                                "(M-Bus meters with one endpoint share its bus)")
     unit_id: int = Field(default=1, ge=0, le=255, description="unit id of a Modbus meter")
+    primary_address: int = Field(default=1, ge=0, le=250, description="primary address of an M-Bus meter")
     serial: str = "71234567"
     topic: str = "mbus/heatmeter/71234567"
     publish_interval_s: float = Field(default=1.0, gt=0)
@@ -109,6 +112,19 @@ class SimulationConfig(StrictModel):
     cdus: list[SimCdu] = Field(default_factory=list)
     heat_pumps: list[SimHeatPump] = Field(default_factory=list)
     heat_meters: list[SimHeatMeter] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _mbus_addresses(self) -> SimulationConfig:
+        seen: dict[tuple[str, int], str] = {}
+        for m in self.heat_meters:
+            if m.protocol != "mbus":
+                continue
+            key = (m.endpoint, m.primary_address)
+            if key in seen:
+                raise ValueError(f"M-Bus meters {seen[key]} and {m.id} share primary address "
+                                 f"{m.primary_address} on {m.endpoint}")
+            seen[key] = m.id
+        return self
 
     @model_validator(mode="after")
     def _dry_cooler_rating(self) -> SimulationConfig:

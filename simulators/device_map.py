@@ -60,7 +60,18 @@ def heat_pump_device(h: SimHeatPump) -> dict[str, Any]:
 
 
 def meter_device(m: SimHeatMeter, sim: SimulationConfig) -> dict[str, Any]:
-    """An MQTT device on the gateway's telegram, or a Modbus device on the meter's register map."""
+    """An MQTT device on the gateway's telegram, a Modbus device on the meter's register map, or an M-Bus meter."""
+    if m.protocol == "mbus":
+        records = [("energy", "energy", "GJ", "counter"), ("volume", "volume", "m3", "counter"),
+                   ("power", "power", "kW", None), ("flow", "volume_flow", "m3/h", None),
+                   ("flow_temperature", "flow_temperature", "degC", None),
+                   ("return_temperature", "return_temperature", "degC", None),
+                   ("error_flags", "error_flags", "", "status")]
+        mbus_points = [{"id": pid, "record": record, "unit": unit} | ({"kind": kind} if kind else {})
+                       for pid, record, unit, kind in records]
+        # The meter's identification number is checked from the telegrams' header: another is a meter exchange.
+        return {"id": m.id, "protocol": "mbus", "endpoint": m.endpoint, "primary_address": m.primary_address,
+                "identification": m.serial, "poll_interval_s": 1.0, "points": mbus_points}
     if m.protocol == "modbus":
         def reg(pid: str, unit: str, address: int, typ: str, scale: float = 1.0, **extra: Any) -> dict[str, Any]:
             p = {"id": pid, "unit": unit, **extra, "address": address, "function": "input", "type": typ}
@@ -256,7 +267,9 @@ ARCHETYPES: dict[str, dict[str, Any]] = {
             "dry_cooler_capacity_kw": 45000.0, "dry_cooler_design_outdoor_temperature": 25.0,
             "dry_cooler_design_loop_temperature": 95.0,
             "heat_meters": [
-                {"id": "meter1", "protocol": "modbus", "endpoint": "127.0.0.1:5330", "serial": "74000001"},
+                # The billing meter on wired M-Bus behind a TCP gateway (docs/MBUS.md).
+                {"id": "meter1", "protocol": "mbus", "endpoint": "127.0.0.1:5330", "primary_address": 1,
+                 "serial": "74000001"},
                 {"id": "meter2", "serial": "74000002", "topic": "mbus/heatmeter/74000002"},
             ],
         },

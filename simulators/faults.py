@@ -2,7 +2,8 @@
 
 Faults that act on the wire (offline, drop, restart) are carried out by the Simulation;
 faults that act on values (frozen, out_of_range) are applied here to a copy of the state
-a face is about to serve; request faults (exception, slow, malformed) are checked by the face.
+a face is about to serve; request faults (exception, slow, malformed, and the M-Bus face's no_answer,
+bad_checksum, truncated and meter_error) are checked by the face.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
 FaultKind = Literal["offline", "drop", "restart", "frozen", "out_of_range", "exception", "slow",
-                    "malformed", "wrap", "replace", "trip"]
+                    "malformed", "wrap", "replace", "trip", "no_answer", "bad_checksum", "truncated",
+                    "meter_error"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 # One-off actions: carried out when injected, never listed as active.
 ONE_SHOT: frozenset[str] = frozenset({"drop", "restart", "wrap", "replace"})

@@ -16,13 +16,14 @@ from pymodbus.constants import ExcCodes
 from service.clock import Clock, RealClock
 from service.tasks import cancel_and_wait
 from simulators.cdu_opcua import CduOpcUaServer
-from simulators.config import SimulationConfig
+from simulators.config import SimHeatMeter, SimulationConfig
 from simulators.control_http import ControlServer
 from simulators.errors import SimulatorError
 from simulators.faults import Fault, FaultBoard
 from simulators.heat_meter_modbus import HeatMeterModbusServer
 from simulators.heat_meter_mqtt import MeterGateway
 from simulators.heat_pump_modbus import HeatPumpModbusServer
+from simulators.mbus_meter import MbusGateway
 from simulators.modbus_face import ModbusFace
 from simulators.net import ensure_port_free, split_host_port, split_opcua_endpoint
 from simulators.plant import PlantModel
@@ -38,6 +39,8 @@ _SUPPORTED = {
                      "replace"},
     "mqtt_meter": {"offline", "drop", "restart", "frozen", "out_of_range", "slow", "malformed", "wrap",
                    "replace"},
+    "mbus_meter": {"offline", "no_answer", "drop", "restart", "frozen", "out_of_range", "slow", "bad_checksum",
+                   "truncated", "meter_error", "wrap", "replace"},
 }
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ class Simulation:
         self.heat_pumps: dict[str, HeatPumpModbusServer] = {}
         self.modbus_meters: dict[str, HeatMeterModbusServer] = {}
         self.meter_gateway: MeterGateway | None = None
+        self.mbus_gateways: dict[str, MbusGateway] = {}  # by meter id; meters of one endpoint share one
         self.faults = FaultBoard()
         self.player = ScenarioPlayer(scenario) if scenario is not None else None
         self.control_port = control_port if control_port is not None else cfg.control_port
@@ -98,6 +102,13 @@ class Simulation:
                 if meter.protocol == "modbus":
                     self.modbus_meters[meter.id] = await stack.enter_async_context(
                         HeatMeterModbusServer(meter, self.model, self.faults))
+            buses: dict[str, list[SimHeatMeter]] = {}
+            for meter in self.cfg.heat_meters:
+                if meter.protocol == "mbus":
+                    buses.setdefault(meter.endpoint, []).append(meter)
+            for bus in buses.values():
+                gateway = await stack.enter_async_context(MbusGateway(bus, self.model, self.faults))
+                self.mbus_gateways |= dict.fromkeys((m.id for m in bus), gateway)
             mqtt_meters = [m for m in self.cfg.heat_meters if m.protocol == "mqtt"]
             if mqtt_meters:
                 self.meter_gateway = await stack.enter_async_context(MeterGateway(
@@ -133,6 +144,9 @@ class Simulation:
             if meter.id in self.modbus_meters:
                 host, port = self.modbus_meters[meter.id].address
                 out[meter.id] = f"{host}:{port} (Modbus TCP, unit {meter.unit_id})"
+            elif meter.id in self.mbus_gateways:
+                host, port = self.mbus_gateways[meter.id].address
+                out[meter.id] = f"{host}:{port} (M-Bus gateway, primary address {meter.primary_address})"
             else:
                 out[meter.id] = f"{self.cfg.mqtt_broker} topic {meter.topic}"
         if self.control_url:
@@ -161,7 +175,10 @@ class Simulation:
         params = spec.model_dump(exclude={"device", "kind", "energy_gj"}, exclude_none=True)
         fault = self.faults.add(spec.device, spec.kind, **params)
         face = self.face(spec.device)
-        if spec.kind == "offline" and face is not None:
+        gateway = self.mbus_gateways.get(spec.device)
+        if gateway is not None and spec.kind in ("drop", "restart"):
+            gateway.drop_connections()  # the gateway serves other meters too: its port stays open
+        elif spec.kind == "offline" and face is not None:
             await face.stop()
         elif spec.kind in ("drop", "restart"):
             if face is None:
@@ -347,6 +364,9 @@ class Simulation:
         listeners += [(h.id, *split_host_port(h.endpoint, h.id)) for h in self.cfg.heat_pumps]
         listeners += [(m.id, *split_host_port(m.endpoint, m.id)) for m in self.cfg.heat_meters
                       if m.protocol == "modbus"]
+        # The M-Bus meters of one endpoint share its gateway: one listener per endpoint.
+        buses = {m.endpoint: m.id for m in reversed(self.cfg.heat_meters) if m.protocol == "mbus"}
+        listeners += [(owner, *split_host_port(endpoint, owner)) for endpoint, owner in buses.items()]
         if self.control_port:
             listeners.append(("control endpoint", "127.0.0.1", self.control_port))
         owners: dict[int, str] = {}

@@ -20,17 +20,18 @@ PACKAGES = ("service", "drivers", "simulators")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # What people and other systems talk to, and what puts the service together.
     ("interfaces", ("service.api.*", "service.scada.*", "service.metrics", "service.cli", "service.demo",
-                    "service.app")),
+                    "service.app", "service.fleet.api", "service.fleet.central", "service.ui.*")),
     # What the plant does: control, every write to a device, accounting, alarms, commissioning.
     ("functions", ("service.control.*", "service.writes", "service.accounting.*", "service.alarms.*",
-                   "service.commissioning", "service.preflight")),
+                   "service.commissioning", "service.preflight", "service.fleet.*")),
     # The database, the audit trail, tokens, and the local PostgreSQL/Mosquitto of the demo and the tests.
     ("infrastructure", ("service.storage.*", "service.audit", "service.auth", "service.token_store",
                         "service.localservers.*")),
     # The plant file's model: service.config puts together the sections each subsystem owns (its `config`
     # module) and the drivers' and simulators' maps below, and checks the references between them.
     ("configuration", ("service.config", "service.accounting.config", "service.alarms.config", "service.api.config",
-                       "service.control.config", "service.scada.config", "service.storage.config")),
+                       "service.control.config", "service.scada.config", "service.scada.sparkplug_config",
+                       "service.storage.config", "service.fleet_config")),
     # The wire: drivers talk to devices, simulators are devices.
     ("protocols", ("drivers.*", "simulators.*")),
     # What everything stands on: samples, the bus, the strict base of the config models, time, tasks, signals,
@@ -50,20 +51,25 @@ MAY_IMPORT_ONLY: dict[str, tuple[str, ...]] = {
     # The whole file's model knows the sections' models, nothing that runs them.
     "service.config": ("service.schema", "service.errors", "drivers.config", "simulators.config",
                        "service.accounting.config", "service.alarms.config", "service.api.config",
-                       "service.control.config", "service.scada.config", "service.storage.config"),
+                       "service.control.config", "service.scada.config", "service.scada.sparkplug_config",
+                       "service.storage.config", "service.fleet_config"),
     # A section's models are plain data: they stand on the strict base alone.
     "service.accounting.config": ("service.schema",),
     "service.alarms.config": ("service.schema",),
     "service.api.config": ("service.schema",),
     "service.control.config": ("service.schema",),
     "service.scada.config": ("service.schema",),
+    "service.scada.sparkplug_config": ("service.schema",),
     "service.storage.config": ("service.schema",),
+    # [uplink] and central.toml: plain data; the centre's database is the plant's [database] model.
+    "service.fleet_config": ("service.schema", "service.storage.config"),
 }
 
 ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {
     "service.cli": ("service.__main__",),  # the console script calls service.cli:main; nothing imports it
     "service.demo": ("service.cli",),  # `heatrec demo`
     "service.app": ("service.cli", "service.demo"),  # the composition root: `heatrec run` and `heatrec demo`
+    "service.fleet.central": ("service.cli",),  # `heatrec central`
     # The service runs the simulators only for `heatrec simulate` and `heatrec demo`; service.config only
     # reads their [simulation] models (it may import nothing else of them: MAY_IMPORT_ONLY).
     "simulators.*": ("simulators.*", "service.cli", "service.demo", "service.config"),

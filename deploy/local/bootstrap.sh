@@ -58,13 +58,14 @@ apt_install() {
 # 1. Debian packages --------------------------------------------------------------------
 DEBS=(postgresql-${PG_MAJOR} postgresql-client-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR}
       mosquitto mosquitto-clients cmake make gcc libssl-dev xz-utils ca-certificates python3-venv
-      prometheus wrk jq chromium fonts-dejavu-core curl)
+      prometheus wrk jq chromium chromium-driver fonts-dejavu-core curl)
 # systemd-analyze verifies deploy/systemd/heatrec.service in the tests (a minimal image may lack systemd;
 # installing the package starts nothing where systemd is not PID 1).
 command -v systemd-analyze >/dev/null 2>&1 || DEBS+=(systemd)
 # promtool lints /metrics in the tests (the daemon is never started); wrk loads bench_api; jq reads
 # var/demo/credentials.json in the README's commands; headless chromium renders /docs and /redoc offline
 # in tests/service/test_api_docs_offline.py, with DejaVu so the text is drawn (no recommended fonts here).
+# chromium-driver lets Selenium drive that same browser in the console's tests (tests/ui/).
 # curl runs the simulator control endpoint's commands of docs/simulators.md as written (a test does).
 # Node.js and npm type-check the Grafana dashboards in the tests; any node on PATH will do.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || DEBS+=(nodejs npm)

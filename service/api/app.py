@@ -33,6 +33,7 @@ from service.api.stream import add_stream_routes
 from service.api.tokens import add_token_routes
 from service.auth import Principal
 from service.errors import HeatrecError, StorageError, StorageUnavailable, StorageValueError
+from service.ui.routes import add_ui_routes
 
 log = logging.getLogger(__name__)
 
@@ -273,5 +274,6 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
     _document_errors(history_router.routes)
     app.include_router(history_router)
     _document_errors(app.routes)
+    add_ui_routes(app)  # the operator console under /ui, on the same app and port (docs/UI.md); not in the OpenAPI
 
     return app

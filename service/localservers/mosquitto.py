@@ -137,6 +137,21 @@ def plant_broker_users(cfg: HeatrecConfig, host: str, port: int) -> list[BrokerU
     return [BrokerUser(name, pw, tuple(r), tuple(w), ", ".join(roles)) for name, (pw, r, w, roles) in grants.items()]
 
 
+def fleet_broker_users(sites: dict[str, str], central: tuple[str, str]) -> list[BrokerUser]:
+    """The identities of a fleet's central broker (docs/FLEET.md): one per site, one for the centre.
+
+    A site (username = its id, `sites` maps it to its password) may publish only under its own prefix
+    `heatrec/v1/<site>/` (batch, status) and read only its own acknowledgements; the centre reads every
+    site's batches and status and writes only acknowledgements.
+    """
+    users = [BrokerUser(site, pw, read=(f"heatrec/v1/{site}/ack",),
+                        write=(f"heatrec/v1/{site}/batch", f"heatrec/v1/{site}/status"), role=f"fleet site {site}")
+             for site, pw in sites.items()]
+    users.append(BrokerUser(central[0], central[1], read=("heatrec/v1/+/batch", "heatrec/v1/+/status"),
+                            write=("heatrec/v1/+/ack",), role="fleet centre (every heatrec central instance)"))
+    return users
+
+
 class MosquittoServer:
     """Generate a config, password file and ACL under `workdir`, start and stop the broker.
 

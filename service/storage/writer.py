@@ -19,8 +19,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -39,6 +39,19 @@ _COLUMNS = ["time", "point_key", "value", "quality"]
 DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _UNFINISHED: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncio.CancelledError)
 _Record = tuple[object, int, float | None, int]
+_InFlight = deque[tuple[list[Sample], asyncio.Task[int]]]
+
+
+class ConnectionEnded(ConnectionResetError):
+    """The server had ended the pooled connection (a fast shutdown, pg_terminate_backend) when it was used.
+
+    PostgreSQL sends a FATAL ErrorResponse to every idle session before it closes them. If asyncpg reads
+    that message and a new query starts on the connection before asyncpg has read the end of the stream
+    (one turn of the event loop later), asyncpg fails the query with InternalClientError("cannot switch to
+    state N; another operation (2) is in progress") and aborts the connection (asyncpg issue #1069). No
+    second coroutine is involved: tests/service/test_writer_tail.py reproduces it with one. It is a lost
+    connection, so it is reported as one (a ConnectionError, hence in DB_ERRORS).
+    """
 
 
 @dataclass
@@ -49,14 +62,20 @@ class WriterStats:
     batches: int = 0
     last_batch_seconds: float = 0.0
     write_errors: int = 0
-    pending: int = 0
     connected: bool = False
     fallback_batches: int = 0         # batches that met an existing reading and went the idempotent way
     spooling: bool = False            # live batches are going to the spool (database down or behind)
+    # Counts what the writer holds when read (set by the writer); a stored number would go stale.
+    held: Callable[[], int] = field(default=lambda: 0, repr=False, compare=False)
+
+    @property
+    def pending(self) -> int:
+        """Samples queued for the writer or taken by it and not yet committed or spooled: 0 when idle."""
+        return self.held()
 
 
 class SampleWriter:
-    """Take samples from a bus subscription and write them in batches by size and age.
+    """Take samples from a bus subscription and write them in batches by size and age, or at once when idle.
 
     Without a spool, a batch that fails stays in memory and is retried before anything newer (the
     bus queue bound is then the backpressure limit). With a spool, it goes to disk instead.
@@ -68,27 +87,34 @@ class SampleWriter:
         self._sub, self._cfg = sub, cfg
         self._keys = dict(keys)
         self.spool = spool
-        self.stats = WriterStats()
+        self.stats = WriterStats(held=self._held)
         self._failing = False
+        self._batch: list[Sample] = []      # taken from the queue, not handed to a write task yet
+        self._inflight: _InFlight = deque()  # (batch, write task), oldest first, until settled
+
+    def _held(self) -> int:
+        """Queued + being collected (or written/spooled in place) + in flight and not committed yet."""
+        busy = sum(len(b) for b, t in self._inflight
+                   if not t.done() or t.cancelled() or t.exception() is not None)  # a failed one is spooled next
+        return self._sub.queue.qsize() + len(self._batch) + busy
 
     # ---- the live path -------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Write until cancelled; on cancellation flush what is taken to the database or the spool."""
-        inflight: deque[tuple[list[Sample], asyncio.Task[int]]] = deque()
+        inflight = self._inflight
         replayer = asyncio.create_task(self._replay_loop(), name="storage-replay") if self.spool else None
-        batch: list[Sample] = []
         try:
             while True:
                 if self._sub.queue.empty():
                     while inflight:  # idle: settle what is in flight before blocking on the queue
-                        await self._settle(*inflight.popleft())
-                batch = []
+                        await self._settle_oldest()
+                batch: list[Sample] = []
+                self._batch = batch
                 await self._collect(batch)
-                self.stats.pending = len(batch) + self._sub.queue.qsize()
                 if self.spool is not None and (self._failing or self._backlogged()):
                     while inflight:  # keep order: earlier batches settle (or spool) before this one
-                        await self._settle(*inflight.popleft())
+                        await self._settle_oldest()
                     self._set_spooling(True)
                     await self._to_spool(batch)
                 elif self.spool is None:
@@ -97,31 +123,49 @@ class SampleWriter:
                     self._set_spooling(False)
                     # Pipelining: the next batch is collected and encoded while this one is in flight.
                     inflight.append((batch, asyncio.create_task(self._write_timed(batch))))
-                    batch = []
+                    self._batch = []
                     while len(inflight) >= self._cfg.max_in_flight:
-                        await self._settle(*inflight.popleft())
-                batch = []
+                        await self._settle_oldest()
+                self._batch = []
         except asyncio.CancelledError:
             if replayer is not None:
                 replayer.cancel()
                 await asyncio.gather(replayer, return_exceptions=True)
-            await asyncio.shield(self._flush_at_shutdown(inflight, batch + self._sub.drain(10**9)))
+            self._batch = self._batch + self._sub.drain(10**9)
+            try:
+                await asyncio.shield(self._flush_at_shutdown(inflight, self._batch))
+            finally:
+                self._batch = []
+                inflight.clear()
             raise
 
     async def _collect(self, batch: list[Sample]) -> list[Sample]:
-        """Fill `batch` (owned by the caller, so a cancellation mid-wait loses nothing) by size and age."""
+        """Fill `batch` (owned by the caller, so a cancellation mid-wait loses nothing) by size and age.
+
+        A batch is written when it holds `batch_size` samples, when `batch_max_age_s` has passed since its
+        first one, or as soon as the queue is empty while no batch is in flight: the database is then idle
+        and nothing more is at hand, so the tail of a burst does not wait out the age. While a batch is in
+        flight the next one keeps filling from the queue, so under load batches still reach `batch_size`.
+        While the database is failing, batches go by size and age only (one spool record, one fsync each).
+        """
         size, sub = self._cfg.batch_size, self._sub
         batch.append(await sub.queue.get())
         batch.extend(sub.drain(size - 1))
         deadline = time.monotonic() + self._cfg.batch_max_age_s
-        while len(batch) < size:
+        while len(batch) < size:  # and so the queue is empty: the drain stopped short
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            try:
-                batch.append(await asyncio.wait_for(sub.queue.get(), left))
-            except TimeoutError:
-                break
+            busy = [task for _, task in self._inflight if not task.done()]
+            if busy:  # take what arrives while the database works on the earlier batch
+                await asyncio.wait(busy, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            elif not self._failing:
+                break  # nothing queued, nothing in flight: write what is taken now
+            else:
+                try:
+                    batch.append(await asyncio.wait_for(sub.queue.get(), left))
+                except TimeoutError:
+                    break
             batch.extend(sub.drain(size - len(batch)))
         return batch
 
@@ -137,6 +181,12 @@ class SampleWriter:
 
     async def _write_timed(self, batch: list[Sample]) -> int:
         return await asyncio.wait_for(self.write(batch), self._cfg.write_timeout_s)
+
+    async def _settle_oldest(self) -> None:
+        """Settle the oldest batch in flight; it stays listed until then, so a cancellation mid-way leaves it
+        to _flush_at_shutdown and it is counted as pending while it is spooled."""
+        await self._settle(*self._inflight[0])
+        self._inflight.popleft()
 
     async def _settle(self, batch: list[Sample], task: asyncio.Task[int]) -> None:
         try:
@@ -192,8 +242,7 @@ class SampleWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _flush_at_shutdown(self, inflight: deque[tuple[list[Sample], asyncio.Task[int]]],
-                                 rest: list[Sample]) -> None:
+    async def _flush_at_shutdown(self, inflight: _InFlight, rest: list[Sample]) -> None:
         failed: list[Sample] = []
         for b, task in inflight:
             try:
@@ -222,6 +271,24 @@ class SampleWriter:
 
     # ---- database writes -----------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for the block; a connection the server had ended arrives as ConnectionEnded.
+
+        One owner per connection, by construction: every query of the writer (live batches, the tail of a
+        burst, replay, its probe, the flush at shutdown) runs inside this block on a connection the pool
+        lends to that block alone, and no connection object leaves it (none is stored or handed to a
+        task). Concurrent writes therefore use different connections; a write that is cancelled (timeout,
+        shutdown) goes back to the pool only once asyncpg has settled its cancellation.
+        """
+        async with self._pool.acquire() as conn:
+            try:
+                yield conn
+            except asyncpg.InternalClientError as err:
+                if not _ended(conn):
+                    raise  # asyncpg's own trouble on a live connection: a bug, not the database
+                raise ConnectionEnded(f"the server had ended the connection ({err})") from err
+
     async def _ensure_keys(self, conn: asyncpg.Connection, batch: list[Sample]) -> None:
         """Register points not seen before (e.g. a driver's own status points)."""
         keys = self._keys
@@ -237,7 +304,7 @@ class SampleWriter:
     async def write(self, batch: list[Sample]) -> int:
         """Write one batch now; return the rows inserted (readings already stored are skipped)."""
         t0 = time.perf_counter()
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await self._ensure_keys(conn, batch)
             try:
                 await conn.copy_records_to_table("samples", records=self._records(batch), columns=_COLUMNS)
@@ -252,7 +319,7 @@ class SampleWriter:
 
     async def write_idempotent(self, batch: list[Sample]) -> int:
         """Write a batch that may hold stored readings (a replay) the duplicate-safe way; return rows inserted."""
-        async with self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await self._ensure_keys(conn, batch)
             inserted = await self._write_idempotent(conn, self._records(batch))
         self.stats.rows_written += inserted
@@ -272,6 +339,10 @@ class SampleWriter:
 
     # ---- replay --------------------------------------------------------------------------------
 
+    async def _probe(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
     async def _replay_loop(self) -> None:
         """Feed spooled batches back to the database, oldest first, whenever it answers."""
         spool = self.spool
@@ -282,7 +353,7 @@ class SampleWriter:
             try:
                 if not sealed:
                     if self._failing:
-                        await asyncio.wait_for(self._pool.fetchval("SELECT 1"), self._cfg.write_timeout_s)
+                        await asyncio.wait_for(self._probe(), self._cfg.write_timeout_s)
                         self._recovered()
                         delay = 0.5
                     elif spool.stats.samples and not self._backlogged() and await spool.seal_active():
@@ -308,3 +379,11 @@ class SampleWriter:
                 self._failed(err, 0)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._cfg.retry_max_s)
+
+
+def _ended(conn: asyncpg.Connection) -> bool:
+    """True when asyncpg has closed `conn` (and so, once it ends, the pool has taken it back)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool proxy is detached: the connection was closed and released
+        return True

@@ -40,7 +40,7 @@ async def test_migrations_apply_once_and_build_schema(database: DatabaseConfig) 
         cols = [r["column_name"] for r in await conn.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'readings' "
             "ORDER BY ordinal_position")]
-        assert cols == ["time", "point", "value", "quality"]
+        assert cols == ["time", "point", "value", "quality", "site"]  # site: the fleet's dimension (0016)
         tables = {r["table_name"] for r in await conn.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
         assert {"points", "samples", "events", "audit_log", "api_tokens"} <= tables
