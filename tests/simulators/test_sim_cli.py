@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
 
 pytestmark = pytest.mark.integration  # heatrec simulate as a child process
 
@@ -47,15 +46,34 @@ async def test_simulate_runs_an_archetype_with_a_scenario_and_takes_faults(tmp_p
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{control_port}") as http:
             state = (await http.get("/state")).json()
             assert state["outdoor_temperature"] == -12.0
-            r = await http.post("/faults", json={"device": "meter1", "kind": "exception", "code": 6})
+            # The industrial plant's billing meter is wired M-Bus behind a TCP gateway: a good telegram first,
+            # then one with a bad checksum once the fault is in (frames built here by hand, EN 13757-2).
+            assert _checksum_ok(await _req_ud2(meter_port, 1))
+            r = await http.post("/faults", json={"device": "meter1", "kind": "bad_checksum"})
             assert r.status_code == 201
-        client = AsyncModbusTcpClient("127.0.0.1", port=meter_port, timeout=2, retries=0)
-        assert await client.connect()
-        rr = await client.read_input_registers(0, count=2, device_id=1)
-        assert rr.isError() and rr.exception_code == 6
-        client.close()
+            assert not _checksum_ok(await _req_ud2(meter_port, 1))
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
         rc = await asyncio.wait_for(proc.wait(), 20)
     assert rc == 0
+
+
+async def _req_ud2(port: int, address: int) -> bytes:
+    """One REQ_UD2 short frame (10 C A CS 16, FCB and FCV set) to a primary address; the long frame answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        control = 0x7B
+        writer.write(bytes((0x10, control, address, (control + address) & 0xFF, 0x16)))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readexactly(4), 10)
+        assert head[0] == 0x68 and head[3] == 0x68 and head[1] == head[2], head.hex()
+        return head + await asyncio.wait_for(reader.readexactly(head[1] + 2), 10)
+    finally:
+        writer.close()
+
+
+def _checksum_ok(frame: bytes) -> bool:
+    """Whether a long frame's checksum is the sum of its C, A, CI and data bytes, modulo 256."""
+    length = frame[1]
+    return frame[-1] == 0x16 and sum(frame[4:4 + length]) & 0xFF == frame[4 + length]
