@@ -214,9 +214,10 @@ class Service:
             out["control"] = self.control.health()
         if self.sparkplug is not None:
             spk = self.sparkplug.stats
-            out["sparkplug"] = ("ok", f"online to {self.sparkplug.cfg.url}, bdSeq {spk.bdseq}") if spk.born else (
-                "degraded", f"not born ({'connected' if spk.connected else 'broker unavailable'}; primary host "
-                            f"{'online' if spk.host_online else 'offline'}): samples spooled")
+            server = self.sparkplug.server
+            out["sparkplug"] = ("ok", f"online to {server}, bdSeq {spk.bdseq}") if spk.born else (
+                "degraded", f"not born ({'connected to ' + server if spk.connected else 'trying ' + server}; "
+                            f"primary host {'online' if spk.host_online else 'offline'}): samples spooled")
         if self.uplink is not None:
             ul, box = self.uplink, self.uplink.outbox
             held = f"{box.backlog_batches} batches ({box.backlog_samples} samples) not yet acknowledged"

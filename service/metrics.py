@@ -234,6 +234,12 @@ def _sparkplug_families(node: EdgeNode) -> Iterator[CounterMetricFamily | GaugeM
     yield GaugeMetricFamily("heatrec_sparkplug_primary_host_online", "1 while the primary host's STATE is online",
                             value=1.0 if st.host_online else 0.0)
     yield CounterMetricFamily("heatrec_sparkplug_connects", "MQTT sessions opened", value=st.connects)
+    server = GaugeMetricFamily("heatrec_sparkplug_server", "1 for the broker the edge node is on (or trying)",
+                               labels=["url"])
+    server.add_metric([node.server], 1.0)
+    yield server
+    yield CounterMetricFamily("heatrec_sparkplug_server_moves", "Moves to the next broker in the list",
+                              value=st.server_moves)
     yield CounterMetricFamily("heatrec_sparkplug_messages", "Sparkplug messages published", value=st.messages)
     yield CounterMetricFamily("heatrec_sparkplug_metrics", "Data metrics published (live and historical)",
                               value=st.metrics)

@@ -1,11 +1,12 @@
-"""[sparkplug]: heatrec as a Sparkplug B 3.0 edge node (broker, identity, primary host, points, commands)."""
+"""[sparkplug]: heatrec as a Sparkplug B 3.0 edge node (brokers, identity, primary host, points, commands)."""
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from service.schema import ID_PATTERN, POINT_REF_PATTERN, StrictModel
 
@@ -13,6 +14,30 @@ __all__ = ["SparkplugConfig", "SparkplugPoint"]
 
 # Sparkplug ids are topic levels: no '/', '+', '#' (spec 3.0, topic namespace elements).
 _SPB_ID = r"^[A-Za-z0-9_.\-]+$"
+
+
+def _broker_url(v: str) -> str:
+    """A broker URL: mqtt:// or mqtts://, a host, maybe a port, nothing else (credentials have their own keys)."""
+    u = urlsplit(v)
+    try:
+        u.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"'{v}' has an invalid port") from None
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname or u.path not in ("", "/") or u.query or u.fragment:
+        raise ValueError(f"'{v}' is not a broker URL like mqtt://host:1883 or mqtts://host:8883")
+    if u.username is not None or u.password is not None:
+        # Health and /metrics show the URL: a password in it would be shown too.
+        raise ValueError(f"'{u.scheme}://…@{u.hostname}': put credentials in username and password, not in the URL")
+    return v
+
+
+def _server_key(v: str) -> tuple[str, int]:
+    """Host and port of a broker URL, for telling two spellings of one server apart."""
+    u = urlsplit(v)
+    return (u.hostname or "").lower(), u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+
+BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
 
 
 class SparkplugPoint(StrictModel):
@@ -29,7 +54,11 @@ class SparkplugPoint(StrictModel):
 class SparkplugConfig(StrictModel):
     """The edge node: one Sparkplug device per heatrec device, one metric per point."""
 
-    url: str = Field(description="mqtt://host[:port] or mqtts://host[:port] of the broker")
+    url: BrokerUrl | None = Field(default=None, description="mqtt://host[:port] or mqtts://host[:port] of the "
+                                                            "broker (or urls, for several)")
+    urls: list[BrokerUrl] | None = Field(default=None, min_length=1,
+                                         description="several brokers: one at a time, in this order, moving to the "
+                                                     "next (wrapping) when one fails or a host says Next Server")
     username: str | None = None
     password: str | None = Field(default=None, description="use ${VAR} to keep it out of the file")
     client_id: str | None = Field(default=None, description="MQTT client id (default heatrec-GROUP-NODE)")
@@ -54,18 +83,9 @@ class SparkplugConfig(StrictModel):
                                                                "broker is away, and the bdSeq counter")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, description="cap of the reconnect backoff")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        u = urlsplit(v)
-        try:
-            u.port  # noqa: B018 - raises ValueError for a port that is not a number
-        except ValueError:
-            raise ValueError(f"'{v}' has an invalid port") from None
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname or u.path not in ("", "/"):
-            raise ValueError(f"'{v}' is not a broker URL like mqtt://host:1883 or mqtts://host:8883")
-        return v
+    host_wait_s: float = Field(default=30.0, gt=0, le=3600,
+                               description="with several urls and a primary_host_id: how long the node waits on a "
+                                           "server for the host's online STATE before it moves to the next")
 
     @field_validator("devices")
     @classmethod
@@ -77,6 +97,15 @@ class SparkplugConfig(StrictModel):
 
     @model_validator(mode="after")
     def _checks(self) -> SparkplugConfig:
+        if self.url is not None and self.urls is not None:
+            raise ValueError("url, urls: set url (one broker) or urls (several), not both")
+        if self.url is None and self.urls is None:
+            raise ValueError("url: required key is missing (or urls, a list of brokers)")
+        first: dict[tuple[str, int], int] = {}
+        for i, u in enumerate(self.urls or []):
+            j = first.setdefault(_server_key(u), i)
+            if j != i:
+                raise ValueError(f"urls[{i}]: '{u}' is the same server as urls[{j}]")
         if self.tls_key_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_key_file needs tls_cert_file")
         seen: set[str] = set()
@@ -89,6 +118,14 @@ class SparkplugConfig(StrictModel):
                 raise ValueError(f"points[{i}].commandable: commands need broker credentials (set username "
                                  "and password)")
         return self
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The brokers in walking order: `urls`, or the one `url`."""
+        if self.urls is not None:
+            return tuple(self.urls)
+        assert self.url is not None  # the model check: one of the two is set
+        return (self.url,)
 
     def point_settings(self, point: str) -> SparkplugPoint:
         """The settings of one point (the defaults when it is not listed)."""

@@ -152,9 +152,17 @@ class SparkplugHost:
 
     def rebirth(self, node: str) -> None:
         """NCMD Node Control/Rebirth = true."""
+        self.node_control(node, "Node Control/Rebirth")
+
+    def next_server(self, node: str) -> None:
+        """NCMD Node Control/Next Server = true."""
+        self.node_control(node, "Node Control/Next Server")
+
+    def node_control(self, node: str, name: str, value: bool = True) -> None:
+        """NCMD of one Boolean node control metric, by name."""
         p = self.pb2.Payload(timestamp=int(time.time() * 1000))
-        m = p.metrics.add(name="Node Control/Rebirth", datatype=BOOLEAN)
-        m.boolean_value = True
+        m = p.metrics.add(name=name, datatype=BOOLEAN)
+        m.boolean_value = value
         self.publish(f"spBv1.0/{self.group}/NCMD/{node}", p.SerializeToString())
 
     def dcmd(self, node: str, device: str, *, value: Any, name: str | None = None, alias: int | None = None,

@@ -6,7 +6,9 @@ away they pass the deadband into a durable spool and are published, in order and
 after the next births (which carry the live values, so history never overwrites them). A DCMD on a
 commandable point becomes an operator write request to the arbiter (held `command_hold_s`, audited there)
 and is answered with a DDATA of the value in force; anything else a host sends is refused, counted and
-audited. docs/SPARKPLUG.md describes the behaviour and the quality mapping. Long because the session is
+audited. With several brokers the node is on one at a time and walks the list (wrapping) when one cannot be
+reached, is lost, has the primary host offline, or a host sends `Node Control/Next Server`: each move is a
+new session. docs/SPARKPLUG.md describes the behaviour and the quality mapping. Long because the session is
 one state machine with one owner of `seq`: births, data, deaths, replay and commands all publish in it.
 """
 
@@ -47,9 +49,12 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"
+NEXT_SERVER = "Node Control/Next Server"
 BDSEQ = "bdSeq"
 REBIRTH_ALIAS = 1
-FIRST_POINT_ALIAS = 2
+NEXT_SERVER_ALIAS = 2
+FIRST_POINT_ALIAS = 3
+NODE_CONTROLS = {REBIRTH_ALIAS: REBIRTH, NEXT_SERVER_ALIAS: NEXT_SERVER}  # the NCMDs the node takes, by alias
 # The quality as Ignition (MQTT Engine) reads a metric's "Quality" property: the legacy OPC quality codes
 # (docs/SPARKPLUG.md says where this comes from).
 QUALITY_CODES: dict[Quality, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0, Quality.STALE: 500}
@@ -67,6 +72,9 @@ class SparkplugStats:
 
     connected: bool = False
     host_online: bool = False
+    server: str = ""  # the broker the node is on (or trying)
+    server_index: int = 0  # its place in the configured list
+    server_moves: int = 0  # moves to the next broker in the list
     born: bool = False
     bdseq: int = -1
     connects: int = 0
@@ -168,6 +176,10 @@ class EdgeNode:
         self._host_online = self.stats.host_online = cfg.primary_host_id is None
         self._host_stamp = -1
         self._rebirth = False
+        self._next_server = False
+        self._servers = cfg.servers
+        self._server = 0
+        self.stats.server = self._servers[0]
         self._logged: set[str] = set()
         self._failures = 0
 
@@ -177,6 +189,11 @@ class EdgeNode:
         """The Sparkplug topic of a message of this node (or one of its devices)."""
         base = f"{NAMESPACE}/{self._group}/{verb}/{self._node}"
         return base if device is None else f"{base}/{device}"
+
+    @property
+    def server(self) -> str:
+        """The broker URL the node is on, or trying (for health and /metrics)."""
+        return self._servers[self._server]
 
     @property
     def aliases(self) -> dict[str, int]:
@@ -201,11 +218,12 @@ class EdgeNode:
                 except LinkError as err:
                     self._failures += 1
                     level = logging.WARNING if self._failures == 1 else logging.DEBUG
-                    log.log(level, "sparkplug: broker %s: %s; samples are spooled until it is back",
-                            self.cfg.url, err)
+                    log.log(level, "sparkplug: broker %s: %s; samples are spooled until a broker is back",
+                            self.server, err)
                 except Exception:  # a bug here must not end the service: log, back off, reconnect
                     self._failures += 1
                     log.exception("sparkplug: unexpected error in the session; reconnecting")
+                self._move_on()
                 await self._offline(self._backoff.next_delay())
         finally:
             if self._pending:
@@ -216,6 +234,15 @@ class EdgeNode:
             self._spool.close()
             if self._sub is not None:
                 self._bus.unsubscribe(self._sub)
+
+    def _move_on(self) -> None:
+        """After a session, whatever ended it: the next broker of the list (wrapping); one broker stays."""
+        if len(self._servers) == 1:
+            return
+        self._server = (self._server + 1) % len(self._servers)
+        self.stats.server, self.stats.server_index = self.server, self._server
+        self.stats.server_moves += 1
+        log.debug("sparkplug: next broker %s", self.server)
 
     def _next_bdseq(self) -> int:
         """The bdSeq of a new MQTT session: one more than the last one (0..255), kept across restarts."""
@@ -235,7 +262,7 @@ class EdgeNode:
         return codec.encode_payload(_ms(utcnow()), [metric], None)
 
     def _new_link(self, bdseq: int) -> SparkplugLink:
-        url = urlsplit(self.cfg.url)
+        url = urlsplit(self.server)
         tls = client_tls_context(self.cfg.tls_ca_file, self.cfg.tls_cert_file, self.cfg.tls_key_file) \
             if url.scheme == "mqtts" else None
         return SparkplugLink(host=url.hostname or "", port=url.port or (8883 if tls else 1883),
@@ -245,6 +272,7 @@ class EdgeNode:
                              will=(self.topic("NDEATH"), self._death_payload(bdseq)), on_message=self._received)
 
     async def _session(self) -> None:
+        self._next_server = False
         bdseq = self._next_bdseq()
         link = self._link = self._new_link(bdseq)
         try:
@@ -259,23 +287,42 @@ class EdgeNode:
                 topics.append(f"{NAMESPACE}/STATE/{self.cfg.primary_host_id}")
             await link.subscribe(topics, 1)
             if self._failures:
-                log.info("sparkplug: connected to %s again", self.cfg.url)
+                log.info("sparkplug: connected to %s again", self.server)
             self._failures = 0
-            self._backoff.reset()
+            several = len(self._servers) > 1
+            give_up = asyncio.get_running_loop().time() + self.cfg.host_wait_s
             while not self._host_online:
                 await self._next_input(DEVICE_CHECK_S, link)
                 await self._handle_inbox(link)
+                if self._next_server:
+                    return
+                if self._host_online:
+                    break
+                # Spec 3.0 (multiple MQTT servers): the primary host OFFLINE on this server: walk to the next.
+                # No STATE at all for host_wait_s: it is not here (yet) either; a server it never joined
+                # must not strand the node.
+                if several and (self._host_stamp >= 0 or asyncio.get_running_loop().time() >= give_up):
+                    log.info("sparkplug: primary host %s is not online on %s; moving to the next broker",
+                             self.cfg.primary_host_id, self.server)
+                    return
                 self._take(live=False)
                 await self._spool_if_due()
             await self._birth(link)
+            # Reset only once born: a broker that takes the connection but never has the host (or all of
+            # them saying it is offline) must not make the node walk the list at the first delay for ever.
+            self._backoff.reset()
             await self._replay(link)
             next_check = asyncio.get_running_loop().time() + DEVICE_CHECK_S
             while True:
                 await self._next_input(DEVICE_CHECK_S, link)
                 await self._handle_inbox(link)
                 if not self._host_online:
-                    log.warning("sparkplug: primary host %s went offline: NDEATH, disconnecting; samples are "
-                                "spooled until it is back", self.cfg.primary_host_id)
+                    log.warning("sparkplug: primary host %s went offline on %s: NDEATH, disconnecting; samples "
+                                "are spooled until it is back%s", self.cfg.primary_host_id, self.server,
+                                " (trying the next broker)" if len(self._servers) > 1 else "")
+                    return
+                if self._next_server:
+                    log.info("sparkplug: Next Server requested: NDEATH, leaving %s", self.server)
                     return
                 if self._rebirth:
                     await self._birth(link)
@@ -470,7 +517,9 @@ class EdgeNode:
         now = _ms(utcnow())
         metrics = [codec.encode_metric(name=BDSEQ, timestamp=now, datatype=codec.UINT64, value=self.stats.bdseq),
                    codec.encode_metric(name=REBIRTH, alias=REBIRTH_ALIAS, timestamp=now, datatype=codec.BOOLEAN,
-                                       value=False)]
+                                       value=False),
+                   codec.encode_metric(name=NEXT_SERVER, alias=NEXT_SERVER_ALIAS, timestamp=now,
+                                       datatype=codec.BOOLEAN, value=False)]
         self._seq = 0
         self._send(link, self.topic("NBIRTH"), codec.encode_payload(now, metrics, 0))
         self.stats.born = True
@@ -619,17 +668,39 @@ class EdgeNode:
         self._host_online = self.stats.host_online = online
 
     async def _ncmd(self, payload: codec.Payload) -> None:
+        """Node Control/Rebirth and Node Control/Next Server (by name, or alias without a name); nothing else."""
         for m in payload.metrics:
-            if m.name == REBIRTH or (m.name is None and m.alias == REBIRTH_ALIAS):
-                if m.value_field != 14:
-                    self._bad("wrong_datatype", "NCMD Node Control/Rebirth without a boolean value")
-                    await self._refuse("node", m.value, "Node Control/Rebirth needs a boolean")
-                elif m.value:
-                    log.info("sparkplug: rebirth requested")
-                    self._rebirth = True
-                continue
-            self._bad("unknown_metric", f"NCMD of unknown metric {m.name or m.alias}")
-            await self._refuse(f"node:{m.name or m.alias}", m.value, "the node takes no such command")
+            control = m.name if m.name in NODE_CONTROLS.values() else \
+                NODE_CONTROLS.get(m.alias) if m.name is None and m.alias is not None else None
+            if control is None:
+                self._bad("unknown_metric", f"NCMD of unknown metric {m.name or m.alias}")
+                await self._refuse(f"node:{m.name or m.alias}", m.value, "the node takes no such command")
+            elif m.value_field != 14:
+                self._bad("wrong_datatype", f"NCMD {control} without a boolean value")
+                await self._refuse(f"node:{control}", m.value, f"{control} needs a boolean")
+            elif m.value and control == REBIRTH:
+                log.info("sparkplug: rebirth requested")
+                self._rebirth = True
+                await self._accept(f"node:{control}", True, "NBIRTH and every DBIRTH again")
+            elif m.value:
+                after = self._servers[(self._server + 1) % len(self._servers)]
+                log.info("sparkplug: Next Server requested: leaving %s for %s", self.server, after)
+                self._next_server = True
+                await self._accept(f"node:{control}", after, f"a new session, from {self.server} to {after}")
+            # false: nothing asked (a host writing the metric back as it was born)
+
+    async def _accept(self, target: str, applied: object, detail: str) -> None:
+        """A node control command taken: counted, and in the audit trail like a write."""
+        self.stats.commands_accepted += 1
+        if self._audit is None:
+            return
+        from service.audit import AuditEntry
+
+        try:
+            await self._audit(AuditEntry(self.cfg.principal, "operator", "write.sparkplug", target, True, applied,
+                                         "accepted", detail))
+        except Exception:  # the trail must not end the session; the sink logs its own failures
+            log.exception("audit entry not recorded for %s", target)
 
     async def _dcmd(self, link: SparkplugLink, device: str, payload: codec.Payload) -> None:
         if not self.stats.born:  # a command before our births (or after the host left) is not for this session
