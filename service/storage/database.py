@@ -282,9 +282,16 @@ class Database:
             # min_size=0: creating the pool opens no connection, so it cannot fail on a database that is away.
             self._pool = await asyncpg.create_pool(**connect_kwargs(self.cfg), min_size=0, max_size=self._max_size)
         async with self._pool.acquire(timeout=self.cfg.connect_timeout_s + 1) as conn:
-            await conn.fetchval("SELECT 1", timeout=self.cfg.connect_timeout_s)
-            if not self.stats.prepared and self._prepare is not None:
-                await self._prepare(conn)
+            try:
+                await conn.fetchval("SELECT 1", timeout=self.cfg.connect_timeout_s)
+                if not self.stats.prepared and self._prepare is not None:
+                    await self._prepare(conn)
+            except asyncpg.InternalClientError as err:
+                # A query on a connection PostgreSQL is ending (its fast shutdown) can meet asyncpg in a
+                # state it cannot leave (MagicStack/asyncpg#1069). The probe asks only whether the database
+                # answers: it did not, and this connection is of no further use.
+                conn.terminate()
+                raise ConnectionResetError(f"the connection broke while probing ({err})") from err
         self.stats.prepared = True
         if not self.stats.up:
             was_down = self.stats.since is not None

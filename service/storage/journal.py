@@ -37,7 +37,11 @@ from service.storage.spool import spool_path
 log = logging.getLogger(__name__)
 
 Apply = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
-DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# InternalClientError: asyncpg's answer to a query on a connection PostgreSQL was just ending (its fast
+# shutdown; MagicStack/asyncpg#1069). Records stay queued and are applied again, so taking it as the database
+# away loses nothing, where letting it through would stop the service.
+DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+                                              asyncpg.InternalClientError)
 
 
 def journal_path(spool_dir: str | Path, db: DatabaseConfig) -> Path:
