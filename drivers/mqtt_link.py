@@ -28,17 +28,20 @@ FLUSH_DELAY_S = 0.005
 
 
 class PahoLink(Generic[R]):
-    """A single connection: open, subscribe, deliver decoded messages, report its loss, close.
+    """A single connection: open, subscribe, publish, deliver decoded messages, report its loss, close.
 
     `decode(topic, payload)` runs on the network thread and must only touch state of its own;
     `deliver(batch)` runs on the event loop with the decoded results in arrival order. Nothing is
     delivered after `close()` begins, so a driver never publishes values of a connection it gave up.
+    A publisher (the Sparkplug edge node) sets a `will` and `publisher=True`: paho's queue is then
+    unbounded and up to 1,000 QoS 1 messages are in flight, because the caller bounds what it sends.
     """
 
     def __init__(self, *, name: str, host: str, port: int, client_id: str | None, persistent: bool,
                  username: str | None, password: str | None, tls: ssl.SSLContext | None,
                  keepalive: int, timeout_s: float, decode: Callable[[str, bytes | bytearray], R | None],
-                 deliver: Callable[[list[R]], None]) -> None:
+                 deliver: Callable[[list[R]], None], will: tuple[str, bytes] | None = None,
+                 publisher: bool = False) -> None:
         self.name = name
         self._loop = asyncio.get_running_loop()
         self._host, self._port, self._keepalive, self._timeout_s = host, port, keepalive, timeout_s
@@ -50,6 +53,11 @@ class PahoLink(Generic[R]):
             client.username_pw_set(username, password)
         if tls is not None:
             client.tls_set_context(tls)
+        if publisher:
+            client.max_queued_messages_set(0)
+            client.max_inflight_messages_set(1000)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=False)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -73,7 +81,11 @@ class PahoLink(Generic[R]):
         self._opener = threading.Thread(target=self._open_blocking, name=f"heatrec-mqtt-{self.name}-connect",
                                         daemon=True)
         self._opener.start()
-        await self._ready.wait()
+        try:
+            async with asyncio.timeout(self._timeout_s + 1):  # connect_timeout bounds TCP and TLS, not CONNACK
+                await self._ready.wait()
+        except TimeoutError:
+            self._fail(DriverConnectionError(f"no CONNACK from {self._host}:{self._port} within {self._timeout_s} s"))
         if self._error is not None:
             raise self._error
 
@@ -87,17 +99,47 @@ class PahoLink(Generic[R]):
         self._subacks[mid] = granted
         if self._error is not None:
             raise self._error
-        return await granted
+        async with asyncio.timeout(self._timeout_s):
+            return await granted
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set once the connection is lost (or never came up)."""
+        return self._lost
+
+    @property
+    def error(self) -> DriverError | None:
+        """Why the connection was lost, once it was."""
+        return self._error
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> paho.MQTTMessageInfo:
+        """Queue one message (paho's publish is thread-safe); DriverConnectionError once lost."""
+        if self._lost.is_set():
+            raise self._error or DriverConnectionError("connection to the broker lost")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise DriverConnectionError(f"cannot publish: {paho.error_string(info.rc)}")
+        return info
+
+    async def flushed(self, info: paho.MQTTMessageInfo) -> None:
+        """Wait until a message (and every one queued before it) left on the socket; raise if lost first."""
+        while not info.is_published():
+            if self._lost.is_set():
+                raise self._error or DriverConnectionError("connection to the broker lost")
+            await asyncio.sleep(0.002)
 
     async def wait_lost(self) -> None:
         """Return never; raise DriverConnectionError once the connection is lost."""
         await self._lost.wait()
         raise self._error or DriverConnectionError("connection to the broker lost")
 
-    async def close(self) -> None:
-        """Disconnect and stop the network thread; safe to call at any point, also during open()."""
+    async def close(self, *, graceful: bool = True) -> None:
+        """Disconnect and stop the network thread; safe at any point, also during open().
+
+        `graceful=False` drops the socket without a DISCONNECT, so the broker sends the will.
+        """
         self._closed = True
-        await asyncio.to_thread(self._close_blocking)
+        await asyncio.to_thread(self._close_blocking, graceful)
 
     def _fail(self, err: DriverError) -> None:
         if self._error is None:
@@ -141,13 +183,14 @@ class PahoLink(Generic[R]):
         if not self._closed:  # close() joins this thread before it touches the client
             self._client.loop_start()
 
-    def _close_blocking(self) -> None:
+    def _close_blocking(self, graceful: bool) -> None:
         if self._opener is not None:
             self._opener.join()  # the blocking connect ends within connect_timeout
         client = self._client
-        client.disconnect()  # queues DISCONNECT and wakes the network thread, which then ends
-        if not self._network_done.wait(self._timeout_s):
-            log.debug("%s: the broker did not take our DISCONNECT; closing the socket", self.name)
+        if graceful:
+            client.disconnect()  # queues DISCONNECT (which suppresses the will) and wakes the network thread
+            if not self._network_done.wait(self._timeout_s):
+                log.debug("%s: the broker did not take our DISCONNECT; closing the socket", self.name)
         # Close the socket and paho's wake-up socket pair; a network thread still inside select() then
         # leaves at once. There is no public call for this: paho relies on garbage collection.
         client._reset_sockets()

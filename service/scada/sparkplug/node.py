@@ -30,13 +30,14 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 
 from drivers.backoff import Backoff
+from drivers.errors import DriverConnectionError
 from drivers.mqtt_link import client_tls_context
 from service.bus import SampleBus, Subscription
 from service.control.arbiter import Priority
 from service.model import Quality, Sample, utcnow
 from service.scada.sparkplug import codec
 from service.scada.sparkplug.codec import PropertyValue, varint
-from service.scada.sparkplug.link import LinkError, SparkplugLink
+from service.scada.sparkplug.link import SparkplugLink, sparkplug_link
 from service.scada.sparkplug_config import SparkplugConfig
 from service.storage.spool import Spool
 from service.writes import WriteArbiter, WriteRequest
@@ -215,7 +216,7 @@ class EdgeNode:
             while True:
                 try:
                     await self._session()
-                except LinkError as err:
+                except DriverConnectionError as err:
                     self._failures += 1
                     level = logging.WARNING if self._failures == 1 else logging.DEBUG
                     log.log(level, "sparkplug: broker %s: %s; samples are spooled until a broker is back",
@@ -265,11 +266,11 @@ class EdgeNode:
         url = urlsplit(self.server)
         tls = client_tls_context(self.cfg.tls_ca_file, self.cfg.tls_cert_file, self.cfg.tls_key_file) \
             if url.scheme == "mqtts" else None
-        return SparkplugLink(host=url.hostname or "", port=url.port or (8883 if tls else 1883),
-                             client_id=self.cfg.client_id or f"heatrec-{self._group}-{self._node}",
-                             username=self.cfg.username, password=self.cfg.password, tls=tls,
-                             keepalive=self.cfg.keepalive_s, timeout_s=10.0,
-                             will=(self.topic("NDEATH"), self._death_payload(bdseq)), on_message=self._received)
+        return sparkplug_link(host=url.hostname or "", port=url.port or (8883 if tls else 1883),
+                              client_id=self.cfg.client_id or f"heatrec-{self._group}-{self._node}",
+                              username=self.cfg.username, password=self.cfg.password, tls=tls,
+                              keepalive=self.cfg.keepalive_s, timeout_s=10.0,
+                              will=(self.topic("NDEATH"), self._death_payload(bdseq)), on_message=self._received)
 
     async def _session(self) -> None:
         self._next_server = False
@@ -342,7 +343,7 @@ class EdgeNode:
                     info = link.publish(self.topic("NDEATH"), self._death_payload(bdseq), qos=1)
                     async with asyncio.timeout(2):
                         await link.flushed(info)
-                except (LinkError, TimeoutError):
+                except (DriverConnectionError, TimeoutError):
                     pass
             await link.close(graceful=not link.lost.is_set())
 
@@ -357,7 +358,7 @@ class EdgeNode:
         """Return once samples or messages are waiting, the link is lost, or after `timeout`."""
         assert self._sub is not None
         if link is not None and link.lost.is_set():
-            raise link.error or LinkError("connection to the broker lost")
+            raise link.error or DriverConnectionError("connection to the broker lost")
         if self._inbox or self._first or not self._sub.queue.empty():
             return
         # A getter lives only while we wait: one left pending would take a later sample out of order.
@@ -375,7 +376,7 @@ class EdgeNode:
             if isinstance(got, Sample):
                 self._first.append(got)  # the oldest waiting sample: nothing drained the queue meanwhile
         if link is not None and link.lost.is_set():
-            raise link.error or LinkError("connection to the broker lost")
+            raise link.error or DriverConnectionError("connection to the broker lost")
 
     def _drain(self) -> list[Sample]:
         """Every sample waiting for us, oldest first."""
@@ -630,7 +631,7 @@ class EdgeNode:
             topic, payload = self._inbox.popleft()
             try:
                 await self._handle(link, topic, payload)
-            except LinkError:
+            except DriverConnectionError:
                 raise
             except Exception:  # one message must never end the session
                 log.exception("sparkplug: cannot handle a message on %s", topic)
