@@ -49,6 +49,8 @@ bench: setup
 	$(PY) bench/bench_control.py --seconds 30
 	$(PY) bench/bench_sparkplug.py --scans 50 --bursts 5 --rounds 5
 	$(PY) bench/bench_central.py --rows 200000 --batch 5000
+	$(PY) bench/bench_fleet.py --sites 20 --rows 400000 --rounds 5
+	$(PY) bench/bench_dispatch.py --days 365 --sample-weeks 4
 
 # A wider, randomised OpenAPI fuzz than the deterministic one in `make test`: new seeds each run (printed;
 # replay one with HEATREC_FUZZ_SEEDS=N). Findings become regression tests in tests/service/test_api_contract.py.

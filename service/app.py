@@ -35,6 +35,8 @@ from service.bus import SampleBus
 from service.config import ApiConfig, HeatrecConfig
 from service.control.arbiter import Priority
 from service.control.loop import ControlLoop
+from service.dispatch.task import DispatchTask
+from service.fleet.records_feed import ForwardingJournal
 from service.fleet.uplink import Uplink
 from service.localservers.errors import LocalServerError
 from service.metrics import build_registry
@@ -110,6 +112,7 @@ class Service:
         self.sparkplug: EdgeNode | None = None  # [sparkplug]
         self.uplink: Uplink | None = None  # [uplink]: this site's batches to the fleet's centre
         self.control: ControlLoop | None = None
+        self.dispatch: DispatchTask | None = None  # [dispatch]: the plan constrains the controller
         self.arbiter: WriteArbiter | None = None
         self.database: Database | None = None
         self.journal: Journal | None = None
@@ -212,6 +215,11 @@ class Service:
                             f"{pub.stats.dropped} dropped")
         if self.control is not None:
             out["control"] = self.control.health()
+        if self.dispatch is not None:
+            task = self.dispatch
+            out["dispatch"] = ("ok", "off: today's control") if not task.enabled else (
+                ("degraded", f"fallback {task.episode}: {task.episode_reason}") if task.episode else (
+                    "ok", "planning" if task.plan is None else f"plan {task.plan.status}"))
         if self.sparkplug is not None:
             spk = self.sparkplug.stats
             server = self.sparkplug.server
@@ -245,7 +253,9 @@ class Service:
             db = self.database = Database(cfg.database, self._prepare_database, retry_max_s=cfg.storage.retry_max_s)
             stack.push_async_callback(db.close)
             self.writer = SampleWriter(db, sub, cfg.storage, {}, spool)
-            self.journal = Journal(journal_path(cfg.storage.spool_dir, cfg.database), db, {
+            # With an [uplink], its alarm, event and audit records also go to the centre (docs/FLEET.md).
+            journal_class = ForwardingJournal if cfg.uplink is not None else Journal
+            self.journal = journal_class(journal_path(cfg.storage.spool_dir, cfg.database), db, {
                 "audit": apply_audit, "alarms": alarm_store.apply_record, "event": apply_event,
                 "manual_reading": apply_manual_reading, "replacement": apply_replacement},
                 refused=self._journal_refused)
@@ -308,6 +318,11 @@ class Service:
                                            events=lambda kind, severity, message: self._record_event(
                                                "control", kind, severity, message))
                 arbiter.control = self.control  # operators reach the loop parameters through the arbiter too
+                if cfg.dispatch is not None:
+                    self.dispatch = DispatchTask(cfg.dispatch, cfg.control, self.bus, self.control.controller,
+                                                 audit=audit.record, state_path=Path(cfg.dispatch.state_file),
+                                                 events=lambda kind, severity, message: self._record_event(
+                                                     "dispatch", kind, severity, message))
             if cfg.sparkplug is not None:
                 # Subscribed to the bus now, before the drivers start; commands go through the arbiter.
                 self.sparkplug = EdgeNode(cfg.sparkplug, cfg.devices, self.bus,
@@ -316,6 +331,8 @@ class Service:
                 self.sparkplug.start()
             if cfg.uplink is not None:  # subscribed to the bus now, before the drivers start
                 self.uplink = Uplink(cfg.uplink, self.bus)
+                if isinstance(self.journal, ForwardingJournal):
+                    self.journal.forward_to(self.uplink.offer_record)
             if cfg.scada is not None:
                 self.scada = ScadaServer(cfg.scada, cfg, self.bus, control=self.control, alarms=self.alarms,
                                          arbiter=self.arbiter)
@@ -325,7 +342,7 @@ class Service:
             app = create_app(ServiceState(cfg, self.bus, db, self.health, registry, latency, self.alarms,
                                           control=self.control, arbiter=self.arbiter, tokens=self.tokens,
                                           audit=audit.record, journal=self.journal,
-                                          closed_periods=self.closed_periods))
+                                          closed_periods=self.closed_periods, dispatch=self.dispatch))
             server = _ApiServer(api_server_config(app, cfg.api))
             # The long-lived parts, in dependency order; the stack stops them in reverse (API first, writer
             # after the drivers, so it flushes what they produced; the journal and the database last), then
@@ -347,6 +364,8 @@ class Service:
                 running.start("sparkplug", self.sparkplug.run())
             if self.control is not None:  # stopped before the drivers: no write may race their shutdown
                 running.start("control", self.control.run())
+            if self.dispatch is not None:  # stopped before control: the controller is left without constraints
+                running.start("dispatch", self.dispatch.run())
 
             async def stop_api(task: asyncio.Task[object]) -> None:
                 server.should_exit = True

@@ -115,6 +115,38 @@ def cmd_central(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_site_keys(args: argparse.Namespace) -> int:
+    """Issue a fleet site's broker credentials and TLS material into a fleet directory (docs/FLEET.md).
+
+    Made once and kept: the fleet CA (ca/), the site's client certificate, key and broker password
+    (sites/SITE/), the centre's identity (central/), and with --broker-host the broker's server
+    certificate; broker/passwd and broker/acl are rewritten for every site the directory holds. Running it
+    again changes nothing of a site's; --rotate issues the named site's (or the broker's) material anew.
+    Prints the [uplink] section for the site's plant file and the [[sites]] entry for central.toml.
+    """
+    from service.fleet.keys import FleetKeys
+
+    keys = FleetKeys(args.dir, days=args.days)
+    done = keys.issue(args.site, url=args.url, broker_hosts=args.broker_host, rotate=args.rotate)
+    root = Path(args.dir)
+    if args.broker_host:
+        print(f"# broker certificate for {', '.join(dict.fromkeys(args.broker_host))}: {root / 'broker'}/server.crt",
+              file=sys.stderr)
+    if done is None:
+        return 0
+    site_dir = keys.site_dir(done.site)
+    state = "issued" if done.made else "unchanged (already issued; --rotate issues it anew)"
+    print(f"# site {done.site}: {state}", file=sys.stderr)
+    print(f"# to the site: {site_dir}/pki/ next to its plant file, {site_dir}/uplink.env into its env_file;",
+          file=sys.stderr)
+    print(f"# to the broker: {root / 'broker'}/passwd and acl (then reload Mosquitto: SIGHUP)", file=sys.stderr)
+    print(f"# plant file of {done.site} ({site_dir / 'uplink.toml'}):")
+    print(done.uplink_toml)
+    print(f"# central.toml ({root / 'central'}/sites.toml holds every site's):")
+    print(done.sites_entry, end="")
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Create an API token in this plant's token store (api.token_store), print it once, store only its hash.
 
@@ -127,6 +159,19 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     print(token)
     print(f"(role {args.role}, name '{args.name}'; shown once, only its hash is stored)", file=sys.stderr)
     return 0
+
+
+def _token_config(config: str) -> Any:
+    """The plant file, or a central.toml (it has a [broker] table): either has [api] token_store and [database]."""
+    import tomllib
+
+    from service.config import load_central_config
+
+    try:
+        central = "broker" in tomllib.loads(Path(config).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        central = False  # load_config says what is wrong with the file
+    return load_central_config(config) if central else load_config(config)
 
 
 def _token_change(config: str, change: Callable[[Any], Any], note: str) -> Any:
@@ -142,7 +187,7 @@ def _token_change(config: str, change: Callable[[Any], Any], note: str) -> Any:
     from service.storage.migrations import migrate
     from service.token_store import TokenStore
 
-    cfg: HeatrecConfig = load_config(config)
+    cfg = _token_config(config)
     store = TokenStore(Path(cfg.api.token_store))
     done: list[Any] = []  # the change's result, once made: never made twice if the database fails after it
 
@@ -383,6 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("-c", "--config", required=True, metavar="FILE", help="central configuration (central.toml)")
     ce.set_defaults(func=cmd_central)
 
+    sk = sub.add_parser("site-keys", help="issue a fleet site's broker credentials and TLS material (docs/FLEET.md)",
+                        description=cmd_site_keys.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="Example: heatrec site-keys --dir fleet --broker-host central.example.net odense-1")
+    sk.add_argument("site", metavar="SITE", nargs="?",
+                    help="the site id (its [uplink] site: lower case, digits, '_' and '-'); optional with "
+                         "--broker-host")
+    sk.add_argument("--dir", required=True, metavar="DIR",
+                    help="the fleet directory (made if absent); keep it private and backed up: it holds the CA key")
+    sk.add_argument("--url", metavar="mqtts://HOST[:PORT]",
+                    help="the central broker as the sites reach it; remembered in DIR/fleet.json (default: "
+                         "mqtts://<first --broker-host>:8883)")
+    sk.add_argument("--broker-host", action="append", metavar="NAME",
+                    help="issue the broker's server certificate for this DNS name or IP address (repeatable)")
+    sk.add_argument("--rotate", action="store_true",
+                    help="issue the named site's key, certificate and password anew (and the broker's certificate "
+                         "with --broker-host); without it nothing issued is ever changed")
+    sk.add_argument("--days", type=int, default=825, metavar="N",
+                    help="validity of new certificates in days (default: %(default)s; the CA: 3650)")
+    sk.set_defaults(func=cmd_site_keys)
+
     c = sub.add_parser("check-config", help="validate a config file and exit", description=cmd_check_config.__doc__)
     c.add_argument("file", metavar="FILE", nargs="?", help="plant configuration (TOML)")
     c.add_argument("-c", "--config", dest="config_option", metavar="FILE",
@@ -393,17 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     tc = tsub.add_parser("create", help="create a token; prints it once", description=cmd_token_create.__doc__,
                          epilog=SECRETS_HELP)
-    tc.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (token store, database)")
+    tc.add_argument("-c", "--config", required=True, metavar="FILE", help="plant file or central.toml")
     tc.add_argument("--role", required=True, choices=["viewer", "operator", "admin"], help="what the token may do")
     tc.add_argument("--name", required=True, help="who or what holds the token, e.g. grafana, alice")
     tc.set_defaults(func=cmd_token_create)
     tl = tsub.add_parser("list", help="list tokens (never shows the tokens)", description=cmd_token_list.__doc__,
                          epilog=SECRETS_HELP)
-    tl.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (token store, database)")
+    tl.add_argument("-c", "--config", required=True, metavar="FILE", help="plant file or central.toml")
     tl.set_defaults(func=cmd_token_list)
     tr = tsub.add_parser("revoke", help="revoke a token by id or name", description=cmd_token_revoke.__doc__,
                          epilog=SECRETS_HELP)
-    tr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant configuration (token store, database)")
+    tr.add_argument("-c", "--config", required=True, metavar="FILE", help="plant file or central.toml")
     tr.add_argument("ident", metavar="ID|NAME", help="token id (from 'token list') or name")
     tr.set_defaults(func=cmd_token_revoke)
 

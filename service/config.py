@@ -53,6 +53,7 @@ from service.control.config import (
     ControlPid,
     ControlStaging,
 )
+from service.dispatch.config import DispatchConfig
 from service.errors import HeatrecError
 from service.fleet_config import CentralConfig, UplinkConfig
 from service.scada.config import ScadaConfig, ScadaPolicy, ScadaUser
@@ -65,9 +66,10 @@ __all__ = [
     "ID_PATTERN", "PACKAGED_RULES_DIR", "PATH_KEYS", "REGISTER_COUNT",
     "AccountingConfig", "AccountingHeatPump", "AccountingMeter", "AlarmsConfig", "AlarmsMqttConfig", "ApiConfig",
     "CentralConfig", "Co2Factor", "ConfigError", "ControlCdu", "ControlConfig", "ControlCurvePoint", "ControlHeatPump",
-    "ControlPid", "ControlStaging", "DatabaseConfig", "Device", "DeviceBase", "HeatrecConfig", "LimitAlarm",
+    "ControlPid", "ControlStaging", "DatabaseConfig", "Device", "DeviceBase", "DispatchPoints",
+    "HeatrecConfig", "LimitAlarm",
     "ModbusDevice", "ModbusPoint", "ModbusType", "MqttDevice", "MqttPoint", "OpcUaDevice", "OpcUaPoint", "PlantConfig",
-    "PointBase", "ScadaConfig", "ScadaPolicy", "ScadaUser", "SimCdu", "SimHeatMeter", "SimHeatPump",
+    "PlantDispatch", "PointBase", "ScadaConfig", "ScadaPolicy", "ScadaUser", "SimCdu", "SimHeatMeter", "SimHeatPump",
     "SimulationConfig", "SparkplugConfig", "SparkplugPoint", "StateAlarm", "StorageConfig", "StrictModel",
     "SupplyContract", "UplinkConfig",
     "load_central_config", "load_config", "parse_config", "read_env_file",
@@ -76,7 +78,7 @@ __all__ = [
 # Keys holding a path: a relative one written in a config file means relative to that file's directory, so a
 # plant's files travel with it and do not depend on where the service is started (systemd, containers).
 PATH_KEYS = frozenset({"rules_dir", "spool_dir", "certificate_dir", "tls_ca_file", "tls_cert_file", "tls_key_file",
-                       "env_file", "state_file", "token_store", "outbox_dir",
+                       "env_file", "state_file", "token_store", "outbox_dir", "price_file",
                        "trusted_certificates_dir", "rejected_certificates_dir", "trusted_ca_file"})  # OPC UA trust
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -90,6 +92,33 @@ class PlantConfig(StrictModel):
 
     name: str = "heat-recovery plant"
     timezone: str = "Europe/Copenhagen"
+
+
+class DispatchPoints(StrictModel):
+    """The measurements the dispatch task reads before each solve (full point ids, device.point)."""
+
+    it_heat: list[str] = Field(min_length=1, description="points summed as the IT heat now, kW (e.g. each CDU's "
+                                                         "heat_removed)")
+    demand: list[str] = Field(default_factory=list,
+                              description="points summed as the network's heat demand now, kW; empty = the network "
+                                          "takes whatever the plant makes")
+    store_state_of_charge: str | None = Field(default=None, description="the heat store's content as a share, "
+                                                                        "0..1 (needs [dispatch.store])")
+    outdoor_temperature: str | None = Field(default=None, description="outdoor temperature, °C; none = "
+                                                                      "[control] outdoor_temperature")
+
+
+class PlantDispatch(DispatchConfig):
+    """`[dispatch]` as the running service reads it: the plan's model plus when and from what it replans."""
+
+    replan_s: float = Field(default=900.0, gt=0, le=3600, description="the plan is solved again this often")
+    step_s: float = Field(default=900.0, gt=0, le=900,
+                          description="how long one plan step lasts on the plant; 900 (15 minutes, the prices' "
+                                      "interval) in operation. Shorter steps replay the price data from its first "
+                                      "interval, one interval per step: a compressed day for tests and demos")
+    points: DispatchPoints
+    state_file: str = Field(default="var/dispatch-state.json",
+                            description="whether an operator switched dispatch on or off, restored at start")
 
 
 class HeatrecConfig(StrictModel):
@@ -110,6 +139,7 @@ class HeatrecConfig(StrictModel):
     control: ControlConfig | None = None
     sparkplug: SparkplugConfig | None = None
     uplink: UplinkConfig | None = None  # a fleet site: batches to the central store (docs/FLEET.md)
+    dispatch: PlantDispatch | None = None  # price-aware dispatch of the heat pumps (docs/DISPATCH.md)
 
     @model_validator(mode="after")
     def _references(self) -> HeatrecConfig:
@@ -137,7 +167,36 @@ class HeatrecConfig(StrictModel):
             self._check_control(points)
         if self.sparkplug is not None:
             self._check_sparkplug(points)
+        if self.dispatch is not None:
+            self._check_dispatch(points)
         return self
+
+    def _check_dispatch(self, points: dict[str, PointBase]) -> None:
+        dispatch = self.dispatch
+        assert dispatch is not None
+        if self.control is None:
+            raise ValueError("dispatch: needs a [control] section (the plan acts through the supply-temperature "
+                             "controller)")
+        pumps = [h.id for h in self.control.heat_pumps]
+        for i, hp in enumerate(dispatch.heat_pumps):
+            if hp.id not in pumps:
+                raise ValueError(f"dispatch.heat_pumps[{i}].id: '{hp.id}' is not a [control] heat pump "
+                                 f"(control.heat_pumps: {', '.join(pumps)})")
+        if not dispatch.heat_pumps:
+            raise ValueError("dispatch.heat_pumps: list at least one [control] heat pump for the plan to dispatch")
+        refs = [(f"dispatch.points.it_heat[{i}]", p) for i, p in enumerate(dispatch.points.it_heat)]
+        refs += [(f"dispatch.points.demand[{i}]", p) for i, p in enumerate(dispatch.points.demand)]
+        for name in ("store_state_of_charge", "outdoor_temperature"):
+            ref = getattr(dispatch.points, name)
+            if ref is not None:
+                refs.append((f"dispatch.points.{name}", ref))
+        for where, ref in refs:
+            if ref not in points:
+                raise ValueError(self.unknown_point(where, ref))
+        if dispatch.points.store_state_of_charge is not None and dispatch.store is None:
+            raise ValueError("dispatch.points.store_state_of_charge: there is no [dispatch.store] to read it for")
+        if dispatch.points.outdoor_temperature is None and self.control.outdoor_temperature is None:
+            raise ValueError("dispatch.points.outdoor_temperature: needed when [control] has no outdoor_temperature")
 
     def _check_sparkplug(self, points: dict[str, PointBase]) -> None:
         assert self.sparkplug is not None

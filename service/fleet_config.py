@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
@@ -88,10 +90,32 @@ class CentralBrokerConfig(_Broker):
 
 
 class CentralApiConfig(StrictModel):
-    """The centre's HTTP endpoint: fleet API and Prometheus metrics."""
+    """The centre's HTTP endpoint: fleet API, console and Prometheus metrics, behind the site's bearer tokens."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8090, ge=0, lt=65536, description="0: any free port (tests)")
+    # The same keys, and the same meaning, as a plant's [api] (service/api/config.py).
+    token_store: str = Field(default="var/central-tokens.json",
+                             description="the centre's API tokens, hashed (JSON, mode 0600): checked without the "
+                                         "database, mirrored to the central database's api_tokens table")
+    token_cache_s: float = Field(default=2.0, ge=0, le=60,
+                                 description="how often the token store is merged with the central database")
+    monitoring_networks: list[str] = Field(default_factory=list,
+                                           description="clients that read /metrics and the detailed health "
+                                                       "without a token")
+    max_query_span_days: float = Field(default=366.0, gt=0, le=36_600,
+                                       description="longest start..end range of history and KPIs")
+
+    @field_validator("monitoring_networks")
+    @classmethod
+    def _monitoring(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"monitoring_networks: {n!r} is not an IP address or network such as 10.0.0.5 "
+                                 "or 10.0.0.0/24") from None
+        return v
 
 
 class CentralIngestConfig(StrictModel):
@@ -110,6 +134,26 @@ class CentralSite(StrictModel):
 
     id: str = Field(pattern=SITE_PATTERN, description="the site's id, as its [uplink] site")
     name: str = Field(default="", description="what people call it")
+    # What the centre's KPIs count (service/fleet/kpis.py): the site's register points, as its [accounting] names
+    # them; the centre has no [accounting] of its own, so it is told which of a site's points they are.
+    heat_meter_points: list[str] = Field(default_factory=list,
+                                         description="the site's delivered-heat registers (GJ, counters), summed")
+    heat_pump_points: list[str] = Field(default_factory=list,
+                                        description="the site's heat-pump electricity registers (kWh, counters)")
+    it_energy_point: str | None = Field(default=None, description="the site's IT electricity register (kWh)")
+    facility_energy_point: str | None = Field(default=None,
+                                              description="the site's whole-facility electricity register (kWh)")
+    timezone: str = Field(default="UTC", description="the site's time zone (IANA), for the CO2 factor's year")
+    homes_mwh_per_home: float = Field(default=14.0, gt=0, description="heat use of one home per year (MWh)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{v}' is not an IANA time zone such as Europe/Copenhagen") from None
+        return v
 
 
 class CentralConfig(StrictModel):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.alarms.mqtt_publisher import AlarmPublisher
     from service.bus import SampleBus
     from service.control.loop import ControlLoop
+    from service.dispatch.task import DispatchTask
     from service.fleet.view import FleetState
     from service.scada.server import ScadaServer
     from service.scada.sparkplug.node import EdgeNode
@@ -205,6 +206,9 @@ class ServiceCollector(Collector):
                                       "(audited)", value=js.refused)
         if svc.control is not None:
             yield from _control_families(svc)
+        dispatch = getattr(svc, "dispatch", None)  # [dispatch]: the plan constrains the controller
+        if dispatch is not None:
+            yield from _dispatch_families(dispatch)
         uplink = getattr(svc, "uplink", None)  # [uplink]: this plant is a fleet site (docs/FLEET.md)
         if uplink is not None:
             box = uplink.outbox
@@ -328,6 +332,46 @@ def _control_families(svc: MetricsSource) -> Iterator[CounterMetricFamily | Gaug
                                    labels=["constraint"])
     constraint.add_metric([(status.constraint or "none").split(":", 1)[0]], 1.0)
     yield constraint
+
+
+FALLBACKS = ("kept_previous", "follow_demand", "safe")
+
+
+def _dispatch_families(task: DispatchTask) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The dispatch task: solve time, the fallback in force, expected margin, planned against actual heat."""
+    st = task.stats
+    yield GaugeMetricFamily("heatrec_dispatch_enabled", "1 while dispatch is switched on",
+                            value=1.0 if task.enabled else 0.0)
+    yield CounterMetricFamily("heatrec_dispatch_solves", "Plans solved (or fallen back) since start", value=st.solves)
+    yield GaugeMetricFamily("heatrec_dispatch_solve_seconds", "Duration of the last solve", value=st.last_solve_s)
+    fallback = GaugeMetricFamily("heatrec_dispatch_fallback", "1 for the fallback in force (kept_previous, "
+                                 "follow_demand, safe); all 0 while the plan is fresh", labels=["fallback"])
+    for kind in FALLBACKS:
+        fallback.add_metric([kind], 1.0 if task.episode == kind else 0.0)
+    yield fallback
+    fallbacks = CounterMetricFamily("heatrec_dispatch_fallbacks", "Solves that ended in a fallback",
+                                    labels=["fallback"])
+    for kind in FALLBACKS:
+        fallbacks.add_metric([kind], float((st.fallbacks or {}).get(kind, 0)))
+    yield fallbacks
+    yield CounterMetricFamily("heatrec_dispatch_fallback_episodes", "Fallback episodes begun (each logged once)",
+                              value=st.episodes)
+    plan = task.plan
+    if plan is not None and plan.expected_margin_dkk is not None:
+        yield GaugeMetricFamily("heatrec_dispatch_expected_margin_dkk", "Expected margin of the plan in force "
+                                "(heat revenue - electricity - wear), DKK", value=float(plan.expected_margin_dkk))
+    index = task.current_index()
+    if plan is not None and index is not None:
+        yield GaugeMetricFamily("heatrec_dispatch_planned_heat_kw", "Heat-pump output of the plan's step in force",
+                                value=sum(plan.steps[index].heat_kw))
+    actual = task.measure().heat_output_kw
+    if actual is not None:
+        yield GaugeMetricFamily("heatrec_dispatch_actual_heat_kw", "Measured output of the dispatched heat pumps",
+                                value=actual)
+    last = task.controller.last
+    applied = last is not None and task.controller.dispatch is not None and last.dispatch == "applied"
+    yield GaugeMetricFamily("heatrec_dispatch_applied", "1 while the controller follows the plan's step (0: off, "
+                            "no plan, or cooling first has set it aside)", value=1.0 if applied else 0.0)
 
 
 def build_registry(service: MetricsSource) -> tuple[CollectorRegistry, Histogram]:

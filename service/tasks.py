@@ -25,6 +25,19 @@ async def cancel_and_wait(task: asyncio.Task[object], retry_s: float = 1.0) -> N
         raise task.exception()  # type: ignore[misc]
 
 
+def raise_if_stopping(err: BaseException) -> None:
+    """Re-raise CancelledError when the running task is being cancelled, whatever error replaced it.
+
+    A reconnect loop catches its client's errors; but a cancel that lands inside `async with client`
+    makes the client's `__aexit__` disconnect, and when the broker is gone that times out with the
+    client's own error (aiomqtt's MqttError) in place of the CancelledError. Caught as an outage, the stop
+    would be lost and the loop would reconnect for ever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from err
+
+
 class Running:
     """Long-lived tasks started in dependency order on an AsyncExitStack, stopped in reverse when it unwinds."""
 

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from service.schema import ID_PATTERN, StrictModel
 
-__all__ = ["SimCdu", "SimHeatMeter", "SimHeatPump", "SimulationConfig"]
+__all__ = ["SimCdu", "SimHeatMeter", "SimHeatPump", "SimHeatStore", "SimulationConfig"]
 
 
 class SimCdu(StrictModel):
@@ -76,6 +76,32 @@ class SimHeatMeter(StrictModel):
                                     description="the energy register rolls over to 0 here (uint32 MJ by default)")
 
 
+class SimHeatStore(StrictModel):
+    """A simulated accumulator tank on the network side, served over Modbus TCP (read-only registers).
+
+    Charged by heat-pump output beyond the network's demand while a heat pump is SG-Ready encouraged or forced,
+    discharged to the network when the plant makes less than it takes, with a standing loss through its shell.
+    """
+
+    id: str = Field(default="tank1", pattern=ID_PATTERN)
+    endpoint: str = "127.0.0.1:5040"
+    unit_id: int = Field(default=1, ge=0, le=255)
+    volume_m3: float = Field(gt=0, description="water volume, m³")
+    min_temperature: float = Field(default=40.0, description="mean temperature of an empty tank, °C")
+    max_temperature: float = Field(default=70.0, description="mean temperature of a full tank, °C")
+    loss_w_per_k: float = Field(default=0.0, ge=0, description="UA of the shell, W/K")
+    ambient_temperature: float = Field(default=10.0, description="temperature around the tank, °C")
+    max_charge_kw: float | None = Field(default=None, gt=0, description="charging limit; none = no limit")
+    max_discharge_kw: float | None = Field(default=None, gt=0, description="discharging limit; none = no limit")
+    initial_state_of_charge: float = Field(default=0.0, ge=0, le=1, description="content at start, share of full")
+
+    @model_validator(mode="after")
+    def _temperatures(self) -> SimHeatStore:
+        if self.max_temperature <= self.min_temperature:
+            raise ValueError("max_temperature must be above min_temperature")
+        return self
+
+
 class SimulationConfig(StrictModel):
     """The simulated plant that `heatrec simulate` and `heatrec demo` serve."""
 
@@ -112,6 +138,7 @@ class SimulationConfig(StrictModel):
     cdus: list[SimCdu] = Field(default_factory=list)
     heat_pumps: list[SimHeatPump] = Field(default_factory=list)
     heat_meters: list[SimHeatMeter] = Field(default_factory=list)
+    heat_store: SimHeatStore | None = Field(default=None, description="an accumulator tank; none = no tank")
 
     @model_validator(mode="after")
     def _mbus_addresses(self) -> SimulationConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from simulators.cdu_opcua import CDU_VARIABLES
-from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
+from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimHeatStore, SimulationConfig
 
 PLANTS_DIR = Path(__file__).resolve().parent.parent / "config" / "plants"
 # heatrec's own broker identity (read access to the meter topics only); the gateway has another (docs/DEPLOY.md).
@@ -103,10 +103,24 @@ def meter_device(m: SimHeatMeter, sim: SimulationConfig) -> dict[str, Any]:
             "points": mqtt_points}
 
 
+def heat_store_device(s: SimHeatStore) -> dict[str, Any]:
+    """A Modbus device with the heat store's register map (docs/simulators.md)."""
+    def ir(pid: str, unit: str, address: int, typ: str, scale: float = 1.0) -> dict[str, Any]:
+        p = {"id": pid, "unit": unit, "address": address, "function": "input", "type": typ}
+        return p | ({"scale": scale} if scale != 1.0 else {})
+
+    points = [ir("state_of_charge", "", 0, "uint16", 0.0001), ir("temperature", "degC", 1, "int16", 0.1),
+              ir("content", "kWh", 2, "float32"), ir("charge", "kW", 4, "float32"),
+              ir("discharge", "kW", 6, "float32"), ir("loss", "kW", 8, "float32")]
+    return {"id": s.id, "protocol": "modbus", "endpoint": s.endpoint, "unit_id": s.unit_id,
+            "poll_interval_s": 1.0, "points": points}
+
+
 def device_entries(sim: SimulationConfig) -> list[dict[str, Any]]:
     """Every `[[devices]]` entry that reads this simulated plant."""
     return ([cdu_device(c) for c in sim.cdus] + [heat_pump_device(h) for h in sim.heat_pumps]
-            + [meter_device(m, sim) for m in sim.heat_meters])
+            + [meter_device(m, sim) for m in sim.heat_meters]
+            + ([heat_store_device(sim.heat_store)] if sim.heat_store is not None else []))
 
 
 # --- the archetype plants ---------------------------------------------------------------------

@@ -17,12 +17,13 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 from service.clock import Clock
-from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimulationConfig
+from simulators.config import SimCdu, SimHeatMeter, SimHeatPump, SimHeatStore, SimulationConfig
 from simulators.water import heat_coefficient
 
 log = logging.getLogger(__name__)
 
 CP_WATER = 4.18  # kJ/(kg·K), loop water between 25 and 75 °C
+WATER_DENSITY = 986.0  # kg/m³ near 55 °C, the heat store's water
 CDU_LOOP_DENSITY = 994.0  # kg/m³ at ~35 °C, converts the CDU mass flow to L/min
 CDU_DESIGN_DELTA_K = 10.0  # the CDU pump holds this secondary spread at any load
 CDU_NOMINAL_PUMP_PERCENT = 80.0  # pump speed at nominal IT load, leaving headroom
@@ -110,6 +111,34 @@ class HeatMeterState:
 
 
 @dataclass
+class HeatStoreState:
+    """The accumulator tank: its content (fully mixed), and what flowed in and out in the last step."""
+
+    capacity_kwh: float
+    content_kwh: float
+    charge_kw: float = 0.0
+    discharge_kw: float = 0.0
+    loss_kw: float = 0.0
+    min_temperature: float = 40.0
+    max_temperature: float = 70.0
+
+    @property
+    def state_of_charge(self) -> float:
+        """Content as a share of full, 0..1."""
+        return self.content_kwh / self.capacity_kwh if self.capacity_kwh > 0 else 0.0
+
+    @property
+    def temperature(self) -> float:
+        """Mean water temperature, °C."""
+        return self.min_temperature + self.state_of_charge * (self.max_temperature - self.min_temperature)
+
+
+def store_capacity_kwh(cfg: SimHeatStore) -> float:
+    """Heat held between the empty and the full temperature, kWh (water's heat capacity and density near 55 °C)."""
+    return cfg.volume_m3 * CP_WATER * WATER_DENSITY * (cfg.max_temperature - cfg.min_temperature) / 3600.0
+
+
+@dataclass
 class EnergyLedger:
     """Energy integrals since start, kWh: what the balance IT = delivered - work + dry + losses checks."""
 
@@ -121,11 +150,14 @@ class EnergyLedger:
     losses: float = 0.0
     delivered: float = 0.0
     unremoved: float = 0.0  # heat neither recovered nor rejected: it warms the CDU loop
+    store_charged: float = 0.0  # into the heat store (not delivered yet)
+    store_discharged: float = 0.0  # out of the heat store into the network (part of delivered)
+    store_losses: float = 0.0  # through the tank's shell
 
     def imbalance(self) -> float:
-        """IT heat minus (delivered - work + dry coolers + losses + unremoved), kWh; zero when the books close."""
-        return self.it_heat - (self.delivered - self.compressor_work + self.dry_cooler + self.losses
-                               + self.unremoved)
+        """IT heat minus (delivered + stored - work + dry coolers + losses + unremoved), kWh; zero when they close."""
+        return self.it_heat - (self.delivered + self.store_charged - self.store_discharged - self.compressor_work
+                               + self.dry_cooler + self.losses + self.unremoved)
 
 
 def carnot_cop(t_hot_c: float, t_cold_c: float, eta: float) -> float:
@@ -196,6 +228,10 @@ class PlantModel:
         self.dry_cooler_available_kw: float | None = cfg.dry_cooler_capacity_kw  # at today's outdoor temperature
         self._last_heat_kw = 0.0
         self.ledger = EnergyLedger()
+        st = cfg.heat_store
+        self.store: HeatStoreState | None = None if st is None else HeatStoreState(
+            store_capacity_kwh(st), store_capacity_kwh(st) * st.initial_state_of_charge,
+            min_temperature=st.min_temperature, max_temperature=st.max_temperature)
         # Dead time: each heat pump's commanded targets (elapsed_s, °C); the oldest due one acts.
         self._targets: dict[str, deque[tuple[float, float]]] = {}
         self._acting: dict[str, float] = {}
@@ -251,7 +287,9 @@ class PlantModel:
         direct, direct_outlet = self._direct_exchange(heat_kw, source_inlet, dh_return)
         # The heat pumps see the loop after the direct exchanger took its share.
         hp_source = source_inlet - direct / (mass_flow * CP_WATER) if mass_flow > 0 else source_inlet
-        room = (self.dh_demand_kw - direct) / (1.0 - self.cfg.pipe_loss_fraction)
+        hours = dt_s / 3600.0
+        charge_room = self._charge_room(hours)
+        room = (self.dh_demand_kw + charge_room - direct) / (1.0 - self.cfg.pipe_loss_fraction)
         evaporated = self._step_heat_pumps(dt_s, heat_kw - direct, mass_flow, hp_source, dh_return,
                                            max(room, 0.0))
         condensed = sum(hp.heat_output_kw for hp in self.heat_pumps.values())
@@ -263,8 +301,7 @@ class PlantModel:
         self.unremoved_kw = rejected - self.dry_cooler_kw
         self.direct_exchange_kw = direct
         self.losses_kw = (direct + condensed) * self.cfg.pipe_loss_fraction
-        self.delivered_kw = direct + condensed - self.losses_kw
-        hours = dt_s / 3600.0
+        self.delivered_kw = self._step_store(direct + condensed - self.losses_kw, hours)
         led = self.ledger
         led.it_heat += heat_kw * hours
         led.direct_exchange += direct * hours
@@ -274,7 +311,40 @@ class PlantModel:
         led.losses += self.losses_kw * hours
         led.unremoved += self.unremoved_kw * hours
         led.delivered += self.delivered_kw * hours
+        if self.store is not None:
+            led.store_charged += self.store.charge_kw * hours
+            led.store_discharged += self.store.discharge_kw * hours
+            led.store_losses += self.store.loss_kw * hours
         self._step_meters(dt_s, dh_return, direct, direct_outlet)
+
+    def _charge_room(self, hours: float) -> float:
+        """What the tank can take now, kW: only while a heat pump is SG-Ready encouraged or forced to run."""
+        st, cfg = self.store, self.cfg.heat_store
+        if st is None or cfg is None:
+            return 0.0
+        if not any(hp.sg_ready >= SgReady.ENCOURAGED and not hp.fault for hp in self.heat_pumps.values()):
+            return 0.0
+        limit = cfg.max_charge_kw if cfg.max_charge_kw is not None else math.inf
+        space = st.capacity_kwh - st.content_kwh
+        return min(limit, space / hours) if hours > 0 else (0.0 if math.isinf(limit) else limit)
+
+    def _step_store(self, made_kw: float, hours: float) -> float:
+        """Split what the plant makes between the network and the tank; returns the heat delivered, kW."""
+        st, cfg = self.store, self.cfg.heat_store
+        if st is None or cfg is None:
+            return made_kw
+        demand = self.dh_demand_kw
+        charge = min(max(made_kw - demand, 0.0), self._charge_room(hours)) if math.isfinite(demand) else 0.0
+        limit = cfg.max_discharge_kw if cfg.max_discharge_kw is not None else math.inf
+        shortfall = demand - (made_kw - charge)
+        discharge = min(shortfall, limit, st.content_kwh / hours) if hours > 0 and shortfall > 0 else 0.0
+        # Standing loss of the fully mixed tank to its surroundings, never more than it holds.
+        loss = max(cfg.loss_w_per_k * (st.temperature - cfg.ambient_temperature) / 1000.0, 0.0)
+        if hours > 0:
+            loss = min(loss, st.content_kwh / hours + charge - discharge)
+            st.content_kwh = min(max(st.content_kwh + (charge - discharge - loss) * hours, 0.0), st.capacity_kwh)
+        st.charge_kw, st.discharge_kw, st.loss_kw = charge, discharge, loss
+        return made_kw - charge + discharge
 
     def _add_surplus_source(self, heat_kw: float, mass_flow: float, mixed_return: float
                             ) -> tuple[float, float, float]:
@@ -404,6 +474,8 @@ class PlantModel:
         # Mixed supply of the branches that deliver: the heat pumps' condensers and the direct exchanger.
         weights = [(hp.heat_output_kw, hp.supply_temperature) for hp in self.heat_pumps.values()]
         weights.append((direct_kw, direct_outlet))
+        if self.store is not None and self.store.discharge_kw > 0:
+            weights.append((self.store.discharge_kw, self.store.temperature))  # the tank's water joins the supply
         carried = sum(w for w, _ in weights)
         if carried > 0:
             supply = sum(w * t for w, t in weights) / carried

@@ -23,6 +23,7 @@ from simulators.faults import Fault, FaultBoard
 from simulators.heat_meter_modbus import HeatMeterModbusServer
 from simulators.heat_meter_mqtt import MeterGateway
 from simulators.heat_pump_modbus import HeatPumpModbusServer
+from simulators.heat_store_modbus import HeatStoreModbusServer
 from simulators.mbus_meter import MbusGateway
 from simulators.modbus_face import ModbusFace
 from simulators.net import ensure_port_free, split_host_port, split_opcua_endpoint
@@ -35,6 +36,7 @@ Face = CduOpcUaServer | ModbusFace
 _SUPPORTED = {
     "cdu": {"offline", "drop", "restart", "frozen", "out_of_range"},
     "heat_pump": {"offline", "drop", "restart", "frozen", "out_of_range", "exception", "slow", "trip"},
+    "heat_store": {"offline", "drop", "restart", "frozen", "out_of_range", "exception", "slow"},
     "modbus_meter": {"offline", "drop", "restart", "frozen", "out_of_range", "exception", "slow", "wrap",
                      "replace"},
     "mqtt_meter": {"offline", "drop", "restart", "frozen", "out_of_range", "slow", "malformed", "wrap",
@@ -71,6 +73,7 @@ class Simulation:
         self.cdus: dict[str, CduOpcUaServer] = {}
         self.heat_pumps: dict[str, HeatPumpModbusServer] = {}
         self.modbus_meters: dict[str, HeatMeterModbusServer] = {}
+        self.heat_store: HeatStoreModbusServer | None = None
         self.meter_gateway: MeterGateway | None = None
         self.mbus_gateways: dict[str, MbusGateway] = {}  # by meter id; meters of one endpoint share one
         self.faults = FaultBoard()
@@ -79,6 +82,8 @@ class Simulation:
         self.control_url: str | None = None
         self._kinds = {c.id: "cdu" for c in cfg.cdus} | {h.id: "heat_pump" for h in cfg.heat_pumps}
         self._kinds |= {m.id: f"{m.protocol}_meter" for m in cfg.heat_meters}
+        if cfg.heat_store is not None:
+            self._kinds[cfg.heat_store.id] = "heat_store"
         if scenario is not None:
             self._check_scenario(scenario)
         self._mqtt_backoff_max_s = mqtt_backoff_max_s
@@ -102,6 +107,9 @@ class Simulation:
                 if meter.protocol == "modbus":
                     self.modbus_meters[meter.id] = await stack.enter_async_context(
                         HeatMeterModbusServer(meter, self.model, self.faults))
+            if self.cfg.heat_store is not None:
+                self.heat_store = await stack.enter_async_context(
+                    HeatStoreModbusServer(self.cfg.heat_store, self.model, self.faults))
             buses: dict[str, list[SimHeatMeter]] = {}
             for meter in self.cfg.heat_meters:
                 if meter.protocol == "mbus":
@@ -149,12 +157,17 @@ class Simulation:
                 out[meter.id] = f"{host}:{port} (M-Bus gateway, primary address {meter.primary_address})"
             else:
                 out[meter.id] = f"{self.cfg.mqtt_broker} topic {meter.topic}"
+        if self.heat_store is not None:
+            host, port = self.heat_store.address
+            out[self.heat_store.cfg.id] = f"{host}:{port} (Modbus TCP, unit {self.heat_store.cfg.unit_id})"
         if self.control_url:
             out["control"] = f"{self.control_url}/faults (HTTP fault injection)"
         return out
 
     def face(self, device: str) -> Face | None:
         """The server of a device that has its own port (not an MQTT meter)."""
+        if self.heat_store is not None and device == self.heat_store.cfg.id:
+            return self.heat_store
         return self.cdus.get(device) or self.heat_pumps.get(device) or self.modbus_meters.get(device)
 
     async def inject(self, spec: FaultSpec) -> Fault:
@@ -260,6 +273,8 @@ class Simulation:
                                      f"on '{spec.device}' ({what}) is not possible in this plant")
 
     def _state(self, device: str) -> object:
+        if self.cfg.heat_store is not None and device == self.cfg.heat_store.id:
+            return self.model.store
         return (self.model.cdus.get(device) or self.model.heat_pumps.get(device)
                 or self.model.heat_meters.get(device))
 
@@ -327,6 +342,8 @@ class Simulation:
             await self._guarded(hp_id, hp.update)
         for meter_id, meter in self.modbus_meters.items():
             await self._guarded(meter_id, meter.update)
+        if self.heat_store is not None:
+            await self._guarded(self.heat_store.cfg.id, self.heat_store.update)
 
     async def _guarded(self, face: str, update: Callable[[], Awaitable[None] | None]) -> None:
         """One face failing to update must not stop the others; log once per failure spell."""
@@ -364,6 +381,9 @@ class Simulation:
         listeners += [(h.id, *split_host_port(h.endpoint, h.id)) for h in self.cfg.heat_pumps]
         listeners += [(m.id, *split_host_port(m.endpoint, m.id)) for m in self.cfg.heat_meters
                       if m.protocol == "modbus"]
+        if self.cfg.heat_store is not None:
+            listeners.append((self.cfg.heat_store.id, *split_host_port(self.cfg.heat_store.endpoint,
+                                                                       self.cfg.heat_store.id)))
         # The M-Bus meters of one endpoint share its gateway: one listener per endpoint.
         buses = {m.endpoint: m.id for m in reversed(self.cfg.heat_meters) if m.protocol == "mbus"}
         listeners += [(owner, *split_host_port(endpoint, owner)) for endpoint, owner in buses.items()]
@@ -389,6 +409,7 @@ async def serve_forever(sim_cfg: SimulationConfig, *, clock: Clock | None = None
 
 def _check_unique_ids(cfg: SimulationConfig) -> None:
     ids = [c.id for c in cfg.cdus] + [h.id for h in cfg.heat_pumps] + [m.id for m in cfg.heat_meters]
+    ids += [cfg.heat_store.id] if cfg.heat_store is not None else []
     twice = sorted(i for i, n in Counter(ids).items() if n > 1)
     if twice:
         raise SimulatorError(f"simulated device id(s) {', '.join(twice)} appear more than once")

@@ -20,10 +20,12 @@ PACKAGES = ("service", "drivers", "simulators")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # What people and other systems talk to, and what puts the service together.
     ("interfaces", ("service.api.*", "service.scada.*", "service.metrics", "service.cli", "service.demo",
-                    "service.app", "service.fleet.api", "service.fleet.central", "service.ui.*")),
+                    "service.app", "service.fleet.api", "service.fleet.central", "service.ui.*",
+                    "service.fleet.history_api", "service.fleet.records_api")),
     # What the plant does: control, every write to a device, accounting, alarms, commissioning.
     ("functions", ("service.control.*", "service.writes", "service.accounting.*", "service.alarms.*",
-                   "service.commissioning", "service.preflight", "service.fleet.*")),
+                   "service.commissioning", "service.preflight", "service.fleet.*",
+                   "service.dispatch.*", "service.fleet.keys")),
     # The database, the audit trail, tokens, and the local PostgreSQL/Mosquitto of the demo and the tests.
     ("infrastructure", ("service.storage.*", "service.audit", "service.auth", "service.token_store",
                         "service.localservers.*")),
@@ -31,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # module) and the drivers' and simulators' maps below, and checks the references between them.
     ("configuration", ("service.config", "service.accounting.config", "service.alarms.config", "service.api.config",
                        "service.control.config", "service.scada.config", "service.scada.sparkplug_config",
-                       "service.storage.config", "service.fleet_config")),
+                       "service.storage.config", "service.fleet_config", "service.dispatch.config")),
     # The wire: drivers talk to devices, simulators are devices.
     ("protocols", ("drivers.*", "simulators.*")),
     # What everything stands on: samples, the bus, the strict base of the config models, time, tasks, signals,
@@ -52,7 +54,7 @@ MAY_IMPORT_ONLY: dict[str, tuple[str, ...]] = {
     "service.config": ("service.schema", "service.errors", "drivers.config", "simulators.config",
                        "service.accounting.config", "service.alarms.config", "service.api.config",
                        "service.control.config", "service.scada.config", "service.scada.sparkplug_config",
-                       "service.storage.config", "service.fleet_config"),
+                       "service.storage.config", "service.fleet_config", "service.dispatch.config"),
     # A section's models are plain data: they stand on the strict base alone.
     "service.accounting.config": ("service.schema",),
     "service.alarms.config": ("service.schema",),
@@ -61,6 +63,7 @@ MAY_IMPORT_ONLY: dict[str, tuple[str, ...]] = {
     "service.scada.config": ("service.schema",),
     "service.scada.sparkplug_config": ("service.schema",),
     "service.storage.config": ("service.schema",),
+    "service.dispatch.config": ("service.schema",),
     # [uplink] and central.toml: plain data; the centre's database is the plant's [database] model.
     "service.fleet_config": ("service.schema", "service.storage.config"),
 }

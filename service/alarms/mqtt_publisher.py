@@ -24,6 +24,7 @@ from drivers.backoff import Backoff
 from drivers.mqtt_link import client_tls_context
 from service.alarms.model import Alarm, AlarmEvent
 from service.config import AlarmsMqttConfig
+from service.tasks import raise_if_stopping
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class AlarmPublisher:
                     failures = 0
                     await self._serve(client)
             except (aiomqtt.MqttError, OSError) as err:  # ssl.SSLError is an OSError
+                raise_if_stopping(err)  # a stop whose goodbye timed out is still a stop
                 failures += 1
                 # Logged once per outage, not at every retry.
                 log_at = logging.WARNING if failures == 1 else logging.DEBUG

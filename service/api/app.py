@@ -23,6 +23,7 @@ from service.api.auth_limiter import FailedAuthLimiter
 from service.api.catch_all import CatchAllMiddleware
 from service.api.control import add_control_routes
 from service.api.deps import ErrorOut, monitoring_allowed, require, require_monitoring
+from service.api.dispatch import add_dispatch_routes
 from service.api.docs_assets import add_docs_routes
 from service.api.guards import NO_CONTROL_PATTERN, RequestGuard, SecurityHeaders
 from service.api.history import router as history_router
@@ -268,6 +269,7 @@ def create_app(state: ServiceState, auth_limiter: FailedAuthLimiter | None = Non
 
     add_alarm_routes(app, require)
     add_control_routes(app, require)
+    add_dispatch_routes(app, require)
     add_accounting_routes(app, require)
     add_token_routes(app, require)
     add_stream_routes(app, require)

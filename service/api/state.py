@@ -14,6 +14,7 @@ from service.audit import AuditLog, AuditSink
 from service.bus import SampleBus
 from service.config import HeatrecConfig
 from service.control.loop import ControlLoop
+from service.dispatch.task import DispatchTask
 from service.storage.database import Database
 from service.storage.journal import Journal
 from service.token_store import TokenStore
@@ -37,6 +38,7 @@ class ServiceState:
     audit: AuditSink | None = None  # where audit entries go (the journal); straight to the database if unset
     journal: Journal | None = None  # records (manual readings) that must outlive a database outage
     closed_periods: ClosedPeriods | None = None  # told at once when a month is closed: no late reading slips in
+    dispatch: DispatchTask | None = None  # [dispatch] configured
     db: Database = field(init=False)
 
     def __post_init__(self) -> None:

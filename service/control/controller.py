@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from service.config import ControlConfig, ControlPid
 from service.control.arbiter import Arbiter, Cap, Decision, Envelope, Priority, Request
+from service.control.command import DISPATCH_RECOVERY_K, DispatchCommand
 from service.control.curve import CompensationCurve, ramp
 from service.control.model import Mode, ProcessImage, Reading, TargetSource
 from service.control.pid import Pid, PidGains
@@ -46,6 +47,8 @@ class StepResult:
     not_running: dict[str, str] = field(default_factory=dict)  # pump id -> why it is not running
     decisions: dict[str, Decision] = field(default_factory=dict)
     caps: dict[str, float] = field(default_factory=dict)  # point -> safety cap in force (the CDU limit)
+    # The dispatch plan's step: None (no command), "applied", "yielded:<why>" (cooling first) or "inactive:<mode>".
+    dispatch: str | None = None
 
 
 class Controller:
@@ -88,6 +91,10 @@ class Controller:
         self._headroom_f: float | None = None  # the headroom low-passed for the derivative
         self._pid_live = False
         self.last: StepResult | None = None
+        # Set by the dispatch task (service/dispatch/task.py); None: today's control, exactly.
+        self.dispatch: DispatchCommand | None = None
+        self._dispatch_yield: str | None = None  # why the plan is ignored until IT cooling has recovered
+        self._dispatch_state: str | None = None
 
     # --- operator side (validated by ControlLoop.request) ---------------------------------------
 
@@ -229,9 +236,13 @@ class Controller:
         caps: list[Cap] = []
         constraint: str | None = note
         running = [h.id for h in cfg.heat_pumps]
+        dispatching = False
+        self._dispatch_state = None
         if safe_reason is not None:
             constraint = f"safe_state:{safe_reason.split(':', 1)[0]}_input"
             self.staging.force_all_on(now)
+            if self.dispatch is not None:
+                self._dispatch_yield, self._dispatch_state = "safe_state", "yielded:safe_state"
             # Until the inputs were usable once (start-up), nothing is written: the pumps keep what they have.
             if cfg.safe_setpoint is not None and self._seen_inputs:
                 requests += self._pump_requests(cfg.safe_setpoint, Priority.SAFETY, "safe_state", running)
@@ -297,8 +308,10 @@ class Controller:
                 # A cap above where the rate clamp can go this cycle cannot bind: leave it out (and out of status).
                 if limit < self._output + cfg.setpoint_rate_k_per_s * dt:
                     caps += [Cap(h.setpoint, limit, "cdu_limit") for h in cfg.heat_pumps]
-            running = self._stage(image, now, target, proposed, headroom)
-            requests += self._pump_requests(proposed, prio, self.mode, running)
+            dispatching = self._dispatch_applies(headroom, now)
+            running = self._dispatch_running(image) if dispatching else \
+                self._stage(image, now, target, proposed, headroom)
+            requests += self._pump_requests(proposed, prio, self.mode, running, dispatching)
         if safe_reason is None:
             self._seen_inputs = True
         if safe_reason is None or (cfg.safe_setpoint is not None and self._seen_inputs):
@@ -311,7 +324,8 @@ class Controller:
         self._last_headroom = headroom
         setpoints = {h.id: (decisions[h.setpoint].value if h.setpoint in decisions else None)
                      for h in cfg.heat_pumps}
-        applied = [v for v in setpoints.values() if v is not None]
+        # A pump the plan holds at its least output (no SG-Ready point) does not steer the PID's tracking.
+        applied = [v for k, v in setpoints.items() if v is not None and (not dispatching or k in running)]
         if applied and safe_reason is not None:
             # Walking to the safe setpoint at the rate clamp: the PID resumes from where the pumps really are.
             self._output = self._lim_reset = sum(applied) / len(applied)
@@ -338,7 +352,7 @@ class Controller:
             safe_state=safe_reason is not None, safe_state_reason=safe_reason, setpoints=setpoints,
             running=running, cdu_headroom_k=headroom, strategy="direct" if self._direct else "boost",
             caps={c.point: c.high for c in caps},
-            decisions=decisions, reported_running=reported, not_running=not_running)
+            decisions=decisions, reported_running=reported, not_running=not_running, dispatch=self._dispatch_state)
         self.last = result
         return result
 
@@ -394,12 +408,61 @@ class Controller:
                     why[hp.id] = "running on its local setpoint: watchdog fallback (bit 2)"
         return running, why
 
-    def _pump_requests(self, value: float, prio: Priority, source: str, running: list[str]) -> list[Request]:
+    def _pump_requests(self, value: float, prio: Priority, source: str, running: list[str],
+                       dispatching: bool = False) -> list[Request]:
         out: list[Request] = []
+        cmd = self.dispatch if dispatching else None
         for hp in self.cfg.heat_pumps:
-            out.append(Request(hp.setpoint, value, prio, source))
+            if cmd is not None and hp.id not in running and not hp.sg_ready:
+                # The plan stops a pump that has no SG-Ready input: it is held at its least output instead.
+                out.append(Request(hp.setpoint, self.cfg.setpoint_min, prio, "dispatch"))
+            else:
+                out.append(Request(hp.setpoint, value, prio, source))
             if hp.sg_ready and self._staged:
-                out.append(Request(hp.sg_ready, SG_RUN if hp.id in running else SG_BLOCKED, prio, source))
+                if cmd is not None:
+                    state = float(cmd.sg_ready.get(hp.id, SG_RUN)) if hp.id in running else SG_BLOCKED
+                    out.append(Request(hp.sg_ready, state, prio, "dispatch"))
+                else:
+                    out.append(Request(hp.sg_ready, SG_RUN if hp.id in running else SG_BLOCKED, prio, source))
+        return out
+
+    def _dispatch_applies(self, headroom: float | None, now: float) -> bool:
+        """Whether this cycle follows the plan's step: auto mode, and IT cooling not in need of every pump.
+
+        Cooling first: with the CDU headroom below its margin (or the CDU limit capping), the plan is ignored
+        and every pump enabled, until the headroom is DISPATCH_RECOVERY_K above the margin again.
+        """
+        cmd = self.dispatch
+        if cmd is None:
+            self._dispatch_yield = None
+            return False
+        if self.mode != "auto":
+            self._dispatch_state = f"inactive:{self.mode}"
+            return False
+        margin = self.cfg.cdu_margin_k
+        if headroom is not None and (headroom < margin or self._cap_active):
+            if self._dispatch_yield is None:
+                self.staging.force_all_on(now)
+            self._dispatch_yield = "cdu_headroom"
+        elif self._dispatch_yield is not None and headroom is not None and headroom < margin + DISPATCH_RECOVERY_K:
+            pass  # recovering: the plan waits until the headroom is back with room to spare
+        else:
+            self._dispatch_yield = None
+        if self._dispatch_yield is not None:
+            self._dispatch_state = f"yielded:{self._dispatch_yield}"
+            return False
+        self._dispatch_state = "applied"
+        return True
+
+    def _dispatch_running(self, image: ProcessImage) -> list[str]:
+        """The pumps the plan's step has in service, less any that has tripped (its status word's fault bit)."""
+        cmd = self.dispatch
+        assert cmd is not None
+        out = []
+        for hp in self.cfg.heat_pumps:
+            status = image.get(hp.status).value if hp.status else None
+            if hp.id in cmd.in_service and not (status is not None and int(status) & FAULT_BIT):
+                out.append(hp.id)
         return out
 
     def _stage(self, image: ProcessImage, now: float, target: float | None, proposed: float,

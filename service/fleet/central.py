@@ -16,6 +16,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -25,18 +26,18 @@ import uvicorn
 from drivers.backoff import Backoff
 from drivers.mqtt_link import client_tls_context
 from service.fleet import store, wire
-from service.fleet.api import create_central_app
+from service.fleet.api import CentralState, create_central_app
 from service.fleet.view import FleetState
 from service.fleet_config import CentralConfig
 from service.metrics import build_central_registry
-from service.storage.database import Database
+from service.storage.database import DB_ERRORS, Database
 from service.storage.migrations import migrate
-from service.tasks import Running
+from service.tasks import Running, raise_if_stopping
+from service.token_store import TokenStore, mirror_forever
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
-_DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class _Server(uvicorn.Server):
@@ -60,6 +61,8 @@ class Central:
         self.state = FleetState({s.id: s.name for s in cfg.sites or []}, cfg.sites is not None,
                                 cfg.ingest.link_timeout_s)
         self.keys = store.PointKeys()
+        # The API's tokens, checked without the database (as a site's): `heatrec token create -c central.toml`.
+        self.tokens = TokenStore(Path(cfg.api.token_store))
         self.connected = False
         self.started = asyncio.Event()
         self.api_port: int | None = None
@@ -90,7 +93,8 @@ class Central:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((cfg.api.host, cfg.api.port))
         self.api_port = sock.getsockname()[1]
-        app = create_central_app(self.state, build_central_registry(self.state), self.health)
+        app = create_central_app(CentralState(cfg, self.state, self.db, self.tokens, self.health),
+                                 build_central_registry(self.state))
         server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                         server_header=False, timeout_graceful_shutdown=2))
         async with contextlib.AsyncExitStack() as stack:
@@ -100,6 +104,7 @@ class Central:
             running.start("database", self.db.run())
             running.start("fleet-refresh", self._refresh())
             running.start("fleet-consumer", self._consume())
+            running.start("token-mirror", mirror_forever(self.tokens, self.db, cfg.api.token_cache_s))
 
             async def stop_api(task: asyncio.Task[object]) -> None:
                 server.should_exit = True
@@ -125,7 +130,7 @@ class Central:
                 try:
                     async with self.db.acquire() as conn:
                         self.state.rows = {r.site: r for r in await store.read_sites(conn)}
-                except _DB_ERRORS as err:
+                except DB_ERRORS as err:
                     self.db.failed(err)
             await asyncio.sleep(self.cfg.ingest.refresh_s)
 
@@ -151,6 +156,7 @@ class Central:
                     log.info("central %s: taking batches from %s", self.cfg.instance, self.cfg.broker.url)
                     await self._serve(client)
             except (aiomqtt.MqttError, OSError) as err:
+                raise_if_stopping(err)  # a stop whose goodbye timed out is still a stop
                 failures += 1
                 log.log(logging.WARNING if failures == 1 else logging.DEBUG,
                         "central %s: broker %s unavailable (%s)", self.cfg.instance, self.cfg.broker.url, err)
@@ -211,7 +217,7 @@ class Central:
             try:
                 async with self.db.acquire() as conn:
                     result = await store.write_batch(conn, self.keys, batch)
-            except _DB_ERRORS as err:
+            except DB_ERRORS as err:
                 # Not acknowledged: the site sends it again. Leave the broker while the database is away.
                 self.state.count(site, "failed", f"{err.__class__.__name__}: {err}")
                 self.db.failed(err)

@@ -6,7 +6,8 @@ A new one is COPYed into `samples`; should it still meet a stored reading (a sit
 state and numbers again), it is written through a staging table with ON CONFLICT DO NOTHING instead, so the
 unique (point_key, time) index keeps every reading once whatever the numbering says. Then the watermark
 advances over the batches committed contiguously above it, and the rows below it are deleted. The caller
-acknowledges the returned watermark only after the commit.
+acknowledges the returned watermark only after the commit. A batch of records (alarm transitions, events,
+audit entries) takes the same path, its records stored by service/fleet/records_store.py instead of COPY.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
+from service.fleet import records_store
 from service.fleet.wire import Batch
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Result:
     watermark: int
     rows: int = 0
     lost: int = 0                # batches the site reported lost, skipped by this one
+    records: int = 0             # journal records (alarms, events, audit) stored new
 
 
 class PointKeys:
@@ -105,6 +108,7 @@ async def write_batch(conn: asyncpg.Connection, keys: PointKeys, batch: Batch, *
             return Result(Outcome.REPLAYED, epoch, watermark, 0, lost)
         records = [(s.source_time, key_of[s.point], s.value, int(s.quality)) for s in batch.samples]
         rows = await _copy(conn, records, always_stage)
+        new_records = await records_store.store(conn, site, batch.records) if batch.records else 0
         await conn.execute("INSERT INTO fleet_batches (site, seq, samples) VALUES ($1, $2, $3)",
                            site, batch.seq, len(records))
         if batch.seq == watermark + 1:
@@ -120,7 +124,7 @@ async def write_batch(conn: asyncpg.Connection, keys: PointKeys, batch: Batch, *
                  last_batch_created = greatest(last_batch_created, $5), last_commit_at = now(),
                  backlog_samples = $6, backlog_batches = $7 WHERE site = $1""",
             site, watermark, rows, batch.seq, batch.created, batch.backlog_samples, batch.backlog_batches)
-        return Result(Outcome.STORED, epoch, watermark, rows, lost)
+        return Result(Outcome.STORED, epoch, watermark, rows, lost, new_records)
 
 
 async def _copy(conn: asyncpg.Connection, records: list[tuple[datetime, int, float | None, int]],

@@ -8,6 +8,10 @@ centre's watermark. A batch leaves the outbox only when the centre acknowledges 
 outage (broker, link, either end restarted) or when no acknowledgement comes for `ack_timeout_s`, it
 publishes again from the first unacknowledged batch: the same batches, with the same numbers, which the
 centre stores once.
+
+A third loop, the record writer, puts the site's alarm transitions, events and audit entries (offered by
+the journal, service/fleet/records_feed.py) into the same outbox as batches of records: numbered in the
+same sequence, so they are acknowledged, freed and replayed exactly as the sample batches are.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import aiomqtt
 from drivers.backoff import Backoff
 from drivers.mqtt_link import client_tls_context
 from service.bus import SampleBus
-from service.fleet import wire
-from service.fleet.outbox import Outbox
+from service.fleet import records, wire
+from service.fleet.outbox import OutBatch, Outbox
+from service.fleet.records import Record
 from service.fleet_config import UplinkConfig
 from service.model import Sample, utcnow
+from service.tasks import raise_if_stopping
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ class UplinkStats:
     resent_batches: int = 0       # published again after an outage or an acknowledgement timeout
     acked_batches: int = 0
     resends: int = 0              # times the link started again from the watermark
+    records: int = 0              # alarm, event and audit records put in the outbox
+    record_batches: int = 0
 
 
 class Uplink:
@@ -61,6 +69,10 @@ class Uplink:
         self._backoff = backoff or Backoff(0.2, cfg.reconnect_max_s)
         self._high = 0                 # highest number published since the last start from the watermark
         self.opened = asyncio.Event()
+        self._append_lock = asyncio.Lock()  # one outbox append at a time: numbers reach the disk in order
+        self._records: list[tuple[Record, asyncio.Future[None]]] = []
+        self._records_wake = asyncio.Event()
+        self._records_running = False
 
     @property
     def lag_s(self) -> float:
@@ -73,7 +85,7 @@ class Uplink:
         self.outbox.open()
         self.opened.set()
         try:
-            await _first_failure([self._batcher(), self._link()])
+            await _first_failure([self._batcher(), self._link(), self._record_writer()])
         finally:
             self.outbox.close()
 
@@ -96,14 +108,59 @@ class Uplink:
                         break
                     batch.extend(self.sub.drain(size - len(batch)))
                 self._batch = []  # handed over: the outbox owns it from here, also if cancelled mid-append
-                await self.outbox.append(batch)
+                await self._append(batch)
                 self._wake.set()
         except asyncio.CancelledError:
             rest = self._batch + self.sub.drain(10**9)
             self._batch = []
             for i in range(0, len(rest), size):
-                await asyncio.shield(self.outbox.append(rest[i:i + size]))
+                await asyncio.shield(self._append(rest[i:i + size]))
             raise
+
+    async def _append(self, entries: list[Sample]) -> OutBatch:
+        async with self._append_lock:
+            return await self.outbox.append(entries)
+
+    # ---- records into the outbox -----------------------------------------------------------------
+
+    def offer_record(self, record: Record) -> asyncio.Future[None] | None:
+        """Queue a record for the outbox; a future done when it is durable there (None before `run`)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._records.append((record, done))
+        self._records_wake.set()
+        return done if self._records_running else None
+
+    async def _record_writer(self) -> None:
+        self._records_running = True
+        try:
+            while True:
+                await self._records_wake.wait()
+                self._records_wake.clear()
+                while self._records:
+                    await asyncio.shield(self._write_records())
+        except asyncio.CancelledError:
+            while self._records:
+                await asyncio.shield(self._write_records())
+            raise
+        finally:
+            self._records_running = False
+
+    async def _write_records(self) -> None:
+        """What is queued (up to MAX_RECORDS) as one batch of records; their futures done when it is durable."""
+        taken, self._records = self._records[:records.MAX_RECORDS], self._records[records.MAX_RECORDS:]
+        try:
+            await self._append(records.to_entries([r for r, _ in taken]))
+        except Exception as err:
+            for _, done in taken:
+                if not done.done():
+                    done.set_exception(err)
+            raise
+        self.stats.records += len(taken)
+        self.stats.record_batches += 1
+        for _, done in taken:
+            if not done.done():
+                done.set_result(None)
+        self._wake.set()
 
     # ---- the link --------------------------------------------------------------------------------
 
@@ -141,6 +198,7 @@ class Uplink:
                                 qos=1, retain=True, timeout=2.0))
                         raise
             except (aiomqtt.MqttError, OSError) as err:  # ssl.SSLError is an OSError
+                raise_if_stopping(err)  # a stop whose goodbye timed out is still a stop
                 failures += 1
                 log.log(logging.WARNING if failures == 1 else logging.DEBUG,
                         "uplink %s: central broker %s unavailable (%s); batches are kept in the outbox "
@@ -180,8 +238,11 @@ class Uplink:
             if cursor <= box.durable_seq and cursor - box.watermark <= cfg.max_in_flight:
                 batch = box.get(cursor)
                 if batch is not None:
+                    kind, body = wire.KIND_SAMPLES, batch.body
+                    if records.is_records(body):  # the outbox's form of records to the wire's
+                        kind, body = wire.KIND_RECORDS, _records_body(cfg.site, batch)
                     payload = wire.encode_message(cfg.site, box.epoch, batch.seq, max(box.base, 1), batch.created,
-                                                  box.backlog_samples, box.backlog_batches, batch.body)
+                                                  box.backlog_samples, box.backlog_batches, body, kind=kind)
                     await client.publish(topic, payload, qos=1, timeout=PUBLISH_TIMEOUT_S)
                     self.stats.published_batches += 1
                     if batch.seq <= self._high:
@@ -214,6 +275,15 @@ class Uplink:
                                      dropped_samples=self.sub.dropped + box.spool.stats.dropped_samples)
             await client.publish(topic, doc, qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S)
             await asyncio.sleep(self.cfg.status_interval_s)
+
+
+def _records_body(site: str, batch: OutBatch) -> bytes:
+    """A batch of records for the wire; one that does not decode (it cannot: they were checked) goes empty."""
+    try:
+        return records.wire_body(batch.body)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        log.error("uplink %s: the records of batch %d do not decode (%s): sent empty", site, batch.seq, err)
+        return records.encode_body([])
 
 
 async def _first_failure(coros: list[Coroutine[Any, Any, None]]) -> None:

@@ -12,6 +12,11 @@ A batch message is a fixed header, the site id, and a body in the spool's record
 epoch, from 1, increasing by one), the lowest sequence number the site can still send (`base`: anything
 below it and above the centre's watermark was lost to the site's outbox bound), the site's backlog, and a
 CRC of the body, so a damaged or truncated message is refused as a whole.
+
+Batch header version 2 (this one) gives the header's fourth byte a meaning: the batch's kind, samples (0)
+or records (1: the site's alarm transitions, events and audit entries, a JSON array,
+service/fleet/records.py). Both kinds share the sequence, hence the one acknowledgement protocol.
+Version 1 messages (that byte 0, always samples) are still decoded.
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from service.fleet import records as fleet_records
+from service.fleet.records import Record
 from service.model import Sample
 from service.storage.spool import decode_batch, encode_batch
 
 PREFIX = "heatrec/v1"
 MAGIC = b"HRF1"
-VERSION = 1
-_HEAD = struct.Struct("<4sBBH")        # magic, version, flags (0), site id length
+VERSION = 1                            # of the acknowledgement and status documents
+BATCH_VERSION = 2                      # of the batch header; 1 is still decoded
+KIND_SAMPLES, KIND_RECORDS = 0, 1      # a batch's kind (version 2; version 1 batches are samples)
+_HEAD = struct.Struct("<4sBBH")        # magic, version, kind (version 1: flags, 0), site id length
 _FIELDS = struct.Struct("<QQQqQII")    # epoch, seq, base, created µs, backlog samples, backlog batches, body crc32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -75,13 +84,18 @@ class Batch:
     backlog_samples: int
     backlog_batches: int
     samples: list[Sample]
+    kind: int = KIND_SAMPLES
+    records: tuple[Record, ...] = ()
 
 
 def encode_message(site: str, epoch: int, seq: int, base: int, created: datetime, backlog_samples: int,
-                   backlog_batches: int, body: bytes) -> bytes:
-    """A batch message around a body already in the spool's record format."""
+                   backlog_batches: int, body: bytes, *, kind: int = KIND_SAMPLES,
+                   version: int = BATCH_VERSION) -> bytes:
+    """A batch message around a body: samples in the spool's record format, or records (`encode_records`)."""
+    if version == 1 and kind != KIND_SAMPLES:
+        raise ValueError("a version 1 batch holds samples only")
     raw_site = site.encode()
-    return (_HEAD.pack(MAGIC, VERSION, 0, len(raw_site)) + raw_site
+    return (_HEAD.pack(MAGIC, version, kind, len(raw_site)) + raw_site
             + _FIELDS.pack(epoch, seq, base, (created - _EPOCH) // _US, backlog_samples, backlog_batches,
                            zlib.crc32(body)) + body)
 
@@ -91,15 +105,24 @@ def encode_samples(samples: list[Sample]) -> bytes:
     return encode_batch(samples)
 
 
+def encode_records(records: list[Record]) -> bytes:
+    """The body of a batch message of kind records."""
+    return fleet_records.encode_body(records)
+
+
 def decode_message(payload: bytes, *, received: datetime | None = None) -> Batch:
     """A batch message, checked whole; Malformed says why it is refused."""
     if len(payload) < _HEAD.size:
         raise Malformed(f"{len(payload)} bytes is shorter than the header")
-    magic, version, _flags, n_site = _HEAD.unpack_from(payload, 0)
+    magic, version, kind, n_site = _HEAD.unpack_from(payload, 0)
     if magic != MAGIC:
         raise Malformed("not a fleet batch (bad magic)")
-    if version != VERSION:
-        raise Malformed(f"protocol version {version} is not {VERSION}")
+    if version not in (1, BATCH_VERSION):
+        raise Malformed(f"protocol version {version} is not 1 or {BATCH_VERSION}")
+    if version == 1:
+        kind = KIND_SAMPLES  # the byte was flags, always 0
+    elif kind not in (KIND_SAMPLES, KIND_RECORDS):
+        raise Malformed(f"batch kind {kind} is unknown")
     off = _HEAD.size + n_site
     if len(payload) < off + _FIELDS.size:
         raise Malformed("truncated header")
@@ -113,15 +136,20 @@ def decode_message(payload: bytes, *, received: datetime | None = None) -> Batch
         raise Malformed("body checksum mismatch (damaged or truncated)")
     if seq < 1 or base < 1 or base > seq:
         raise Malformed(f"sequence {seq} with base {base} is impossible")
+    records: tuple[Record, ...] = ()
     try:
         created = _EPOCH + created_us * _US
-        samples = decode_batch(body, received)
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError) as err:
+        if kind == KIND_RECORDS:
+            samples, records = [], fleet_records.decode_body(body)
+        else:
+            samples = decode_batch(body, received)
+    except (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError, KeyError, TypeError,
+            RecursionError) as err:
         raise Malformed(f"body does not decode: {err}") from None
     for s in samples:
         if s.value is not None and math.isinf(s.value):
             raise Malformed(f"point {s.point}: infinite value")
-    return Batch(site, epoch, seq, base, created, backlog, backlog_batches, samples)
+    return Batch(site, epoch, seq, base, created, backlog, backlog_batches, samples, kind, records)
 
 
 def encode_ack(site: str, epoch: int, watermark: int, seq: int | None) -> bytes:

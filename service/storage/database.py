@@ -27,7 +27,16 @@ class DatabaseUnavailable(StorageUnavailable):
 
 # asyncpg's and the socket's errors, as they reach a query: translated here, once, into the storage subtree.
 _VALUE_ERRORS = (asyncpg.DataError, OverflowError)
-_UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# What a query or a connection attempt raises when the database is away, ending or not the one asked for: the
+# one definition every loop that rides out an outage catches (the journal, `heatrec central`, the supervisor).
+# InternalClientError: asyncpg's answer to a query on a connection PostgreSQL was just ending (its fast
+# shutdown; MagicStack/asyncpg#1069), and the class of TargetServerAttributeNotMatched (a standby where
+# target_session_attrs asks for read-write): the work is retried, so taking it as the database away loses
+# nothing, where letting it through would stop the service.
+DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
+                                              asyncpg.InternalClientError)
+_UNAVAILABLE = DB_ERRORS
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncio.CancelledError)
 
 
 @contextlib.asynccontextmanager
@@ -96,9 +105,72 @@ def connect_kwargs(cfg: DatabaseConfig) -> dict[str, Any]:
 
     Every connection heatrec opens is built from here, so none can skip the TLS settings.
     """
-    return {"host": cfg.host, "port": cfg.port, "user": cfg.user, "database": cfg.name,
-            "password": _password(cfg), "timeout": cfg.connect_timeout_s, "command_timeout": 60,
-            "ssl": tls_context(cfg)}
+    if cfg.hosts is None:
+        host: str | list[str] = cfg.host
+        port: int | list[int] = cfg.port
+    else:
+        host, port = [h for h, _ in cfg.addresses], [p for _, p in cfg.addresses]
+    kw: dict[str, Any] = {"host": host, "port": port, "user": cfg.user, "database": cfg.name,
+                          "password": _password(cfg), "timeout": cfg.connect_timeout_s, "command_timeout": 60,
+                          "ssl": tls_context(cfg)}
+    if cfg.target_session_attrs is not None:
+        kw["target_session_attrs"] = cfg.target_session_attrs
+    return kw
+
+
+class NoServerMatches(ConnectionError):
+    """Servers answered, but none is what `target_session_attrs` asks for (e.g. only a standby, for read-write).
+
+    A ConnectionError: the database the service needs is away until a standby is promoted.
+    """
+
+
+async def connect_in_turn(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect over a list of hosts, each given the whole `timeout`, in order, as libpq does.
+
+    asyncpg spends one `timeout` on all of its hosts together, so a first server that drops packets (a network
+    partition) would use it up before the second is tried. Takes what connect_kwargs gives (host and port
+    lists); a pool takes it as its `connect`.
+    """
+    hosts, ports = kwargs.pop("host"), kwargs.pop("port")
+    if not isinstance(hosts, list):
+        hosts, ports = [hosts], [ports]
+    wanted = kwargs.pop("target_session_attrs", None) or "any"
+    # prefer-standby: a standby if one answers, else any server that answered.
+    passes = ["standby", "any"] if wanted == "prefer-standby" else [wanted]
+    candidates: list[tuple[str, int]] = list(zip(hosts, ports, strict=True))
+    failures: list[str] = []
+    last: BaseException | None = None
+    answered: list[tuple[str, int]] = []
+    for attrs in passes:
+        answered = []
+        for host, port in candidates:
+            try:
+                return await asyncpg.connect(*args, host=host, port=port, target_session_attrs=attrs, **kwargs)
+            except asyncpg.TargetServerAttributeNotMatched:
+                answered.append((host, port))
+                failures.append(f"{host}:{port} is not {attrs}")
+            except (OSError, asyncpg.CannotConnectNowError) as err:
+                last = err
+                failures.append(f"{host}:{port}: {err.__class__.__name__}: {err}")
+        candidates = answered
+    if answered or last is None:
+        hint = ": a standby not promoted yet?" if wanted in ("read-write", "primary") else ""
+        raise NoServerMatches(f"no server is {wanted} ({'; '.join(failures)}){hint}")
+    raise last
+
+
+def _pool_kwargs(cfg: DatabaseConfig) -> dict[str, Any]:
+    """connect_kwargs, and for several hosts or a target_session_attrs the connect that tries them in turn."""
+    kw = connect_kwargs(cfg)
+    if cfg.hosts is not None or cfg.target_session_attrs is not None:
+        kw["connect"] = connect_in_turn
+    return kw
+
+
+def connect_budget_s(cfg: DatabaseConfig) -> float:
+    """The longest a new connection may take: `connect_timeout_s` for each server tried."""
+    return cfg.connect_timeout_s * len(cfg.addresses)
 
 
 def _tls_failure(err: BaseException) -> str | None:
@@ -122,23 +194,23 @@ async def connect_pool(cfg: DatabaseConfig, *, min_size: int = 1, max_size: int 
     """Open a connection pool, translating failures into DatabaseUnavailable."""
     try:
         pool = await asyncio.wait_for(
-            asyncpg.create_pool(**connect_kwargs(cfg), min_size=min_size, max_size=max_size),
-            cfg.connect_timeout_s + 5)
+            asyncpg.create_pool(**_pool_kwargs(cfg), min_size=min_size, max_size=max_size),
+            connect_budget_s(cfg) + 5)
     except (OSError, TimeoutError) as err:
         if (tls := _tls_failure(err)) is not None:
-            raise DatabaseUnavailable(f"PostgreSQL at {cfg.host}:{cfg.port}: {tls}") from err
+            raise DatabaseUnavailable(f"PostgreSQL at {cfg.where}: {tls}") from err
         raise DatabaseUnavailable(
-            f"cannot reach PostgreSQL at {cfg.host}:{cfg.port} ({err.__class__.__name__}: {err}): "
-            "is it running? check [database] host and port") from err
+            f"cannot reach PostgreSQL at {cfg.where} ({err.__class__.__name__}: {err}): "
+            f"is it running? check [database] {'hosts' if cfg.hosts else 'host and port'}") from err
     except asyncpg.InvalidPasswordError as err:
         raise DatabaseUnavailable(f"PostgreSQL refused user '{cfg.user}': wrong password "
                                   "(set [database] password or HEATREC_DB_PASSWORD)") from err
     except asyncpg.InvalidCatalogNameError as err:
-        raise DatabaseUnavailable(f"database '{cfg.name}' does not exist on {cfg.host}:{cfg.port}: "
+        raise DatabaseUnavailable(f"database '{cfg.name}' does not exist on {cfg.where}: "
                                   f"create it (createdb {cfg.name}) or fix [database] name") from err
     except asyncpg.PostgresError as err:
         if (tls := _tls_failure(err)) is not None:
-            raise DatabaseUnavailable(f"PostgreSQL at {cfg.host}:{cfg.port}: {tls}") from err
+            raise DatabaseUnavailable(f"PostgreSQL at {cfg.where}: {tls}") from err
         raise DatabaseUnavailable(f"PostgreSQL error at connect: {err}") from err
     assert pool is not None
     return pool
@@ -210,7 +282,7 @@ class Database:
         """The error a caller gets while the database is away."""
         since = f" since {self.stats.since:%Y-%m-%d %H:%M:%SZ}" if self.stats.since else ""
         why = f" ({self.stats.last_error})" if self.stats.last_error else ""
-        err = DatabaseDown(f"the database at {self.cfg.host}:{self.cfg.port} is unavailable{since}{why}")
+        err = DatabaseDown(f"the database at {self.cfg.where} is unavailable{since}{why}")
         err.retry_after_s = self.retry_after_s()
         return err
 
@@ -256,7 +328,7 @@ class Database:
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), 10)
-            except (*_UNAVAILABLE, asyncio.CancelledError):
+            except _CLOSE_ERRORS:
                 self._pool.terminate()  # a connection stuck on a dead server: drop it, nothing is lost
             self._pool = None
 
@@ -280,8 +352,8 @@ class Database:
     async def _probe(self) -> None:
         if self._pool is None:
             # min_size=0: creating the pool opens no connection, so it cannot fail on a database that is away.
-            self._pool = await asyncpg.create_pool(**connect_kwargs(self.cfg), min_size=0, max_size=self._max_size)
-        async with self._pool.acquire(timeout=self.cfg.connect_timeout_s + 1) as conn:
+            self._pool = await asyncpg.create_pool(**_pool_kwargs(self.cfg), min_size=0, max_size=self._max_size)
+        async with self._pool.acquire(timeout=connect_budget_s(self.cfg) + 1) as conn:
             try:
                 await conn.fetchval("SELECT 1", timeout=self.cfg.connect_timeout_s)
                 if not self.stats.prepared and self._prepare is not None:
@@ -298,7 +370,7 @@ class Database:
             away = (utcnow() - self.stats.since).total_seconds() if self.stats.since else 0.0
             self.stats.up, self.stats.since, self.stats.last_error = True, utcnow(), ""
             what = f"is back after {away:.0f} s: writing what was held meanwhile" if was_down else "connected"
-            log.info("database %s:%d/%s %s", self.cfg.host, self.cfg.port, self.cfg.name, what)
+            log.info("database %s/%s %s", self.cfg.where, self.cfg.name, what)
             self.ready.set()
             if was_down and self.on_transition is not None:
                 self.on_transition(True, f"database {what}")
@@ -310,8 +382,8 @@ class Database:
             self.stats.outages += self.stats.up
             self.stats.up, self.stats.since = False, utcnow()
             self.ready.clear()
-            log.warning("database %s:%d/%s unavailable (%s): the plant runs on, samples and records are held "
-                        "locally; retrying every %.0f s at most", self.cfg.host, self.cfg.port, self.cfg.name,
+            log.warning("database %s/%s unavailable (%s): the plant runs on, samples and records are held "
+                        "locally; retrying every %.0f s at most", self.cfg.where, self.cfg.name,
                         self.stats.last_error, self.retry_max_s)
             if self.on_transition is not None:
                 self.on_transition(False, f"database unavailable: {self.stats.last_error}")

@@ -66,14 +66,17 @@ def bounded_step(start: datetime, end: datetime, step: timedelta) -> timedelta:
 
 
 async def point_history(conn: asyncpg.Connection | asyncpg.Pool, point_id: str, start: datetime, end: datetime,
-                        step: timedelta, agg: str = "avg") -> list[Bucket]:
-    """Buckets over [start, end) for one point (see `_point_history`); database errors as storage errors."""
+                        step: timedelta, agg: str = "avg", *, site: str | None = None) -> list[Bucket]:
+    """Buckets over [start, end) for one point (see `_point_history`); database errors as storage errors.
+
+    `site`: a point of that site in a central store (`fleet_points`), not one of this plant's own.
+    """
     async with translated():
-        return await _point_history(conn, point_id, start, end, step, agg)
+        return await _point_history(conn, point_id, start, end, step, agg, site)
 
 
 async def _point_history(conn: asyncpg.Connection | asyncpg.Pool, point_id: str, start: datetime, end: datetime,
-                         step: timedelta, agg: str) -> list[Bucket]:
+                         step: timedelta, agg: str, site: str | None = None) -> list[Bucket]:
     """Buckets over [start, end) for one point; readings without value (BAD, STALE) are left out.
 
     The result is bounded: a step that would give more than MAX_BUCKETS buckets is coarsened
@@ -88,9 +91,12 @@ async def _point_history(conn: asyncpg.Connection | asyncpg.Pool, point_id: str,
     if step <= timedelta(0):
         raise HistoryError("step must be positive")
     step = bounded_step(start, end, step)
-    key = await conn.fetchval("SELECT key FROM points WHERE id = $1", point_id)
+    if site is None:
+        key = await conn.fetchval("SELECT key FROM points WHERE id = $1", point_id)
+    else:
+        key = await conn.fetchval("SELECT key FROM fleet_points WHERE site = $1 AND id = $2", site, point_id)
     if key is None:
-        raise UnknownPoint(f"no point '{point_id}'")
+        raise UnknownPoint(f"no point '{point_id}'" + (f" at site '{site}'" if site is not None else ""))
     # The bucket origin is `start`, so buckets begin where the caller's range does.
     rows = await conn.fetch(
         f"""SELECT time_bucket($1::interval, time, $3::timestamptz) AS t, {AGGREGATES[agg]} AS v, count(*) AS n

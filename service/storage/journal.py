@@ -31,17 +31,15 @@ import asyncpg
 
 from service.config import DatabaseConfig
 from service.private_files import write_private
+from service.storage.database import DB_ERRORS as DB_ERRORS  # re-exported: the API catches it from here
 from service.storage.database import Database
 from service.storage.spool import spool_path
 
 log = logging.getLogger(__name__)
 
 Apply = Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[None]]
-# InternalClientError: asyncpg's answer to a query on a connection PostgreSQL was just ending (its fast
-# shutdown; MagicStack/asyncpg#1069). Records stay queued and are applied again, so taking it as the database
-# away loses nothing, where letting it through would stop the service.
-DB_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError,
-                                              asyncpg.InternalClientError)
+# DB_ERRORS (service/storage/database.py): records stay queued and are applied again, so taking any of them
+# as the database away loses nothing, where letting one through would stop the service.
 
 
 def journal_path(spool_dir: str | Path, db: DatabaseConfig) -> Path:

@@ -43,7 +43,9 @@ MAX_RECORD = 256 * 1024 * 1024         # a larger length can only be a corrupt f
 
 def spool_path(spool_dir: str | Path, db: DatabaseConfig) -> Path:
     """The spool directory for one database: a spool is only ever replayed into the database it was for."""
-    return Path(spool_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{db.host}-{db.port}-{db.name}")
+    # Every server of `hosts` in the name (one host: host-port-name, as always, so existing spools are found).
+    servers = "-".join(f"{h}-{p}" for h, p in db.addresses)
+    return Path(spool_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{servers}-{db.name}")
 
 
 def encode_batch(batch: list[Sample]) -> bytes:

@@ -95,6 +95,8 @@ def _same_origin(request: Request) -> bool:
 class Console:
     """The console's routes around one service state."""
 
+    nav: tuple[tuple[str, str], ...] = NAV  # a console of another app (the centre's, ui/fleet.py) has its own
+
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.state: ServiceState = app.state.heatrec
@@ -142,11 +144,16 @@ class Console:
         """Render a page with its navigation, the user, the session's messages and CSRF token."""
         s, p = who if who is not None else (None, None)
         html = self.env.get_template(template).render(
-            path=request.url.path, nav=NAV, user=p, csrf=s.csrf if s else "", flash=s.take_flash() if s else [],
-            can_operate=p is not None and p.allows("operator"), plant=self.state.config.plant.name, **ctx)
+            path=request.url.path, nav=self.nav, user=p, csrf=s.csrf if s else "",
+            flash=s.take_flash() if s else [],
+            can_operate=p is not None and p.allows("operator"), plant=self.title(), **ctx)
         resp = HTMLResponse(html, status)
         resp.headers["Content-Security-Policy"] = CSP
         return resp
+
+    def title(self) -> str:
+        """What the pages' header and title name: the plant."""
+        return str(self.state.config.plant.name)
 
     def refused(self, request: Request, r: Refusal) -> HTMLResponse:
         """A Refusal as a page (the signed-in user's navigation kept)."""

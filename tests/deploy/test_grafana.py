@@ -28,6 +28,9 @@ DS_UID = "heatrec-timescaledb"
 # ${DS_HEATREC} with the datasource picked for the __inputs entry of the same name.
 DS_INPUT = "DS_HEATREC"
 DS_REF = "${" + DS_INPUT + "}"
+# The fleet dashboard also reads the centre's metrics, through a Prometheus picked the same way.
+PROM_INPUT = "DS_PROMETHEUS"
+PROM_REF = "${" + PROM_INPUT + "}"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 END = START + timedelta(hours=2)
 
@@ -40,6 +43,7 @@ def expand(sql: str, variables: dict[str, Any]) -> str:
     sql = re.sub(r"\$__timeGroupAlias\(([^,]+),\s*([^)]+)\)",
                  lambda m: f"time_bucket('{m.group(2).strip().strip(chr(39))}', {m.group(1)}) AS \"time\"", sql)
     sql = sql.replace("$__interval", "1m")
+    sql = sql.replace("$__timeFrom()", iso(START.isoformat())).replace("$__timeTo()", iso(END.isoformat()))
     for name in sorted(variables, key=len, reverse=True):
         value = variables[name]
         text = ",".join(f"'{v}'" for v in value) if isinstance(value, list) else str(value)
@@ -50,6 +54,11 @@ def expand(sql: str, variables: dict[str, Any]) -> str:
 
 def panels(d: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in d["panels"] if p["type"] != "row"]
+
+
+def sql_targets(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """A panel's SQL targets (the fleet dashboard's Prometheus ones are checked by test_fleet_dashboard_metrics)."""
+    return [t for t in p["targets"] if t["datasource"]["uid"] == DS_REF]
 
 
 def query_variables(d: dict[str, Any]) -> list[dict[str, Any]]:
@@ -76,7 +85,7 @@ def datasource_refs(node: Any) -> list[Any]:
 
 
 def test_dashboards_are_well_formed() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"plant-overview", "energy", "data-quality", "settlements"}
+    assert {p.stem for p in DASHBOARDS} == {"plant-overview", "energy", "data-quality", "settlements", "fleet"}
     uids = set()
     for path in DASHBOARDS:
         d = json.loads(path.read_text())
@@ -87,10 +96,13 @@ def test_dashboards_are_well_formed() -> None:
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
         for p in panels(d):
             assert set(p["gridPos"]) == {"h", "w", "x", "y"} and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
-            assert p["datasource"]["uid"] == DS_REF
+            assert p["datasource"]["uid"] in (DS_REF, PROM_REF)
             for t in p["targets"]:
-                assert t["datasource"]["uid"] == DS_REF and t["rawSql"].strip() and t["format"] in (
-                    "time_series", "table")
+                assert t["datasource"] == p["datasource"]
+                if t["datasource"]["uid"] == PROM_REF:
+                    assert path.stem == "fleet" and t["expr"].strip()
+                    continue
+                assert t["rawSql"].strip() and t["format"] in ("time_series", "table")
         for v in query_variables(d):
             assert v["datasource"]["uid"] == DS_REF and v["query"]
     ds = provisioned_datasource()
@@ -102,20 +114,28 @@ def test_dashboard_imports_through_the_ui_and_provisions_by_uid(path: Path) -> N
     """`__inputs` asks for the datasource on import; provisioning resolves the same references by variable."""
     ds = provisioned_datasource()
     d = json.loads(path.read_text())
-    [inp] = d["__inputs"]
+    inp, *more = d["__inputs"]
     assert inp["name"] == DS_INPUT and inp["type"] == "datasource" and inp["pluginId"] == ds["type"]
+    # Only the fleet dashboard asks for a second datasource: the Prometheus that scrapes `heatrec central`.
+    assert [(m["name"], m["type"], m["pluginId"]) for m in more] == (
+        [(PROM_INPUT, "datasource", "prometheus")] if path.stem == "fleet" else [])
     requires = {(r["type"], r["id"]) for r in d["__requires"]}
     assert {("grafana", "grafana"), ("datasource", ds["type"])} <= requires
+    assert {("datasource", m["pluginId"]) for m in more} <= requires
     assert {("panel", p["type"]) for p in panels(d)} <= requires
     # The datasource variable comes first (query variables use it) and, unchanged, picks the provisioned one.
     var = d["templating"]["list"][0]
     assert (var["name"], var["type"], var["query"]) == (DS_INPUT, "datasource", ds["type"])
     assert var["current"]["value"] == ds["uid"] and not var.get("multi") and not var.get("includeAll")
+    if more:
+        prom = d["templating"]["list"][1]
+        assert (prom["name"], prom["type"], prom["query"]) == (PROM_INPUT, "datasource", "prometheus")
     refs = datasource_refs(d)
-    assert refs and all(r == {"type": ds["type"], "uid": DS_REF} for r in refs), refs
-    # What Grafana's import does with the picked datasource: every reference then names it.
-    imported = json.loads(path.read_text().replace(DS_REF, "picked-uid"))
-    assert all(r["uid"] == "picked-uid" for r in datasource_refs(imported))
+    allowed = [{"type": ds["type"], "uid": DS_REF}] + ([{"type": "prometheus", "uid": PROM_REF}] if more else [])
+    assert refs and all(r in allowed for r in refs), refs
+    # What Grafana's import does with the picked datasources: every reference then names one of them.
+    imported = json.loads(path.read_text().replace(DS_REF, "picked-uid").replace(PROM_REF, "picked-prom"))
+    assert all(r["uid"] in ("picked-uid", "picked-prom") for r in datasource_refs(imported))
 
 
 async def test_every_panel_query_runs_against_seeded_schema(postgres: PostgresCluster) -> None:
@@ -136,9 +156,12 @@ async def test_every_panel_query_runs_against_seeded_schema(postgres: PostgresCl
             await conn.execute("INSERT INTO events (time, source, kind, message) VALUES ($1, 'driver:hp1', "
                                "'disconnected', 'connection refused')", START + timedelta(minutes=5))
             await _seed_accounting(conn)
+            await _seed_fleet(conn)
             # The CDU limit taking charge, as the control loop records it.
             await conn.execute("INSERT INTO events (time, source, kind, severity, message) VALUES ($1, 'control', "
                                "'cdu_limit', 'warning', 'CDU limit in charge')", START + timedelta(minutes=7))
+            await conn.execute("INSERT INTO events (time, source, kind, severity, message) VALUES ($1, 'dispatch', "
+                               "'fallback_follow_demand', 'warning', 'missing prices')", START + timedelta(minutes=8))
             # A heat-pump trip: the state alarm's row and its transition, as the alarm manager stores them.
             await conn.execute("INSERT INTO alarms (id, source, kind, severity, message, state, active, value, since) "
                                "VALUES ('hp1.status:trip', 'hp1.status', 'state', 'high', 'heat pump hp1 tripped', "
@@ -153,11 +176,14 @@ async def test_every_panel_query_runs_against_seeded_schema(postgres: PostgresCl
                 for v in query_variables(d):
                     options = [r[0] for r in await reader.fetch(v["query"])]
                     default = v["current"]["value"]
+                    if default == ["$__all"]:  # "All": Grafana puts every option in
+                        assert v["includeAll"] and options, f"{path.name}: ${v['name']} offers nothing"
+                        default = options
                     for name in default if isinstance(default, list) else [default]:
                         assert name in options, f"{path.name}: ${v['name']} default {name} is not offered"
                     variables[v["name"]] = default
                 for p in panels(d):
-                    for t in p["targets"]:
+                    for t in sql_targets(p):
                         result = await reader.fetch(expand(t["rawSql"], variables))
                         assert result, f"{path.name}: panel '{p['title']}' returned no rows on seeded data"
                         if t["format"] == "time_series":
@@ -185,6 +211,38 @@ async def _seed_accounting(conn: Any) -> None:
     await conn.execute("INSERT INTO meter_replacements (meter_id, time, old_serial, new_serial, old_final_gj, "
                        "entered_by) VALUES ('meter1', $1, '71234567', '80000001', 1300, 'operator')",
                        START + timedelta(minutes=60))
+
+
+async def _seed_fleet(conn: Any) -> None:
+    """A fleet site with its heat-meter register, as `heatrec central` stores them (fleet dashboard)."""
+    await conn.execute("INSERT INTO fleet_sites (site, watermark, batches, samples, last_batch_created, "
+                       "last_commit_at) VALUES ('site-a', 4, 4, 240, $1, $1)", END)
+    key = await conn.fetchval("INSERT INTO fleet_points (site, id) VALUES ('site-a', 'meter1.energy') RETURNING key")
+    await conn.copy_records_to_table("samples", records=[(START + timedelta(seconds=30 * i), key, 100 + 0.01 * i, 0)
+                                                         for i in range(240)],
+                                     columns=["time", "point_key", "value", "quality"])
+
+
+def test_fleet_dashboard_reads_only_metrics_the_centre_exports() -> None:
+    """Every metric a Prometheus panel names is in `heatrec central`'s /metrics (service/metrics.py)."""
+    from prometheus_client import generate_latest
+
+    from service.fleet.store import SiteRow
+    from service.fleet.view import FleetState
+    from service.metrics import build_central_registry
+
+    state = FleetState({"site-a": ""}, True)
+    state.rows = {"site-a": SiteRow(site="site-a", epoch=1, watermark=3, batches=3, samples=300, replayed_batches=0,
+                                     lost_batches=0, last_batch_created=START, last_commit_at=START,
+                                     backlog_samples=0, backlog_batches=0)}
+    state.status("site-a", {"online": True})
+    state.count("site-a", "stored")
+    exported = set(re.findall(r"^(heatrec_\w+?)(?:\{| )", generate_latest(build_central_registry(state)).decode(),
+                              re.MULTILINE))
+    d = json.loads((GRAFANA / "dashboards" / "fleet.json").read_text())
+    named = {m for p in panels(d) for t in p["targets"] if "expr" in t
+             for m in re.findall(r"heatrec_\w+", t["expr"])}
+    assert len(named) >= 5 and named <= exported, named - exported
 
 
 def _demo_devices() -> dict[str, Any]:

@@ -19,15 +19,17 @@ import httpx
 import pytest
 
 from service.bus import SampleBus
-from service.config import DatabaseConfig
+from service.config import DatabaseConfig, load_central_config
 from service.fleet.uplink import Uplink
 from service.fleet_config import UplinkConfig
-from service.localservers import MosquittoServer, free_port
+from service.localservers import MosquittoServer, PostgresCluster, free_port
 from service.localservers.mosquitto import fleet_broker_users
 from service.model import Quality, Sample
+from service.token_store import TokenStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ("site-a", "site-b", "site-c")
+TOKENS_FILE = "central-tokens.json"
 
 
 @dataclass
@@ -58,18 +60,33 @@ def fleet_broker(shared_tmp_path: Path) -> Iterator[FleetBroker]:
     server.stop()
 
 
+def database_address_lines(db: DatabaseConfig) -> list[str]:
+    """[database]'s address keys as TOML lines: host and port, or hosts (and port), and target_session_attrs."""
+    if db.hosts is None:
+        lines = [f'host = "{db.host}"', f"port = {db.port}"]
+    else:
+        lines = ["hosts = [" + ", ".join(f'"{h}"' for h in db.hosts) + "]", f"port = {db.port}"]
+    if db.target_session_attrs is not None:
+        lines.append(f'target_session_attrs = "{db.target_session_attrs}"')
+    return lines
+
+
 def central_toml(path: Path, db: DatabaseConfig, broker: FleetBroker, instance: str, port: int, *,
-                 sites: tuple[str, ...] | None = SITES) -> Path:
-    """A central.toml for one instance, its API on `port`."""
+                 sites: tuple[str, ...] | None = SITES, api_host: str = "127.0.0.1",
+                 site_lines: dict[str, list[str]] | None = None) -> Path:
+    """A central.toml for one instance, its API on `api_host`:`port`, its tokens in TOKENS_FILE beside it.
+
+    `site_lines`: more keys of a site's `[[sites]]` entry (its KPI registers), as TOML lines.
+    """
     lines = [f'instance = "{instance}"',
-             "[database]", f'host = "{db.host}"', f"port = {db.port}", f'name = "{db.name}"', f'user = "{db.user}"',
-             f'password = "{db.password}"',
+             "[database]", *database_address_lines(db), f'name = "{db.name}"', f'user = "{db.user}"',
+             f'password = "{db.password}"', *([f'sslmode = "{db.sslmode}"'] if db.sslmode else []),
              "[broker]", f'url = "{broker.url}"', 'username = "central"', f'password = "{broker.passwords["central"]}"',
              "keepalive_s = 5", "reconnect_max_s = 1",
-             "[api]", 'host = "127.0.0.1"', f"port = {port}",
+             "[api]", f'host = "{api_host}"', f"port = {port}", f'token_store = "{path.parent / TOKENS_FILE}"',
              "[ingest]", "refresh_s = 0.2", "link_timeout_s = 10"]
     for s in sites or ():
-        lines += ["[[sites]]", f'id = "{s}"']
+        lines += ["[[sites]]", f'id = "{s}"', *(site_lines or {}).get(s, [])]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -77,15 +94,26 @@ def central_toml(path: Path, db: DatabaseConfig, broker: FleetBroker, instance: 
 class CentralProcess:
     """`heatrec central -c FILE` as a real process."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, *, host: str = "127.0.0.1",
+                 argv_prefix: tuple[str, ...] = ()) -> None:
         self.config, self.log = config, log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
+        self.argv_prefix = argv_prefix  # e.g. `ip netns exec NS` (tests/netns.py)
+        # A viewer token in the centre's token store (its [api] token_store, relative to where it runs).
+        store = Path(load_central_config(config).api.token_store)
+        self.token = TokenStore(store if store.is_absolute() else ROOT / store).create("viewer", "tests")[1]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The bearer-token header of this process's viewer token (the centre's API wants one)."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def start(self) -> None:
         """Start it (its log appended to `log`)."""
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "central", "-c", str(self.config)],
+            argv = [*self.argv_prefix, sys.executable, "-m", "service.cli", "central", "-c", str(self.config)]
+            self.proc = subprocess.Popen(argv,
                                          cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
@@ -108,7 +136,7 @@ class CentralProcess:
         """GET /api/v1/fleet/sites by site ({} while it does not answer)."""
         try:
             async with httpx.AsyncClient(timeout=2) as client:
-                r = await client.get(f"{self.url}/api/v1/fleet/sites")
+                r = await client.get(f"{self.url}/api/v1/fleet/sites", headers=self.headers)
         except httpx.HTTPError:
             return {}
         return {s["site"]: s for s in r.json()} if r.status_code == 200 else {}
@@ -116,7 +144,7 @@ class CentralProcess:
     async def metrics(self) -> str:
         """The /metrics text."""
         async with httpx.AsyncClient(timeout=5) as client:
-            return (await client.get(f"{self.url}/metrics")).text
+            return (await client.get(f"{self.url}/metrics", headers=self.headers)).text
 
 
 @pytest.fixture
@@ -206,3 +234,63 @@ async def simulated_sites() -> AsyncIterator[list[SimulatedSite]]:
         await s.stop_producing()
         if s._uplink_task is not None and not s._uplink_task.done():
             await s.stop_uplink()
+
+
+@dataclass
+class PostgresPair:
+    """A primary and its hot standby, streaming (synchronously unless asked otherwise); heatrec's database on both."""
+
+    primary: PostgresCluster
+    standby: PostgresCluster
+
+    def database(self, target_session_attrs: str | None = "read-write") -> DatabaseConfig:
+        """[database] for heatrec: both servers in `hosts`, the primary first, as a central.toml would list them."""
+        pair = (self.primary, self.standby)
+        hosts = [f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}" for c in pair]
+        return DatabaseConfig.model_validate({"hosts": hosts, "name": self.primary.dbname, "user": self.primary.user,
+                                              "password": self.primary.password,
+                                              "target_session_attrs": target_session_attrs})
+
+    def server(self, cluster: PostgresCluster) -> DatabaseConfig:
+        """[database] for one of the two alone (to look at the standby, which read-write would skip)."""
+        return DatabaseConfig(host=cluster.host, port=cluster.port, name=cluster.dbname, user=cluster.user,
+                              password=cluster.password)
+
+
+@contextlib.contextmanager
+def postgres_pair(base: Path, *, host: str = "127.0.0.1", standby_host: str | None = None,
+                  networks: tuple[str, ...] = (), synchronous: bool = True,
+                  settings: dict[str, str] | None = None) -> Iterator[PostgresPair]:
+    """A new primary on `host` and a hot standby of it on `standby_host` (default: `host`), both started.
+
+    For a test on other addresses (network namespaces): `networks` are the CIDRs pg_hba.conf lets in besides
+    loopback, for heatrec's role and for the standby's streaming, so they must cover the standby's address and
+    every client's. synchronous: the primary commits only once the standby has the WAL (synchronous_standby_names
+    = the standby's application_name, synchronous_commit on). Both are stopped (fast) at the end.
+    """
+    primary = PostgresCluster(base / "primary", free_port(), secrets.token_urlsafe(16), host=host,
+                              networks=networks, settings=settings)
+    standby: PostgresCluster | None = None
+    try:
+        primary.start()
+        standby = primary.make_standby(base / "standby", free_port(), host=standby_host, application_name="standby1")
+        standby.start()
+        primary.wait_streaming(standby)
+        if synchronous:
+            primary.set_synchronous_standby(standby.application_name)
+        yield PostgresPair(primary, standby)
+    finally:
+        if standby is not None:
+            standby.stop()
+        primary.stop()
+
+
+@pytest.fixture
+def replicated_postgres(shared_tmp_path: Path) -> Iterator[PostgresPair]:
+    """A primary and a synchronous hot standby of it on loopback, new for the test (`postgres_pair`).
+
+    Without fsync, as the session's cluster: the tests end a server process, never the machine, and a standby
+    that is sent the WAL holds it whether or not either wrote it to the disk.
+    """
+    with postgres_pair(shared_tmp_path / "pg-pair", settings={"fsync": "off", "full_page_writes": "off"}) as pair:
+        yield pair

@@ -65,6 +65,8 @@ async def test_forged_malformed_replayed_and_reordered_batches(fleet_broker: Fle
         await wait_until(lambda: central.sites(), 30, "central API up")
         await wait_until(lambda: _equals(pool.fetchval("SELECT to_regclass('fleet_sites') IS NOT NULL"), True), 30,
                          "central database migrated")
+        # Subscribed (this test publishes each message once: one sent before would reach no one).
+        await wait_until(lambda: "taking batches from" in central.log.read_text(), 30, "central subscribed")
 
         async def committed() -> int:
             return int(await pool.fetchval("SELECT count(*) FROM readings WHERE site = 'site-a'") or 0)
@@ -127,11 +129,13 @@ async def _equals(value: Any, want: Any) -> bool:
 async def test_lost_batches_are_skipped_and_a_new_epoch_stores_nothing_twice(
         fleet_broker: FleetBroker, database: DatabaseConfig, start_central: Any) -> None:
     """A site whose outbox bound deleted batch 2 says so (base 3); a site whose outbox was lost starts a new epoch."""
-    start_central("central-epochs")
+    central = start_central("central-epochs")
     pool: asyncpg.Pool = await connect_pool(database, max_size=2)
     try:
         await wait_until(lambda: _equals(pool.fetchval("SELECT to_regclass('fleet_sites') IS NOT NULL"), True), 30,
                          "central database migrated")
+        # Subscribed (this test publishes each message once: one sent before would reach no one).
+        await wait_until(lambda: "taking batches from" in central.log.read_text(), 30, "central subscribed")
 
         async def site_row() -> tuple[int, int, int]:
             r = await pool.fetchrow("SELECT epoch, watermark, lost_batches FROM fleet_sites WHERE site = 'site-b'")

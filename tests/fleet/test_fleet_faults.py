@@ -155,8 +155,12 @@ async def test_every_sample_of_every_site_arrives_once_through_broker_centre_and
             drain_task.cancel()
             await asyncio.gather(drain_task, return_exceptions=True)
         for s in (a, b):
-            await wait_until(lambda s=s: s.uplink is not None and s.uplink.outbox.backlog_batches == 0, 30,
-                             f"{s.cfg.site}'s outbox acknowledged")
+            # An empty outbox alone could pass while the batcher still holds the last partial batch: wait for
+            # the centre to hold as many as the site produced too (equality is asserted below).
+            async def stored(s: SimulatedSite = s) -> bool:
+                n = await central.fetchval("SELECT count(*) FROM readings WHERE site = $1", s.cfg.site)
+                return n >= len(s.produced) and s.uplink is not None and s.uplink.outbox.backlog_batches == 0
+            await wait_until(stored, 30, f"{s.cfg.site}'s samples stored and its outbox acknowledged")
 
         phase("drained")
         for s in (a, b):
