@@ -127,9 +127,16 @@ class Controller:
         cfg = self.cfg
         check = cfg.supply_temperature_check
         other = image.get(check).value if check else None
-        if check is None or pv is None or other is None:
-            # Nothing to compare: the supply input's own checks stand alone.
+        if check is None:
             self._disagree_since, self._agree_since, self._distrusted = None, None, False
+            return None
+        if pv is None or other is None:
+            # Nothing to compare this cycle: the supply input's own checks stand alone, and an episode stands as
+            # it is. A gap in either sensor proves nothing, so it neither ends a distrust (else an attacker who
+            # also makes the check sensor miss a poll would escape the check) nor restarts the delay.
+            if self._distrusted:
+                return (f"disagreeing:{cfg.supply_temperature} distrusted and {check} not usable to clear it: "
+                        "the two must agree for the delay")
             return None
         gap = abs(pv - other)
         hold = cfg.supply_temperature_check_delay_s

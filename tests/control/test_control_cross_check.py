@@ -95,6 +95,20 @@ def test_spoofed_samples_interleaved_with_real_ones_are_a_disagreement_not_a_res
 
 
 @pytest.mark.parametrize("problem", ["stale", "bad", "missing"])
+def test_a_gap_in_the_check_sensor_does_not_end_a_distrust(problem: str) -> None:
+    ctl = checked()
+    steps(ctl, 0, 30, 70.0)
+    assert steps(ctl, 30, 8, 45.0, 70.0)[-1].safe_state
+    # The spoof goes on while the heat pump's own sensor misses a few polls (its device slow under the flood):
+    gap = steps(ctl, 38, 3, 45.0, problem)
+    assert all(r.safe_state for r in gap), "a gap in the check sensor let the loop out of its safe state"
+    assert all(r.safe_state for r in steps(ctl, 41, 10, 45.0, 70.0))
+    # Only the two agreeing for the whole delay ends it.
+    back = steps(ctl, 51, 8, 70.0, 70.0)
+    assert back[0].safe_state and not back[-1].safe_state
+
+
+@pytest.mark.parametrize("problem", ["stale", "bad", "missing"])
 def test_an_unusable_check_sensor_leaves_the_supply_input_alone(problem: str) -> None:
     ctl = checked()
     results = steps(ctl, 0, 30, 70.0, problem)
