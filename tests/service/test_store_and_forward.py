@@ -59,10 +59,7 @@ async def test_postgres_outage_under_load_loses_and_duplicates_nothing(postgres:
     seconds = float(os.environ.get("HEATREC_OUTAGE_SECONDS", "10"))
     rate = int(os.environ.get("HEATREC_OUTAGE_RATE", "2000"))
     down = float(os.environ.get("HEATREC_OUTAGE_DOWN", str(seconds * 0.4)))
-    # At least `seconds` of samples, and on until the outage is over: a fixed count could all be written
-    # before a slow machine gets PostgreSQL stopped, leaving nothing to spool.
-    least = int(seconds * rate)
-    outage_over = asyncio.Event()
+    total = int(seconds * rate)
     pool = await prepared_pool(database)
     spool = Spool(tmp_path / "spool", max_bytes=1 << 30, segment_bytes=256 * 1024)
     spool.open()
@@ -71,17 +68,16 @@ async def test_postgres_outage_under_load_loses_and_duplicates_nothing(postgres:
     writer = SampleWriter(pool, bus.subscribe("storage", cfg.queue_size), cfg, {}, spool)
     task = asyncio.create_task(writer.run())
 
-    async def produce() -> int:
-        """Publish at a steady rate: catch up to rate * elapsed every 10 ms; how many it published."""
+    async def produce() -> None:
+        """Publish at a steady rate: catch up to rate * elapsed every 10 ms."""
         loop = asyncio.get_running_loop()
         start, sent = loop.time(), 0
-        while sent < least or not outage_over.is_set():
-            due = int((loop.time() - start) * rate)
+        while sent < total:
+            due = min(total, int((loop.time() - start) * rate))
             for i in range(sent, due):
                 bus.publish(sample(i))
             sent = due
             await asyncio.sleep(0.01)
-        return sent
 
     producer = asyncio.create_task(produce())
     try:
@@ -94,8 +90,7 @@ async def test_postgres_outage_under_load_loses_and_duplicates_nothing(postgres:
         # On the main thread: the server is tied to the thread that starts it (parent-death signal), and
         # a worker thread of asyncio.to_thread may end. The loop pauses ~1 s; the producer catches up after.
         postgres.start()
-        outage_over.set()
-        total = await producer
+        await producer
 
         async def all_in() -> bool:
             return spool.stats.samples == 0 and await pool.fetchval("SELECT count(*) FROM samples") == total
