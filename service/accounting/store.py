@@ -32,6 +32,12 @@ async def fetch_register(conn: asyncpg.Connection, point_id: str, start: datetim
     key = await point_key(conn, point_id)
     if key is None:
         return []
+    return await fetch_register_by_key(conn, key, start, end, margin)
+
+
+async def fetch_register_by_key(conn: asyncpg.Connection, key: int, start: datetime, end: datetime,
+                                margin: timedelta) -> list[Reading]:
+    """fetch_register for a point's key in `samples` (a central store's site points have keys of their own)."""
     rows = await conn.fetch(
         """(SELECT time, value FROM samples WHERE point_key = $1 AND quality <= 1 AND value IS NOT NULL
               AND time < $2 AND time >= $2::timestamptz - $4::interval ORDER BY time DESC LIMIT 2)

@@ -18,6 +18,7 @@ import asyncpg
 from service.accounting.engine import margin_for
 from service.accounting.kpis import GJ_PER_MWH, KpiInputs, compute_kpis
 from service.accounting.registers import Reading, RegisterSpec, register_steps, tally
+from service.accounting.store import fetch_register_by_key
 from service.config import AccountingConfig
 from service.errors import NotFound
 from service.fleet_config import CentralSite
@@ -68,18 +69,7 @@ async def point_key(conn: asyncpg.Connection, site: str, point: str) -> int | No
 async def _readings(conn: asyncpg.Connection, key: int, start: datetime, end: datetime,
                     spec: RegisterSpec) -> list[Reading]:
     """Good readings of a register in [start, end] and the two nearest either side (as the site's fetch_register)."""
-    margin = margin_for(spec.gap_s)
-    rows = await conn.fetch(
-        """(SELECT time, value FROM samples WHERE point_key = $1 AND quality <= 1 AND value IS NOT NULL
-              AND time < $2 AND time >= $2::timestamptz - $4::interval ORDER BY time DESC LIMIT 2)
-           UNION ALL
-           (SELECT time, value FROM samples WHERE point_key = $1 AND quality <= 1 AND value IS NOT NULL
-              AND time >= $2 AND time <= $3)
-           UNION ALL
-           (SELECT time, value FROM samples WHERE point_key = $1 AND quality <= 1 AND value IS NOT NULL
-              AND time > $3 AND time <= $3::timestamptz + $4::interval ORDER BY time LIMIT 2)""",
-        key, start, end, margin)
-    return [Reading(r["time"], float(r["value"])) for r in rows]
+    return await fetch_register_by_key(conn, key, start, end, margin_for(spec.gap_s))
 
 
 async def register_increase(conn: asyncpg.Connection, site: str, point: str, spec: RegisterSpec,
