@@ -43,7 +43,7 @@ from service.metrics import build_registry
 from service.model import utcnow
 from service.scada.server import ScadaServer
 from service.scada.sparkplug.node import EdgeNode
-from service.storage.database import Database
+from service.storage.database import DB_ERRORS, Database
 from service.storage.journal import Journal, apply_event, journal_path
 from service.storage.migrations import migrate
 from service.storage.points import sync_points
@@ -178,7 +178,7 @@ class Service:
         if db.up:
             try:
                 await closed.refresh(db)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:  # its task retries
+            except DB_ERRORS as err:  # its task retries
                 log.warning("closed settlement periods not read at start (%s): the local copy guards", err)
         return closed
 

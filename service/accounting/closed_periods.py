@@ -29,7 +29,7 @@ from service.bus import SampleSink
 from service.config import HeatrecConfig
 from service.model import Sample
 from service.private_files import write_private
-from service.storage.database import Database, DatabaseDown
+from service.storage.database import DB_ERRORS, Database, DatabaseDown
 
 log = logging.getLogger(__name__)
 REFRESH_S = 5.0  # how soon a settlement closed elsewhere (another process, the API) closes its readings too
@@ -172,7 +172,7 @@ class ClosedPeriods:
                     await self.refresh(db)
                 except DatabaseDown:
                     pass  # its supervisor reports the loss; the periods known so far keep guarding
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+                except DB_ERRORS as err:
                     log.warning("closed settlement periods not re-read (%s); retrying in %.0f s", err,
                                 self._refresh_s)
             await asyncio.sleep(self._refresh_s)

@@ -12,7 +12,7 @@ from service.accounting.engine import margin_for, meter_spec
 from service.accounting.store import build_register_hours, point_key
 from service.clock import Clock, RealClock
 from service.config import HeatrecConfig
-from service.storage.database import DatabaseDown
+from service.storage.database import DB_ERRORS, DatabaseDown
 
 log = logging.getLogger(__name__)
 LOOKBACK = timedelta(hours=3)  # recent hours are rebuilt each round: readings of the last hours still arrive
@@ -48,7 +48,7 @@ async def run_rollups(pool: asyncpg.Pool, cfg: HeatrecConfig, clock: Clock | Non
             await refresh_rollups(pool, cfg, clock.now())
         except DatabaseDown:
             pass  # its supervisor reports the database away, once; the roll-up catches up when it is back
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+        except DB_ERRORS as err:
             log.warning("accounting roll-up not refreshed (%s); retrying in %.0f s", err, interval_s)
         await asyncio.sleep(interval_s)
 

@@ -15,7 +15,7 @@ from service.alarms.model import Alarm, AlarmEvent, AlarmState
 from service.bus import SampleBus
 from service.config import AlarmsConfig
 from service.model import utcnow
-from service.storage.database import Database
+from service.storage.database import DB_ERRORS, Database
 from service.storage.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class AlarmManager:
         if self._journal is None or self._pool.up:
             try:
                 await store.load_states(self._pool, self.engine.alarms)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            except DB_ERRORS as err:
                 if self._journal is None:
                     raise
                 log.warning("alarm states not restored (%s): alarms start from their configuration", err)
@@ -88,7 +88,7 @@ class AlarmManager:
             await asyncio.sleep(self._cfg.evaluate_interval_s)
             try:
                 await self.evaluate_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            except DB_ERRORS as err:
                 # The state stays in memory; it is saved with the next change once the database answers.
                 log.warning("could not store alarm changes: %s", err)
 

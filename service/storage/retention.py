@@ -15,6 +15,7 @@ from datetime import timedelta
 import asyncpg
 
 from service.config import StorageConfig
+from service.storage.database import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ async def run_retention(pool: asyncpg.Pool, cfg: StorageConfig) -> None:
                 dropped = await drop_old_chunks(conn, age)
             if dropped:
                 log.info("retention: dropped %d chunks older than %s days", len(dropped), cfg.retention_days)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+        except DB_ERRORS as err:
             # The database being away is the writer's problem to report; retention just tries again later.
             log.debug("retention run skipped: %s", err)
         await asyncio.sleep(cfg.retention_interval_s)

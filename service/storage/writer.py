@@ -280,14 +280,26 @@ class SampleWriter:
         lends to that block alone, and no connection object leaves it (none is stored or handed to a
         task). Concurrent writes therefore use different connections; a write that is cancelled (timeout,
         shutdown) goes back to the pool only once asyncpg has settled its cancellation.
+
+        The release can fail too: asyncpg releases in a task of its own (under asyncio.shield), so a
+        connection whose end is processed in between has already gone back to the pool through its close
+        callback, and the release then raises InternalClientError("called on a free connection holder").
+        That is the same lost connection, after the block: the batch is spooled and its replay skips
+        whatever had been committed.
         """
-        async with self._pool.acquire() as conn:
-            try:
-                yield conn
-            except asyncpg.InternalClientError as err:
-                if not _ended(conn):
-                    raise  # asyncpg's own trouble on a live connection: a bug, not the database
-                raise ConnectionEnded(f"the server had ended the connection ({err})") from err
+        conn: asyncpg.Connection | None = None
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    yield conn
+                except asyncpg.InternalClientError as err:
+                    if not _ended(conn):
+                        raise  # asyncpg's own trouble on a live connection: a bug, not the database
+                    raise ConnectionEnded(f"the server had ended the connection ({err})") from err
+        except asyncpg.InternalClientError as err:
+            if conn is None or not _ended(conn):
+                raise
+            raise ConnectionEnded(f"the connection ended while it went back to the pool ({err})") from err
 
     async def _ensure_keys(self, conn: asyncpg.Connection, batch: list[Sample]) -> None:
         """Register points not seen before (e.g. a driver's own status points)."""

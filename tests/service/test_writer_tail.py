@@ -8,12 +8,14 @@ and not yet committed or spooled, and goes back to 0 once everything is stored.
 A pooled connection whose session the server ended (PostgreSQL's fast shutdown, pg_terminate_backend)
 and which the writer takes before asyncpg has read the end of the stream fails in asyncpg with
 InternalClientError("cannot switch to state 11; another operation (2) is in progress"): the writer
-treats it as the lost connection it is (spools, recovers, replays) instead of stopping the service.
+treats it as the lost connection it is (spools, recovers, replays) instead of stopping the service. So
+it does when the connection ends as it goes back to the pool, which asyncpg reports from the release.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,7 @@ from service.bus import SampleBus
 from service.config import DatabaseConfig, HeatrecConfig, StorageConfig
 from service.metrics import build_registry
 from service.model import Quality, Sample
-from service.storage.database import connect_kwargs, connect_pool
+from service.storage.database import Database, connect_kwargs, connect_pool
 from service.storage.migrations import migrate
 from service.storage.spool import Spool
 from service.storage.writer import SampleWriter
@@ -232,4 +234,61 @@ async def test_a_connection_the_server_ended_is_a_lost_connection(database: Data
             await stop(task)
         spool.close()
         await admin.close()
+        await pool.close()
+
+
+class EndsAsReleased(Database):
+    """The real pool, whose first connection lent out ends one turn of the loop before its release."""
+
+    ends = 1
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:  # type: ignore[override]
+        """Lend a connection; end the first one as it goes back (fault injection on asyncpg's own object)."""
+        ctx = super().acquire()
+        conn = await ctx.__aenter__()
+        try:
+            yield conn
+        finally:
+            if self.ends:
+                self.ends -= 1
+                asyncio.get_running_loop().call_soon(conn._con.terminate)
+            await ctx.__aexit__(None, None, None)
+
+
+async def test_a_connection_that_ends_as_it_is_released_is_a_lost_connection(database: DatabaseConfig,
+                                                                             tmp_path: Path) -> None:
+    """The writer outlives asyncpg's "release() called on a free connection holder" (a CI failure).
+
+    asyncpg releases a connection in a task of its own; a connection whose end is processed before that
+    task runs has gone back to the pool already, and the release raises. Ending the connection in the
+    turn between the two puts the writer in that window every time: its batch was committed, its release
+    fails, and it must spool the batch and replay it without a duplicate, not stop.
+    """
+    pool = await connect_pool(database, min_size=1, max_size=2)
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30, segment_bytes=4 << 20)
+    spool.open()
+    db = EndsAsReleased.from_pool(pool)
+    task: asyncio.Task[None] | None = None
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        bus = SampleBus()
+        cfg = StorageConfig(batch_size=1000, batch_max_age_s=AGE_S)
+        writer = SampleWriter(db, bus.subscribe("storage", cfg.queue_size), cfg, {}, spool)
+        task = asyncio.create_task(writer.run())
+        for i in range(50):
+            bus.publish(sample(i))
+
+        async def all_in() -> bool:
+            assert not task.done(), f"the writer stopped: {task.exception()!r}"
+            return await count(pool) == 50 and writer.stats.pending == 0 and spool.stats.samples == 0
+
+        await wait_until(all_in, timeout=15, what="every sample stored once, the writer running")
+        assert db.ends == 0 and writer.stats.write_errors >= 1, "the release did not fail: the test proved nothing"
+        assert await pool.fetchval("SELECT count(DISTINCT (point_key, time)) FROM samples") == 50
+    finally:
+        if task is not None:
+            await stop(task)
+        spool.close()
         await pool.close()
