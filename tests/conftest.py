@@ -14,6 +14,7 @@ import pytest
 from service.config import DatabaseConfig
 from service.localservers import MosquittoServer, PostgresCluster, free_port
 from service.localservers.mosquitto import BrokerUser
+from tests import hang_report
 from tests.isolation import UNIT_ONLY_ENV, UnitGuard, failure_text, mark_integration
 from tests.support import demo_config_text
 
@@ -31,6 +32,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the unit guard."""
     if _GUARD is not None:
         _GUARD.uninstall()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Print the asyncio tasks of a test that is about to time out (see tests/hang_report.py)."""
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker is not None and marker.args else float(item.config.getini("timeout"))
+    timer = hang_report.start(timeout)
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
