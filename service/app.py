@@ -35,6 +35,7 @@ from service.bus import SampleBus
 from service.config import ApiConfig, HeatrecConfig
 from service.control.arbiter import Priority
 from service.control.loop import ControlLoop
+from service.dispatch.history import DispatchHistory
 from service.dispatch.task import DispatchTask
 from service.fleet.records_feed import ForwardingJournal
 from service.fleet.uplink import Uplink
@@ -322,7 +323,8 @@ class Service:
                     self.dispatch = DispatchTask(cfg.dispatch, cfg.control, self.bus, self.control.controller,
                                                  audit=audit.record, state_path=Path(cfg.dispatch.state_file),
                                                  events=lambda kind, severity, message: self._record_event(
-                                                     "dispatch", kind, severity, message))
+                                                     "dispatch", kind, severity, message),
+                                                 history=DispatchHistory(cfg.dispatch, cfg.control, db))
             if cfg.sparkplug is not None:
                 # Subscribed to the bus now, before the drivers start; commands go through the arbiter.
                 self.sparkplug = EdgeNode(cfg.sparkplug, cfg.devices, self.bus,
@@ -366,6 +368,8 @@ class Service:
                 running.start("control", self.control.run())
             if self.dispatch is not None:  # stopped before control: the controller is left without constraints
                 running.start("dispatch", self.dispatch.run())
+                # Its own task: the fit is read from the database in the background, never before a solve.
+                running.start("dispatch-history", self.dispatch.history.run())
 
             async def stop_api(task: asyncio.Task[object]) -> None:
                 server.should_exit = True

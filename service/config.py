@@ -106,6 +106,10 @@ class DispatchPoints(StrictModel):
                                                                         "0..1 (needs [dispatch.store])")
     outdoor_temperature: str | None = Field(default=None, description="outdoor temperature, °C; none = "
                                                                       "[control] outdoor_temperature")
+    electric_power: dict[str, str] = Field(default_factory=dict,
+                                           description="per dispatched heat pump id, its electrical power point, "
+                                                       "kW: with [control] heat_output it calibrates the pump's "
+                                                       "Carnot efficiency from history")
 
 
 class PlantDispatch(DispatchConfig):
@@ -119,6 +123,15 @@ class PlantDispatch(DispatchConfig):
     points: DispatchPoints
     state_file: str = Field(default="var/dispatch-state.json",
                             description="whether an operator switched dispatch on or off, restored at start")
+    history_days: float = Field(default=14.0, ge=0, le=60,
+                                description="days of the plant's own history the forecasts and the COP are fitted "
+                                            "from; 0 = persistence and the configured COP only")
+    history_refresh_s: float = Field(default=3600.0, ge=60, description="the history is read and fitted again "
+                                                                        "this often (and at start)")
+    history_min_buckets: int = Field(default=192, ge=2, description="15-minute buckets of history a forecast needs "
+                                                                    "(fewer: persistence)")
+    cop_min_buckets: int = Field(default=16, ge=1, description="15-minute buckets a pump must have run in for its "
+                                                               "calibration (fewer: the configured efficiency)")
 
 
 class HeatrecConfig(StrictModel):
@@ -190,6 +203,12 @@ class HeatrecConfig(StrictModel):
             ref = getattr(dispatch.points, name)
             if ref is not None:
                 refs.append((f"dispatch.points.{name}", ref))
+        dispatched = [hp.id for hp in dispatch.heat_pumps]
+        for pump, ref in dispatch.points.electric_power.items():
+            if pump not in dispatched:
+                raise ValueError(f"dispatch.points.electric_power.{pump}: not a dispatched heat pump "
+                                 f"(dispatch.heat_pumps: {', '.join(dispatched)})")
+            refs.append((f"dispatch.points.electric_power.{pump}", ref))
         for where, ref in refs:
             if ref not in points:
                 raise ValueError(self.unknown_point(where, ref))

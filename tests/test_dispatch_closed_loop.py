@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,20 @@ async def test_the_heat_pump_follows_the_price_plan_cooling_first(plant_config_f
                 assert health["components"]["dispatch"]["status"] == "degraded"
                 metrics = (await http.get("/metrics", headers={"Authorization": f"Bearer {viewer}"})).text
                 assert 'heatrec_dispatch_fallback{fallback="follow_demand"} 1.0' in metrics
+                # The plan over time went through the service's own writer: the margin report sums it.
+                day = {"start": (PRICE_START - timedelta(hours=1)).isoformat(),
+                       "end": (PRICE_START + timedelta(days=1)).isoformat()}
+
+                async def reported() -> bool:
+                    r = await http.get("/api/v1/dispatch/report", params=day,
+                                       headers={"Authorization": f"Bearer {viewer}"})
+                    assert r.status_code == 200, r.text
+                    body = r.json()
+                    assert all(isinstance(body[k], str) and Decimal(body[k]).is_finite()  # money as strings
+                               for k in ("expected_margin_dkk", "baseline_margin_dkk", "difference_dkk"))
+                    return bool(body["hours_applied"] > 0 and body["hours_fallback"] > 0)
+
+                await wait_until(reported, 10, "the stored plan records in the margin report")
                 # The operator's switch: audited, and the answer says it is off.
                 r = await http.put("/api/v1/dispatch", json={"enabled": False},
                                    headers={"Authorization": f"Bearer {viewer}"})

@@ -25,7 +25,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # What the plant does: control, every write to a device, accounting, alarms, commissioning.
     ("functions", ("service.control.*", "service.writes", "service.accounting.*", "service.alarms.*",
                    "service.commissioning", "service.preflight", "service.fleet.*",
-                   "service.dispatch.*", "service.fleet.keys")),
+                   "service.dispatch.*", "service.fleet.keys",
+                   "service.dispatch.history")),  # reads the plant's history (infrastructure) for the forecasts
     # The database, the audit trail, tokens, and the local PostgreSQL/Mosquitto of the demo and the tests.
     ("infrastructure", ("service.storage.*", "service.audit", "service.auth", "service.token_store",
                         "service.localservers.*")),

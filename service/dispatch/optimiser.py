@@ -395,6 +395,38 @@ def follow_demand(inputs: Inputs, reason: str) -> Plan:
     return Plan(inputs.start, inputs.step_s, tuple(u.id for u in inputs.units), (), "follow_demand", reason)
 
 
+def follow_demand_steps(inputs: Inputs) -> tuple[Step, ...]:
+    """The follow-demand baseline as steps: what today's control makes of the same inputs, to price it.
+
+    As bench/bench_dispatch.py's baseline: the network's demand is made as it comes, the store unused. The
+    direct exchanger (free heat) goes first, then the available pumps in turn, each within its capacity, the
+    demand left and the IT heat left to lift; what remains of the IT heat goes to the dry coolers. Minimum
+    load and run times are not modelled (a pump below its minimum load is taken as cycling to the mean).
+    """
+    step = timedelta(seconds=inputs.step_s)
+    out = []
+    for t in range(inputs.steps):
+        it, demand = max(inputs.it_heat_kw[t], 0.0), max(inputs.demand_kw[t], 0.0)
+        direct = min(max(inputs.direct_exchange_kw[t], 0.0), it, demand) \
+            if inputs.direct_exchange_kw is not None else 0.0
+        it_left, demand_left = it - direct, demand - direct
+        heat: list[float] = []
+        on: list[int] = []
+        for u in inputs.units:
+            cap = u.capacity_kw * u.count if u.available else 0.0
+            lift = 1.0 - 1.0 / u.cop[t] if u.cop[t] > 1.0 else 0.0  # share of the output taken from the IT loop
+            q = max(min(cap, demand_left, it_left / lift if lift > 0 else 0.0), 0.0)
+            heat.append(q)
+            on.append(min(math.ceil(q / u.capacity_kw - _TOL), u.count) if q > _TOL else 0)
+            demand_left -= q
+            it_left -= q * lift
+        store = inputs.store.initial_kwh if inputs.store is not None else 0.0
+        out.append(Step(inputs.start + step * t, tuple(heat), tuple(on),
+                        sum(q / u.cop[t] for q, u in zip(heat, inputs.units, strict=True) if q > 0), direct,
+                        max(it_left, 0.0), 0.0, 0.0, store, sum(heat) + direct, inputs.it_heat_kw[t]))
+    return tuple(out)
+
+
 def safe_plan(inputs: Inputs, reason: str, elapsed: float = 0.0) -> Plan:
     """Cooling first: every available heat pump may run at full, the dry coolers and direct exchange at full."""
     step = timedelta(seconds=inputs.step_s)

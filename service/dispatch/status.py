@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,7 +54,10 @@ class DispatchStatus(BaseModel):
         "execution": None, "last_solve_at": "2026-03-01T12:00:00Z", "solve_s": 0.01, "expected_margin_dkk": None,
         "heat_price_dkk_per_kwh": "0.35", "plan_start": None, "step_s": 900.0, "plant_step_s": 900.0,
         "current_step": None, "command": None, "planned_heat_kw": None, "actual_heat_kw": 640.0,
-        "fallback_episodes": 1, "steps": []}]})
+        "fallback_episodes": 1, "steps": [], "forecast": "history", "demand_forecast": "none",
+        "forecast_reason": "hp2 COP: ran in 3 of 16 buckets", "history_buckets": 1344,
+        "history_fitted_at": "2026-03-01T11:00:05Z", "cop_source": {"hp1": "calibrated", "hp2": "configured"},
+        "carnot_efficiency": {"hp1": 0.47, "hp2": 0.5}, "cop_running_buckets": {"hp1": 880, "hp2": 3}}]})
     enabled: bool
     enabled_by: str = Field(description="who switched it last: configuration, or an operator")
     status: PlanState | None = Field(description="the plan in force: optimal, or the fallback it is; none before "
@@ -76,6 +79,20 @@ class DispatchStatus(BaseModel):
     actual_heat_kw: float | None = Field(description="the dispatched heat pumps' measured output")
     fallback_episodes: int
     steps: list[DispatchStepOut]
+    forecast: Literal["history", "persistence"] = Field(
+        default="persistence", description="IT heat over the horizon: the history's hour-of-week profile (anchored "
+                                           "at the measurement now), or the measurement now held")
+    demand_forecast: Literal["history", "persistence", "none"] = Field(
+        default="none", description="network demand: the history's model at today's outdoor temperature, the "
+                                    "measurement now held, or none (no demand points)")
+    forecast_reason: str = Field(default="", description="why a part is not from history (empty when all is)")
+    history_buckets: int = Field(default=0, description="15-minute buckets of IT-heat history in the fit")
+    history_fitted_at: datetime | None = Field(default=None, description="when the fit in force was made")
+    cop_source: dict[str, Literal["calibrated", "configured"]] = Field(
+        default_factory=dict, description="per pump: Carnot efficiency calibrated from measured COP, or configured")
+    carnot_efficiency: dict[str, float] = Field(default_factory=dict, description="per pump: the efficiency in force")
+    cop_running_buckets: dict[str, int] = Field(default_factory=dict,
+                                                description="per pump: running buckets of the calibration")
 
 
 def dispatch_status(task: DispatchTask) -> DispatchStatus:
@@ -112,4 +129,17 @@ def dispatch_status(task: DispatchTask) -> DispatchStatus:
         command=DispatchCommandOut(step_start=cmd.step_start, in_service=sorted(cmd.in_service),
                                    sg_ready=cmd.sg_ready, heat_limit_kw=cmd.heat_limit_kw) if cmd else None,
         planned_heat_kw=round(sum(plan.steps[index].heat_kw), 3) if plan and index is not None else None,
-        actual_heat_kw=task.measure().heat_output_kw, fallback_episodes=task.stats.episodes, steps=steps)
+        actual_heat_kw=task.measure().heat_output_kw, fallback_episodes=task.stats.episodes, steps=steps,
+        **_history_fields(task))
+
+
+def _history_fields(task: DispatchTask) -> dict[str, Any]:
+    """Where the forecasts and the COP come from (service/dispatch/history.py)."""
+    h, pumps = task.history, [hp.id for hp in task.cfg.heat_pumps]
+    fit = h.fit
+    return {"forecast": h.forecast, "demand_forecast": h.demand_forecast, "forecast_reason": h.reason(),
+            "history_buckets": fit.buckets if fit is not None else 0,
+            "history_fitted_at": fit.fitted_at if fit is not None else None,
+            "cop_source": {p: h.cop_source(p) for p in pumps},
+            "carnot_efficiency": {p: round(h.efficiency(p), 4) for p in pumps},
+            "cop_running_buckets": {p: fit.running_buckets.get(p, 0) if fit is not None else 0 for p in pumps}}

@@ -28,8 +28,10 @@ from service.config import ControlConfig, PlantDispatch
 from service.control.command import SG_ENCOURAGED, SG_NORMAL, DispatchCommand
 from service.control.controller import FAULT_BIT, RUN_BIT, Controller
 from service.dispatch import prices as price_data
+from service.dispatch.history import DispatchHistory
 from service.dispatch.models import CarnotCop, DryCoolers, HeatStore
 from service.dispatch.optimiser import Inputs, Plan, StoreInput, UnitInput, optimise, safe_plan
+from service.dispatch.plan_points import PlanPublisher
 from service.dispatch.tariffs import TariffError, TariffSet, load_tariffs
 from service.errors import HeatrecError
 from service.model import Quality
@@ -80,7 +82,7 @@ class DispatchTask:
     def __init__(self, cfg: PlantDispatch, control: ControlConfig, bus: SampleBus, controller: Controller,
                  clock: Clock | None = None, *, audit: AuditSink | None = None, events: EventFn | None = None,
                  state_path: Path | None = None, solver: Solver = optimise,
-                 tariffs: TariffSet | None = None) -> None:
+                 tariffs: TariffSet | None = None, history: DispatchHistory | None = None) -> None:
         self.cfg = cfg
         self.control = control
         self._bus = bus
@@ -91,6 +93,8 @@ class DispatchTask:
         self._state_path = state_path
         self._solver = solver
         self.tariffs = tariffs or load_tariffs(cfg.tariffs)
+        # The forecasts and COP fitted from the database's history (none yet, or no database: persistence).
+        self.history = history or DispatchHistory(cfg, control, None)
         self.enabled = cfg.enabled
         self.enabled_by = "configuration"
         self.plan: Plan | None = None
@@ -107,6 +111,7 @@ class DispatchTask:
         # when the status word showed it (the pump and the poll lag behind the command)
         self._commanded: dict[str, tuple[bool, datetime]] = {}
         self._lock = asyncio.Lock()
+        self.publisher = PlanPublisher(bus)  # the step in force as samples, stored like any reading
         self.restore()
 
     # --- time -----------------------------------------------------------------------------------
@@ -187,12 +192,13 @@ class DispatchTask:
         dry = DryCoolers(cfg.dry_cooler_capacity_kw, cfg.dry_cooler_design_outdoor_temperature,
                          cfg.dry_cooler_derating_per_k).capacity_at(outdoor)
         capacity = sum(h.capacity_kw for h in cfg.heat_pumps) + cfg.direct_exchange_kw
-        # Persistence forecasts: what the plant shows now holds over the horizon (docs/DISPATCH.md).
-        it_heat = m.it_heat_kw if m.it_heat_kw is not None else 0.0
-        demand = m.demand_kw if m.demand_kw is not None else capacity
+        # The history's profile and demand model anchored at what the plant shows now, else persistence: what it
+        # shows now holds over the horizon (docs/DISPATCH.md); outdoor temperature is persistence either way.
+        it_heat_kw = self.history.it_heat_kw(start, n, PRICE_STEP, m.it_heat_kw)
+        demand_kw = self.history.demand_kw(start, n, PRICE_STEP, m.demand_kw, m.outdoor, capacity)
         units = []
         for hp in cfg.heat_pumps:
-            cop = CarnotCop(hp.carnot_efficiency).cop(cfg.source_temperature, cfg.sink_temperature)
+            cop = CarnotCop(self.history.efficiency(hp.id)).cop(cfg.source_temperature, cfg.sink_temperature)
             word = m.status.get(hp.id)
             available = word is not None and not word & FAULT_BIT
             on = word is not None and bool(word & RUN_BIT)
@@ -213,7 +219,7 @@ class DispatchTask:
             share = m.store_share if m.store_share is not None else 0.0
             store = StoreInput.of(model, min(max(share, 0.0), 1.0) * model.capacity_kwh)
         return Inputs(start=start, heat_price_dkk_per_kwh=cfg.heat_price_dkk_per_mwh / 1000,
-                      electricity_dkk_per_kwh=electricity, it_heat_kw=(it_heat,) * n, demand_kw=(demand,) * n,
+                      electricity_dkk_per_kwh=electricity, it_heat_kw=it_heat_kw, demand_kw=demand_kw,
                       dry_cooler_kw=(dry,) * n, units=tuple(units),
                       direct_exchange_kw=(cfg.direct_exchange_kw,) * n if cfg.direct_exchange_kw > 0 else None,
                       store=store, step_s=PRICE_STEP.total_seconds(),
@@ -321,6 +327,11 @@ class DispatchTask:
 
     def apply(self) -> None:
         """Hand the controller the step in force (or nothing)."""
+        try:
+            self.publisher.observe(self.plan, self.inputs, self.current_index(), self.enabled, self.plan_time(),
+                                   self._clock.now())
+        except Exception:  # the plan's record is for people: a bug in it must not stop dispatch
+            log.exception("dispatch plan samples not published")
         cmd = self.controller.dispatch = self.command()
         if cmd is None:
             self._commanded.clear()

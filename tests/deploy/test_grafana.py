@@ -12,10 +12,11 @@ import asyncpg
 import pytest
 
 from service.config import parse_config
+from service.dispatch import plan_points
 from service.localservers import PostgresCluster
 from service.storage.database import connect_pool
 from service.storage.migrations import migrate
-from service.storage.points import sync_points
+from service.storage.points import register_point, sync_points
 from tests.deploy.stack_db import init_like_compose
 from tests.support import demo_config_text
 
@@ -32,6 +33,8 @@ DS_REF = "${" + DS_INPUT + "}"
 PROM_INPUT = "DS_PROMETHEUS"
 PROM_REF = "${" + PROM_INPUT + "}"
 START = datetime(2026, 1, 1, tzinfo=UTC)
+DISPATCH_POINTS = (plan_points.STATUS, plan_points.PLANNED_HEAT, plan_points.PRICE, plan_points.EXPECTED,
+                   plan_points.BASELINE)
 END = START + timedelta(hours=2)
 
 
@@ -149,6 +152,8 @@ async def test_every_panel_query_runs_against_seeded_schema(postgres: PostgresCl
         async with pool.acquire() as conn:
             await migrate(conn)
             keys = await sync_points(conn, cfg)
+            # The dispatch task's own points, registered as the writer registers them on their first sample.
+            keys.update({p: await register_point(conn, p) for p in DISPATCH_POINTS})
             # Every 7th reading BAD, and the last one of every other point too (for the "not GOOD" panel).
             rows = [(START + timedelta(seconds=30 * i), key, float(i), 2 if i % 7 == 0 or (i == 239 and key % 2) else 0)
                     for key in keys.values() for i in range(240)]
@@ -243,6 +248,13 @@ def test_fleet_dashboard_reads_only_metrics_the_centre_exports() -> None:
     named = {m for p in panels(d) for t in p["targets"] if "expr" in t
              for m in re.findall(r"heatrec_\w+", t["expr"])}
     assert len(named) >= 5 and named <= exported, named - exported
+
+
+def test_dashboards_name_only_the_dispatch_points_the_task_publishes() -> None:
+    """A `dispatch.…` point in a panel's SQL is one service/dispatch/plan_points.py publishes."""
+    named = {m for path in DASHBOARDS for p in panels(json.loads(path.read_text())) for t in sql_targets(p)
+             for m in re.findall(r"point = '(dispatch\.[\w.]+)'", t["rawSql"])}
+    assert named and named <= set(DISPATCH_POINTS), named - set(DISPATCH_POINTS)
 
 
 def _demo_devices() -> dict[str, Any]:
