@@ -259,6 +259,9 @@ def run_optimiser(w: World, first: int, steps: int, elec: list[float], with_stor
     for i in range(first, first + steps):
         now = w.time(i)
         if (i - first) % 96 == 0:  # refit the forecasts daily on the last 28 days
+            if i > first and (i - first) % (7 * 96) == 0:  # a contiguous year: progress every week
+                print(f"      {'store' if with_store else 'no store'}: {now:%Y-%m-%d}, margin so far "
+                      f"{tally.margin / 1000:.1f} kDKK, {len(tally.solve_s)} solves", file=sys.stderr, flush=True)
             hist = range(i - HISTORY_DAYS * 96, i)
             times = [w.time(k) for k in hist]
             profile = fit_profile(times, [w.it[k] for k in hist])
