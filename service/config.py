@@ -244,6 +244,14 @@ class HeatrecConfig(StrictModel):
             if (sp.min is not None and low < sp.min) or (sp.max is not None and high > sp.max):
                 raise ValueError(f"control.heat_pumps[{i}].setpoint: control.setpoint_min..setpoint_max "
                                  f"({low}..{high}) exceeds the point's envelope ({sp.min}..{sp.max})")
+            if hp.capacity_limit is not None:
+                # Cooling first: releasing a pump's cap means writing 100 %, at once; an envelope that cannot take
+                # it (or ramps it) would leave a cap on the pump when IT cooling needs it.
+                cl = points[hp.capacity_limit]
+                if (cl.max is not None and cl.max < 100) or cl.max_rate is not None:
+                    raise ValueError(f"control.heat_pumps[{i}].capacity_limit: point '{hp.capacity_limit}' must "
+                                     f"take 100 % at once (its max is {cl.max}, max_rate {cl.max_rate}): the "
+                                     "controller releases the cap to 100 % whenever IT cooling may need the pump")
 
     def unknown_point(self, where: str, ref: str) -> str:
         """The error for a reference to no point: what is there instead, so the fix is one look away."""

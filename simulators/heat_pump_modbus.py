@@ -31,7 +31,8 @@ INPUT_REGISTER_COUNT = 16  # 7-9 are reserved and read 0, so one block read of 0
 HR_SUPPLY_SETPOINT = 0
 HR_SG_READY = 1
 HR_HEARTBEAT = 2
-HOLDING_REGISTER_COUNT = 3
+HR_CAPACITY_LIMIT = 3  # uint16, 0.1 %: the heat output's cap, share of the nominal capacity (1000 = no cap)
+HOLDING_REGISTER_COUNT = 4
 
 STATUS_RUNNING = 0x0001
 STATUS_FAULT = 0x0002
@@ -82,7 +83,8 @@ def input_registers(hp: HeatPumpState, outdoor_temperature: float = 0.0) -> list
 
 def holding_registers(hp: HeatPumpState) -> list[int]:
     """The holding register image: what a read-back of the commands returns."""
-    return [int16_register(hp.remote_setpoint, 0.1), int(hp.sg_ready), hp.heartbeat]
+    return [int16_register(hp.remote_setpoint, 0.1), int(hp.sg_ready), hp.heartbeat,
+            uint16_register(hp.capacity_limit_percent, 0.1)]
 
 
 class HeatPumpModbusServer(ModbusFace):
@@ -139,6 +141,9 @@ class HeatPumpModbusServer(ModbusFace):
             elif reg == HR_SG_READY and raw > 3:
                 log.warning("heat pump %s rejected SG-Ready state %d", hp_id, raw)
                 return ExcCodes.ILLEGAL_VALUE
+            elif reg == HR_CAPACITY_LIMIT and raw > 1000:
+                log.warning("heat pump %s rejected capacity limit %.1f %% (0-100 %%)", hp_id, raw / 10)
+                return ExcCodes.ILLEGAL_VALUE
         for reg, raw in commands:
             if reg == HR_SUPPLY_SETPOINT:
                 self._model.set_heat_pump_setpoint(hp_id, _signed(raw) / 10)
@@ -146,6 +151,8 @@ class HeatPumpModbusServer(ModbusFace):
                 self._model.set_sg_ready(hp_id, raw)
             elif reg == HR_HEARTBEAT:
                 self._model.heartbeat(hp_id, raw)
+            elif reg == HR_CAPACITY_LIMIT:
+                self._model.set_capacity_limit(hp_id, raw / 10)
         self._holding = holding_registers(self._model.heat_pumps[hp_id])
         return None
 

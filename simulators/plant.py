@@ -90,6 +90,7 @@ class HeatPumpState:
     heartbeat: int = 0
     electric_energy_kwh: float = 0.0  # the pump's own electricity meter, never reset
     tripped_on_temperature: bool = False
+    capacity_limit_percent: float = 100.0  # the commanded cap on the heat output, % of capacity_kw
 
     @property
     def status_word(self) -> int:
@@ -235,6 +236,8 @@ class PlantModel:
         # Dead time: each heat pump's commanded targets (elapsed_s, °C); the oldest due one acts.
         self._targets: dict[str, deque[tuple[float, float]]] = {}
         self._acting: dict[str, float] = {}
+        # Capacity limit in force: pump -> capped / uncapped heat of the last step, which the supply sags by.
+        self._capped: dict[str, float] = {}
         self._cdu_cfg: dict[str, SimCdu] = {c.id: c for c in cfg.cdus}
         self._hp_cfg: dict[str, SimHeatPump] = {h.id: h for h in cfg.heat_pumps}
         self._meter_cfg: dict[str, SimHeatMeter] = {m.id: m for m in cfg.heat_meters}
@@ -420,6 +423,11 @@ class PlantModel:
             limit = min(cfg.capacity_kw, demand_room_kw * share)
             wanted = not hp.fault and hp.sg_ready != SgReady.BLOCKED and heat_kw > 0
             hp.running = wanted and limit > 0 and limit >= cfg.min_load_fraction * cfg.capacity_kw
+            ratio = self._capped.get(hp_id)
+            if hp.running and ratio is not None and target > dh_return:
+                # The capacity limit holds the heat below what the network's flow takes at the target: that
+                # flow leaves the condenser cooler, by the share of the heat withheld (same flow, less heat).
+                target = dh_return + (target - dh_return) * ratio
             # Idle, the condenser water drifts to the DH return temperature.
             hp.supply_temperature = first_order(hp.supply_temperature, target if hp.running else dh_return,
                                                 dt_s, cfg.time_constant_s)
@@ -432,6 +440,7 @@ class PlantModel:
                 log.warning("heat pump %s tripped: condenser %.1f °C above %.1f °C", hp_id,
                             hp.supply_temperature, cfg.trip_temperature)
             if not hp.running or mass_flow <= 0:
+                self._capped.pop(hp_id, None)
                 hp.cop = hp.heat_output_kw = hp.electric_power_kw = hp.evaporator_heat_kw = 0.0
                 hp.source_outlet_temperature = source_inlet
                 continue
@@ -440,12 +449,20 @@ class PlantModel:
             # The DH pump can only carry so much heat at the present spread (matters at start-up).
             dh_limit = cfg.capacity_kw / DH_DESIGN_SPREAD_K * max(hp.supply_temperature - dh_return, 0.0)
             compressor = cfg.compressor_power_kw if cfg.compressor_power_kw is not None else math.inf
-            q_evap, cop, q_cond = available, 1.0, 0.0
+            # The capacity limit (holding register 3) caps the heat output; never below the modulation floor,
+            # where the machine runs at least (a lower limit would stop it: that is SG-Ready's job).
+            cap = max(hp.capacity_limit_percent / 100.0, cfg.min_load_fraction) * cfg.capacity_kw
+            q_evap, cop, q_cond, uncapped = available, 1.0, 0.0, 0.0
             for _ in range(3):  # the source outlet depends on q_evap, COP on the outlet: converges fast
                 t_cold = source_inlet - q_evap / (m_src * CP_WATER)
                 cop = carnot_cop(hp.supply_temperature, t_cold, cfg.carnot_efficiency)
-                q_cond = min(available * cop / (cop - 1.0), limit, dh_limit, compressor * cop)
+                uncapped = min(available * cop / (cop - 1.0), limit, compressor * cop)
+                q_cond = min(uncapped, dh_limit, cap)
                 q_evap = q_cond * (cop - 1.0) / cop
+            if cap < uncapped:
+                self._capped[hp_id] = cap / uncapped
+            else:
+                self._capped.pop(hp_id, None)
             hp.cop = cop
             hp.heat_output_kw = q_cond
             hp.electric_power_kw = q_cond / cop
@@ -536,6 +553,11 @@ class PlantModel:
         cfg = self._hp_cfg[hp_id]
         _check_range(value, cfg.setpoint_min, cfg.setpoint_max, f"{hp_id} supply setpoint")
         self.heat_pumps[hp_id].remote_setpoint = value
+
+    def set_capacity_limit(self, hp_id: str, percent: float) -> None:
+        """Accept a capacity limit, 0..100 % of the pump's capacity_kw; ValueError otherwise."""
+        _check_range(percent, 0.0, 100.0, f"{hp_id} capacity limit (%)")
+        self.heat_pumps[hp_id].capacity_limit_percent = float(percent)
 
     def set_sg_ready(self, hp_id: str, state: int) -> None:
         """Accept an SG-Ready state 0..3; ValueError otherwise."""

@@ -80,7 +80,16 @@ async def running_service(cfg: HeatrecConfig) -> AsyncIterator[Service]:
         yield svc
     finally:
         svc.stop()
-        await asyncio.wait_for(task, 60)
+        done, _ = await asyncio.wait({task}, timeout=60)
+        if not done:  # a stop that hangs is a bug of its own: name where, instead of a bare timeout later
+            stuck = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+            for t in stuck:
+                t.print_stack(limit=8, file=sys.stderr)
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+            raise AssertionError(f"the service did not stop within 60 s; {len(stuck)} tasks still running "
+                                 "(their stacks are on stderr)")
+        task.result()
 
 
 def new_database(postgres: PostgresCluster, prefix: str) -> DatabaseConfig:

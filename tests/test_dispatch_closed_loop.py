@@ -3,9 +3,10 @@
 The demo plant on free ports with a heat store (its state of charge read over Modbus TCP), dry coolers that
 can take the whole IT load, and `[dispatch]` with 2-second plan steps replaying a price file: a cheap block,
 an expensive block, cheap again. The heat pump's SG-Ready register, read on the Modbus wire by a separate
-client, follows the plan: blocked in the expensive block, running in the cheap one; the CDU never exceeds
-its allowable maximum; removing the price file shows the follow-demand fallback in `GET /api/v1/dispatch`,
-and the pump is back on today's control.
+client, follows the plan: blocked in the expensive block, running in the cheap one; there its capacity-limit
+register holds the plan's part load (the IT heat alone cannot give the pump its full output), and it is back
+at 100 % as soon as dispatch is switched off; the CDU never exceeds its allowable maximum; removing the price
+file shows the follow-demand fallback in `GET /api/v1/dispatch`, and the pump is back on today's control.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def dispatch_plant(path: Path, prices: Path) -> None:
         # sensor then measure different water, so the cross-check of the two would be a false safe state.
         ('supply_temperature_check = "hp1.supply_temperature"   # the same water on another path (Modbus): '
          'must agree\n', ""),
-        ('heartbeat = "hp1.heartbeat"\n', 'heartbeat = "hp1.heartbeat"\nsg_ready = "hp1.sg_ready"\n'),
+        ('heartbeat = "hp1.heartbeat"\n',
+         'heartbeat = "hp1.heartbeat"\nsg_ready = "hp1.sg_ready"\ncapacity_limit = "hp1.capacity_limit"\n'),
     ]
     for old, new in edits:
         assert old in text, old
@@ -178,6 +180,37 @@ async def test_the_heat_pump_follows_the_price_plan_cooling_first(plant_config_f
                 cheap = seen[-1]
                 assert cheap["command"]["in_service"] == ["hp1"]
                 assert Decimal(cheap["steps"][cheap["current_step"]]["electricity_dkk_per_kwh"]) < 1
+                capped: list[int] = []
+
+                async def part_load_capped() -> bool:
+                    # The plan's heat for the pump, as its capacity limit on the wire (0.1 % per count).
+                    st = await dispatch()
+                    if st["execution"] != "applied" or st["command"] is None or st["current_step"] is None:
+                        return False
+                    planned = st["steps"][st["current_step"]]["heat_kw"]["hp1"]
+                    limit = st["command"]["capacity_limit_percent"].get("hp1")
+                    register = await read_holding(hp_port, 3)
+                    capped[:] = [register]
+                    return (limit is not None and 0 < planned < 1200 * 0.9 and limit < 100
+                            and st["capacity_limit_written"].get("hp1") == limit
+                            and register == round(limit * 10) and limit >= planned / 1200 * 100)
+
+                await wait_until(part_load_capped, 20, "the plan's part load as the pump's capacity limit")
+                assert 0 < capped[0] < 1000
+                r = await http.put("/api/v1/dispatch", json={"enabled": False},
+                                   headers={"Authorization": f"Bearer {operator}"})
+                assert r.status_code == 200, r.text
+
+                async def released() -> bool:
+                    st = await dispatch()
+                    return (st["command"] is None and st["capacity_limit_written"].get("hp1") == 100.0
+                            and await read_holding(hp_port, 3) == 1000)
+
+                await wait_until(released, 10, "the capacity limit back at 100 % once dispatch is switched off")
+                r = await http.put("/api/v1/dispatch", json={"enabled": True},
+                                   headers={"Authorization": f"Bearer {operator}"})
+                assert r.status_code == 200, r.text
+                await wait_until(part_load_capped, 20, "the cap again once dispatch is back on")
                 # The store's content came from the tank's own register, over Modbus TCP.
                 assert svc.bus.latest["tank1.state_of_charge"].value is not None
                 assert any(s["store_kwh"] > 0 for s in cheap["steps"])
@@ -188,7 +221,8 @@ async def test_the_heat_pump_follows_the_price_plan_cooling_first(plant_config_f
                 async def following_demand() -> bool:
                     st = await dispatch()
                     return (st["status"] == "follow_demand" and st["fallback"] and st["command"] is None
-                            and "missing prices" in st["reason"] and await read_holding(hp_port, 1) == 0)
+                            and "missing prices" in st["reason"] and await read_holding(hp_port, 1) == 0
+                            and await read_holding(hp_port, 3) == 1000)
 
                 await wait_until(following_demand, 10, "the follow-demand fallback, shown and acted on")
                 health = (await http.get("/api/v1/health", headers={"Authorization": f"Bearer {viewer}"})).json()

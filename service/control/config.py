@@ -43,6 +43,10 @@ class ControlHeatPump(StrictModel):
     supply_temperature: str | None = Field(default=None, pattern=_POINT_REF, description="its own supply, °C")
     sg_ready: str | None = Field(default=None, pattern=_POINT_REF,
                                  description="writable SG-Ready point: staging writes 0 (run) or 1 (blocked)")
+    capacity_limit: str | None = Field(
+        default=None, pattern=_POINT_REF,
+        description="writable capacity-limit point, % of nominal heat output: the dispatch plan's heat per pump "
+                    "while it is applied, 100 whenever it is not (cooling first)")
     heartbeat: str | None = Field(default=None, pattern=_POINT_REF,
                                   description="writable heartbeat point, written every cycle to keep the "
                                               "device's watchdog from falling back to its local setpoint")
@@ -202,11 +206,12 @@ class ControlConfig(StrictModel):
             refs.append(("control.outdoor_temperature", self.outdoor_temperature, False))
         refs += [(f"control.feedforward_heat[{i}]", p, False) for i, p in enumerate(self.feedforward_heat)]
         for i, hp in enumerate(self.heat_pumps):
-            for name in ("setpoint", "supply_temperature", "sg_ready", "heartbeat", "status", "heat_output"):
+            for name in ("setpoint", "supply_temperature", "sg_ready", "capacity_limit", "heartbeat", "status",
+                         "heat_output"):
                 point = getattr(hp, name)
                 if point is not None:
                     refs.append((f"control.heat_pumps[{i}].{name}", point, name in ("setpoint", "sg_ready",
-                                                                                      "heartbeat")))
+                                                                                      "capacity_limit", "heartbeat")))
         for i, cdu in enumerate(self.cdus):
             refs.append((f"control.cdus[{i}].supply_temperature", cdu.supply_temperature, False))
             if cdu.allowable_max:

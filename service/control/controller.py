@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from service.config import ControlConfig, ControlPid
 from service.control.arbiter import Arbiter, Cap, Decision, Envelope, Priority, Request
-from service.control.command import DISPATCH_RECOVERY_K, DispatchCommand
+from service.control.command import CAPACITY_FULL, DISPATCH_RECOVERY_K, DispatchCommand
 from service.control.curve import CompensationCurve, ramp
 from service.control.model import Mode, ProcessImage, Reading, TargetSource
 from service.control.pid import Pid, PidGains
@@ -49,6 +49,8 @@ class StepResult:
     caps: dict[str, float] = field(default_factory=dict)  # point -> safety cap in force (the CDU limit)
     # The dispatch plan's step: None (no command), "applied", "yielded:<why>" (cooling first) or "inactive:<mode>".
     dispatch: str | None = None
+    # pump id -> capacity limit (%) the arbiter let through this cycle, for pumps with a capacity_limit point
+    capacity_limits: dict[str, float] = field(default_factory=dict)
 
 
 class Controller:
@@ -66,6 +68,8 @@ class Controller:
             envelopes[hp.setpoint] = Envelope(cfg.setpoint_min, cfg.setpoint_max, cfg.setpoint_rate_k_per_s)
             if hp.sg_ready:
                 envelopes[hp.sg_ready] = Envelope(0.0, 3.0)
+            if hp.capacity_limit:
+                envelopes[hp.capacity_limit] = Envelope(0.0, CAPACITY_FULL)  # no rate: a release acts at once
             if hp.heartbeat:
                 envelopes[hp.heartbeat] = Envelope(0.0, 65535.0)
         self.arbiter = Arbiter(envelopes)
@@ -359,7 +363,9 @@ class Controller:
             safe_state=safe_reason is not None, safe_state_reason=safe_reason, setpoints=setpoints,
             running=running, cdu_headroom_k=headroom, strategy="direct" if self._direct else "boost",
             caps={c.point: c.high for c in caps},
-            decisions=decisions, reported_running=reported, not_running=not_running, dispatch=self._dispatch_state)
+            decisions=decisions, reported_running=reported, not_running=not_running, dispatch=self._dispatch_state,
+            capacity_limits={h.id: decisions[h.capacity_limit].value for h in cfg.heat_pumps
+                             if h.capacity_limit and h.capacity_limit in decisions})
         self.last = result
         return result
 
@@ -388,10 +394,17 @@ class Controller:
         return ff
 
     def _release_requests(self) -> list[Request]:
-        """Handing the pumps back: no setpoints, no heartbeats, but none left SG-Ready blocked by staging."""
+        """Handing the pumps back: no setpoints, no heartbeats, but none left blocked by staging or capped by a plan.
+
+        A capacity limit is released even before the inputs were usable once: 100 % is never the wrong way for IT
+        cooling, and a cap left from before a restart must not outlive it.
+        """
+        out = [Request(h.capacity_limit, CAPACITY_FULL, Priority.SAFETY, "release")
+               for h in self.cfg.heat_pumps if h.capacity_limit]
         if not self._staged or not self._seen_inputs:
-            return []
-        return [Request(h.sg_ready, SG_RUN, Priority.SAFETY, "release") for h in self.cfg.heat_pumps if h.sg_ready]
+            return out
+        return out + [Request(h.sg_ready, SG_RUN, Priority.SAFETY, "release")
+                      for h in self.cfg.heat_pumps if h.sg_ready]
 
     def _reported(self, image: ProcessImage, commanded: list[str]) -> tuple[list[str], dict[str, str]]:
         """Which pumps run by their own status word (and why the others do not), not only by command."""
@@ -431,6 +444,14 @@ class Controller:
                     out.append(Request(hp.sg_ready, state, prio, "dispatch"))
                 else:
                     out.append(Request(hp.sg_ready, SG_RUN if hp.id in running else SG_BLOCKED, prio, source))
+            if hp.capacity_limit:
+                # The plan's heat as a cap only while the plan is applied, on a pump it runs; otherwise (no plan,
+                # yielded to IT cooling, manual, safe state, a pump out of service or tripped) no cap at all.
+                if cmd is not None and hp.id in running:
+                    limit = min(max(cmd.capacity_limit.get(hp.id, CAPACITY_FULL), 0.0), CAPACITY_FULL)
+                    out.append(Request(hp.capacity_limit, limit, prio, "dispatch"))
+                else:
+                    out.append(Request(hp.capacity_limit, CAPACITY_FULL, prio, source))
         return out
 
     def _dispatch_applies(self, headroom: float | None, now: float) -> bool:

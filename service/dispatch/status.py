@@ -36,6 +36,10 @@ class DispatchCommandOut(BaseModel):
     in_service: list[str]
     sg_ready: dict[str, int] = Field(description="SG-Ready state per pump in service: 0 normal, 2 encouraged")
     heat_limit_kw: dict[str, float]
+    capacity_limit_percent: dict[str, float] = Field(
+        default_factory=dict, description="the plan's heat as a capacity limit per running pump, % of its nominal "
+                                          "heat output (the share plus a margin, rounded up; at least its "
+                                          "minimum load); the controller writes it while the step is applied")
 
 
 class DispatchSetRequest(BaseModel):
@@ -93,6 +97,10 @@ class DispatchStatus(BaseModel):
     carnot_efficiency: dict[str, float] = Field(default_factory=dict, description="per pump: the efficiency in force")
     cop_running_buckets: dict[str, int] = Field(default_factory=dict,
                                                 description="per pump: running buckets of the calibration")
+    capacity_limit_written: dict[str, float] = Field(
+        default_factory=dict, description="per heat pump with a capacity_limit point: the limit the controller "
+                                          "writes now, % of nominal heat output (100 whenever the step is not "
+                                          "applied: cooling first)")
 
 
 def dispatch_status(task: DispatchTask) -> DispatchStatus:
@@ -127,10 +135,11 @@ def dispatch_status(task: DispatchTask) -> DispatchStatus:
         plan_start=plan.start if plan and plan.steps else None, step_s=plan.step_s if plan else 900.0,
         plant_step_s=task.cfg.step_s, current_step=index,
         command=DispatchCommandOut(step_start=cmd.step_start, in_service=sorted(cmd.in_service),
-                                   sg_ready=cmd.sg_ready, heat_limit_kw=cmd.heat_limit_kw) if cmd else None,
+                                   sg_ready=cmd.sg_ready, heat_limit_kw=cmd.heat_limit_kw,
+                                   capacity_limit_percent=cmd.capacity_limit) if cmd else None,
         planned_heat_kw=round(sum(plan.steps[index].heat_kw), 3) if plan and index is not None else None,
         actual_heat_kw=task.measure().heat_output_kw, fallback_episodes=task.stats.episodes, steps=steps,
-        **_history_fields(task))
+        capacity_limit_written=dict(last.capacity_limits) if last is not None else {}, **_history_fields(task))
 
 
 def _history_fields(task: DispatchTask) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from service.bus import SampleBus
 from service.clock import Clock, RealClock
 from service.config import ControlConfig, PlantDispatch
-from service.control.command import SG_ENCOURAGED, SG_NORMAL, DispatchCommand
+from service.control.command import SG_ENCOURAGED, SG_NORMAL, DispatchCommand, capacity_limit_percent
 from service.control.controller import FAULT_BIT, RUN_BIT, Controller
 from service.dispatch import prices as price_data
 from service.dispatch.history import DispatchHistory
@@ -322,8 +322,15 @@ class DispatchTask:
         in_service = frozenset(on | {h.id for h in self.control.heat_pumps if h.id not in dispatched})
         charging = step.charge_kw > 1e-6
         sg = {u: SG_ENCOURAGED if charging else SG_NORMAL for u in in_service}
-        return DispatchCommand(step.start.isoformat(), in_service, sg,
-                               dict(zip(plan.unit_ids, step.heat_kw, strict=True)), plan.status)
+        heat = dict(zip(plan.unit_ids, step.heat_kw, strict=True))
+        # The plan's heat as each running pump's capacity limit; none in the safe plan (cooling first: every pump
+        # at full) and none on the pumps the plan does not dispatch.
+        limits: dict[str, float] = {}
+        if plan.status != "safe":
+            for hp in self.cfg.heat_pumps:
+                if hp.id in on and hp.id in heat:
+                    limits[hp.id] = capacity_limit_percent(heat[hp.id], hp.capacity_kw, hp.min_load_fraction)
+        return DispatchCommand(step.start.isoformat(), in_service, sg, heat, plan.status, capacity_limit=limits)
 
     def apply(self) -> None:
         """Hand the controller the step in force (or nothing)."""

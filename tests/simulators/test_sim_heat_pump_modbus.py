@@ -150,7 +150,7 @@ async def test_watchdog_fallback_shows_in_the_status_word(
 async def test_protocol_errors_name_the_mistake(client: AsyncModbusTcpClient) -> None:
     rr = await client.read_input_registers(14, count=3, device_id=UNIT)  # past register 15, the last
     assert rr.isError() and rr.exception_code == ILLEGAL_ADDRESS
-    rr = await client.write_register(3, 1, device_id=UNIT)
+    rr = await client.write_register(4, 1, device_id=UNIT)  # past holding register 3, the last
     assert rr.isError() and rr.exception_code == ILLEGAL_ADDRESS
     rr = await client.read_coils(0, count=1, device_id=UNIT)
     assert rr.isError() and rr.exception_code == ILLEGAL_FUNCTION
