@@ -52,16 +52,21 @@ async def test_fake_supply_telegrams_at_20_hz_put_the_loop_in_its_safe_state_not
         assert before is not None
         seen: list[tuple[float, float | None, bool, str | None]] = []  # (t, setpoint, safe, constraint)
 
+        first_sent = asyncio.Event()
+
         async def spoof() -> None:
             while True:
                 await attacker(service_plant.broker, gateway, METER_TOPIC,
                                {"serial": SERIAL, "time": datetime.now(UTC).isoformat(), "flow_temperature_c": 45.0})
+                first_sent.set()
                 await asyncio.sleep(1 / RATE_HZ)
 
         clock = asyncio.get_running_loop()
-        t0 = clock.time()
         task = asyncio.create_task(spoof())
         try:
+            # The attack starts with its first telegram acknowledged, not when its client begins to connect.
+            await asyncio.wait_for(first_sent.wait(), 20)
+            t0 = clock.time()
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api_port}", timeout=10,
                                          headers={"Authorization": f"Bearer {token}"}) as client:
                 async def admitted() -> bool:
