@@ -18,6 +18,13 @@ RUN_BIT = 1 << 0  # heat-pump status word: bit 0 = running
 FAULT_BIT = 1 << 1  # heat-pump status word: bit 1 = fault/trip
 FALLBACK_BIT = 1 << 2  # heat-pump status word: bit 2 = watchdog fallback to the local setpoint
 TARGET_RATE_FILTER_S = 10.0
+# The capacity hold (docs/DISPATCH.md): the supply must be this far below target before the hold engages. Ten
+# times a real supply sensor's noise (~0.02 K), so a supply at target never engages it, yet small, because inside
+# the band the PID still integrates (at most Kp·0.2/Ti K per second).
+CAPACITY_HOLD_DEADBAND_K = 0.2
+# A pump counts as held back by its capacity limit when its heat output is within this many points of capacity of
+# it: less than the plan's 5-point margin (CAPACITY_LIMIT_MARGIN), so a pump making just the plan's heat does not.
+CAPACITY_HOLD_BAND = 2.0  # percentage points
 
 
 def gains(p: ControlPid) -> PidGains:
@@ -246,6 +253,7 @@ class Controller:
         requests: list[Request] = []
         caps: list[Cap] = []
         constraint: str | None = note
+        holds: list[Cap] = []  # the capacity hold: the setpoint may not rise while the plan's caps bind
         running = [h.id for h in cfg.heat_pumps]
         dispatching = False
         self._dispatch_state = None
@@ -323,6 +331,12 @@ class Controller:
             running = self._dispatch_running(image) if dispatching else \
                 self._stage(image, now, target, proposed, headroom)
             requests += self._pump_requests(proposed, prio, self.mode, running, dispatching)
+            if dispatching and self._capacity_binds(image, running, pv, target):
+                # Anti-windup: more setpoint gives no more heat while every running pump sits at the plan's cap.
+                # Held where it is (never lowered), the PID's tracking bleeds its integral; the CDU limit, if
+                # lower, still wins (the arbiter takes the least cap). Not in `caps`: those bound every writer.
+                holds = [Cap(h.setpoint, self.arbiter.last.get(h.setpoint, self._output), "capacity_limit")
+                         for h in cfg.heat_pumps if h.id in running]
         if safe_reason is None:
             self._seen_inputs = True
         if safe_reason is None or (cfg.safe_setpoint is not None and self._seen_inputs):
@@ -330,7 +344,7 @@ class Controller:
                 self._beat = (self._beat + 1) % 65536
                 requests += [Request(h.heartbeat, float(self._beat), Priority.SAFETY, "heartbeat")
                              for h in cfg.heat_pumps if h.heartbeat]
-        decisions = self.arbiter.resolve(requests, caps, dt)
+        decisions = self.arbiter.resolve(requests, caps + holds, dt)
         self._pid_live = safe_reason is None and self.mode == "auto"
         self._last_headroom = headroom
         setpoints = {h.id: (decisions[h.setpoint].value if h.setpoint in decisions else None)
@@ -349,9 +363,17 @@ class Controller:
                 self.pid.reset_to(out, pv, target, ff)
             self._output = out
             limits = {decisions[h.setpoint].limited_by for h in cfg.heat_pumps if h.setpoint in decisions}
-            self._cap_active = any(lim and lim.startswith("cap:") for lim in limits)
+            if holds:
+                # Cooling first sees the CDU limit bind even where the (lower) capacity hold named the decision.
+                cdu_caps = {c.point: c.high for c in caps if c.source == "cdu_limit"}
+                self._cap_active = any(r.priority < Priority.SAFETY and r.value > cdu_caps[r.point]
+                                       for r in requests if r.point in cdu_caps)
+            else:  # without a hold, every cap on a setpoint is the CDU limit's
+                self._cap_active = any(lim and lim.startswith("cap:") for lim in limits)
             if self._cap_active or (headroom is not None and headroom < 0):
                 constraint = "cdu_limit"
+            elif "cap:capacity_limit" in limits:
+                constraint = constraint or "capacity_limit"
             elif "envelope" in limits:
                 constraint = constraint or "setpoint_limit"
             elif "rate" in limits:
@@ -480,6 +502,27 @@ class Controller:
             self._dispatch_state = f"yielded:{self._dispatch_yield}"
             return False
         self._dispatch_state = "applied"
+        return True
+
+    def _capacity_binds(self, image: ProcessImage, running: list[str], pv: float | None,
+                        target: float | None) -> bool:
+        """Whether the plan's capacity limits are what holds the supply below target (the hold may engage).
+
+        Every running pump must have a capacity_limit point with a limit below 100 % and report a heat output
+        within CAPACITY_HOLD_BAND of it: a pump without a cap, or with room under it, still answers the setpoint.
+        """
+        cmd = self.dispatch
+        if cmd is None or pv is None or target is None or pv >= target - CAPACITY_HOLD_DEADBAND_K or not running:
+            return False
+        for hp in self.cfg.heat_pumps:
+            if hp.id not in running:
+                continue
+            limit = min(max(cmd.capacity_limit.get(hp.id, CAPACITY_FULL), 0.0), CAPACITY_FULL)
+            heat = image.get(hp.heat_output).value if hp.heat_output else None
+            if not hp.capacity_limit or limit >= CAPACITY_FULL or heat is None:
+                return False
+            if heat < (limit - CAPACITY_HOLD_BAND) / 100.0 * hp.capacity_kw:
+                return False
         return True
 
     def _dispatch_running(self, image: ProcessImage) -> list[str]:
