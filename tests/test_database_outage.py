@@ -63,6 +63,7 @@ NEEDS_DATABASE = frozenset({
     ("GET", "/api/v1/reports/annual"),
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/alarms/events"),
+    ("GET", "/api/v1/dispatch/report"),
 })
 # Live while the database is away: these must answer 2xx.
 LIVE = frozenset({

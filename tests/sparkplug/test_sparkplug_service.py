@@ -30,6 +30,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from service.config import DatabaseConfig, HeatrecConfig, ModbusPoint, load_config
 from service.localservers import MosquittoServer
+from simulators.heat_pump_modbus import HOLDING_REGISTER_COUNT
 from simulators.runner import Simulation
 from tests.sparkplug.host import DOUBLE, SparkplugHost, metric_value, property_value
 from tests.support import demo_config_text, running_service, wait_until
@@ -147,7 +148,8 @@ async def test_births_match_the_simulators_and_dcmd_goes_through_the_arbiter(
                 await modbus.connect()
                 try:
                     inputs = (await modbus.read_input_registers(0, count=16, device_id=1)).registers
-                    holding = (await modbus.read_holding_registers(0, count=3, device_id=1)).registers
+                    holding = (await modbus.read_holding_registers(0, count=HOLDING_REGISTER_COUNT,
+                                                                   device_id=1)).registers
                     seen = _values(host, by_alias)
                     for p in hp_points:
                         assert seen[f"hp1.{p.id}"] == pytest.approx(_expected(p, inputs, holding), abs=1e-9), p.id
